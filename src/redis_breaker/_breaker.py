@@ -1,0 +1,670 @@
+"""The breaker engine.
+
+The lock covers counter updates and transitions only, never the guarded call.
+The closed-state admission check is a plain attribute read. Transitions are
+queued under the lock and published (pybreaker, listeners, log) outside it,
+in order, by whichever thread gets there first.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import logging
+import os
+import random
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pybreaker
+
+from ._classify import is_failure
+from ._config import BreakerConfig
+from ._errors import BreakerOpenError
+from ._events import emit
+from ._probe import Probe, ping_url
+from ._redact import describe_error, redact
+from ._state import State, StateChange, Stats
+from ._window import Window
+
+__all__ = ["Breaker", "Listener"]
+
+T = TypeVar("T")
+Listener = Callable[[StateChange], object]
+
+_ALL: weakref.WeakSet[Breaker] = weakref.WeakSet()
+# Stack of (breaker, ticket, started) for ``with breaker:`` blocks, per thread / task.
+_BLOCKS: contextvars.ContextVar[tuple[tuple[Breaker, int, float], ...]] = contextvars.ContextVar(
+    "redis_breaker_blocks", default=()
+)
+_FALLBACK_WARN_EVERY = 60.0
+
+_PB_DRIVE = {
+    State.OPEN: "open",
+    State.FORCED_OPEN: "open",
+    State.HALF_OPEN: "half_open",
+    State.CLOSED: "close",
+    State.DISABLED: "close",
+}
+_LEVEL = {
+    State.OPEN: logging.ERROR,
+    State.FORCED_OPEN: logging.ERROR,
+    State.HALF_OPEN: logging.INFO,
+    State.CLOSED: logging.INFO,
+    State.DISABLED: logging.WARNING,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Summary:
+    """Fallback use per integration over one outage, logged once when it ends."""
+
+    counts: tuple[tuple[str, int], ...]
+    open_for_s: float | None
+
+
+class SlowCallError(Exception):
+    """Stands for a call that succeeded but took longer than the slow-call threshold."""
+
+
+class Breaker:
+    """One circuit breaker, usually one per Redis endpoint and shared by name.
+
+    Tickets: ``_admit`` returns ``generation * 2`` for a normal call and
+    ``generation * 2 + 1`` for a half-open trial. The generation changes on
+    every transition, so an outcome that arrives after the breaker moved on
+    (a slow call admitted while closed that fails once it is already open)
+    changes nothing.
+    """
+
+    def __init__(
+        self,
+        name: str = "default",
+        config: BreakerConfig | None = None,
+        *,
+        clock: Callable[[], float] | None = None,
+        rng: Callable[[], float] | None = None,
+        probe: Callable[[], object] | None = None,
+    ) -> None:
+        self.name = name
+        self._config = config or BreakerConfig()
+        self._clock = clock
+        self._random = rng or random.random
+        self._probe_fn = probe
+        self._adopted_url: str | None = None
+        self._listeners: list[Listener] = []
+        self._pb = pybreaker.CircuitBreaker(name=name)
+        self._init_runtime()
+        self._state = State.CLOSED
+        self._generation = 0
+        self._since = self._now()
+        self._consecutive = 0
+        self._window = Window(self._config.window)
+        self._trials = 0
+        self._trial_successes = 0
+        self._open_until = 0.0
+        self._backoff_step = 0
+        self._left_closed_at: float | None = None
+        self._rejected = 0
+        self._fallback_calls = 0
+        self._fallback_by: dict[str, int] = {}
+        self._fallback_warned: dict[str, float] = {}
+        self._last_error: str | None = None
+        _ALL.add(self)
+
+    def _init_runtime(self) -> None:
+        """Locks, queues and threads: everything that must be fresh after ``fork``."""
+        self._lock = threading.Lock()
+        self._publish_lock = threading.Lock()
+        self._pending: deque[StateChange | _Summary] = deque()
+        self._probe: Probe | None = None
+
+    # ----------------------------------------------------------------- config
+    @property
+    def config(self) -> BreakerConfig:
+        return self._config
+
+    def configure(self, config: BreakerConfig) -> None:
+        """Replace the configuration, keeping the current state."""
+        with self._lock:
+            if config.window != self._config.window:
+                self._window = Window(config.window)
+            self._config = config
+        self._wake_probe()
+
+    @property
+    def url(self) -> str | None:
+        """The URL the probe PINGs: the configured one, else one an integration adopted."""
+        return self._config.url or self._adopted_url
+
+    def adopt_url(self, url: str | None) -> None:
+        """Use ``url`` for the probe when the configuration names none."""
+        if url and not self._adopted_url:
+            self._adopted_url = url
+
+    def set_probe(self, probe: Callable[[], object] | None) -> None:
+        """Use ``probe()`` (raises when Redis is down) instead of a PING of ``url``."""
+        self._probe_fn = probe
+
+    def add_listener(self, listener: Listener | pybreaker.CircuitBreakerListener) -> None:
+        """Call ``listener(StateChange)`` on every transition; pybreaker listeners work too."""
+        if isinstance(listener, pybreaker.CircuitBreakerListener):
+            self._pb.add_listener(listener)
+        else:
+            self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener | pybreaker.CircuitBreakerListener) -> None:
+        if isinstance(listener, pybreaker.CircuitBreakerListener):
+            self._pb.remove_listener(listener)
+        else:
+            self._listeners.remove(listener)
+
+    @property
+    def pybreaker(self) -> pybreaker.CircuitBreaker:
+        """The ``pybreaker.CircuitBreaker`` this engine drives (state holder, event bus)."""
+        return self._pb
+
+    # ------------------------------------------------------------------ state
+    def _now(self) -> float:
+        clock = self._clock
+        return clock() if clock is not None else time.monotonic()
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def is_open(self) -> bool:
+        """True while calls skip Redis (open or forced open)."""
+        return self._state.rejects
+
+    def force_open(self, reason: str = "forced open") -> None:
+        """Reject every call until ``reset()``; no probe runs."""
+        self._manual(State.FORCED_OPEN, reason)
+
+    def disable(self, reason: str = "disabled") -> None:
+        """Let every call through and never trip; outcomes are still counted."""
+        self._manual(State.DISABLED, reason)
+
+    def reset(self, reason: str = "reset") -> None:
+        """Back to closed with every counter cleared."""
+        self._manual(State.CLOSED, reason)
+
+    def _manual(self, to: State, reason: str) -> None:
+        with self._lock:
+            now = self._now()
+            self._transition(to, reason, now)
+            if to is State.CLOSED:
+                self._rejected = 0
+                self._last_error = None
+        self._publish()
+
+    def stats(self) -> Stats:
+        with self._lock:
+            now = self._now()
+            calls, failures = self._window.totals(now)
+            retry_in = max(0.0, self._open_until - now) if self._state is State.OPEN else None
+            return Stats(
+                name=self.name,
+                state=self._state,
+                since=self._since,
+                in_state_for_s=max(0.0, now - self._since),
+                consecutive_failures=self._consecutive,
+                window_calls=calls,
+                window_failures=failures,
+                rejected=self._rejected,
+                fallback_calls=self._fallback_calls,
+                last_error=self._last_error,
+                retry_in_s=retry_in,
+                url=redact(self.url) if self.url else None,
+            )
+
+    # -------------------------------------------------------------- admission
+    def _admit(self) -> int:
+        """Return a ticket, or raise ``BreakerOpenError`` without touching Redis."""
+        state = self._state
+        if state is State.CLOSED or state is State.DISABLED:
+            return self._generation << 1
+        ticket = self._admit_slow()
+        if ticket < 0:
+            raise self._rejection()
+        return ticket
+
+    def _try_admit(self) -> int:
+        """Like ``_admit`` but returns -1 instead of raising."""
+        state = self._state
+        if state is State.CLOSED or state is State.DISABLED:
+            return self._generation << 1
+        return self._admit_slow()
+
+    def _admit_slow(self) -> int:
+        with self._lock:
+            state = self._state
+            if state is State.CLOSED or state is State.DISABLED:
+                return self._generation << 1
+            if state is State.OPEN:
+                now = self._now()
+                if self._probing():
+                    if self._probe is None or not self._probe.alive:
+                        self._start_probe()
+                    self._rejected += 1
+                    return -1
+                if now < self._open_until:
+                    self._rejected += 1
+                    return -1
+                self._transition(State.HALF_OPEN, "open interval elapsed", now)
+                state = State.HALF_OPEN
+            if state is State.HALF_OPEN and self._trials < self._config.half_open_max_calls:
+                self._trials += 1
+                ticket = (self._generation << 1) | 1
+            else:
+                self._rejected += 1
+                ticket = -1
+        if self._pending:
+            self._publish()
+        return ticket
+
+    def _rejection(self) -> BreakerOpenError:
+        state = self._state
+        retry_in: float | None = None
+        if state is State.OPEN:
+            retry_in = max(0.0, self._open_until - self._now())
+        elif state is State.HALF_OPEN:
+            retry_in = 0.0
+        return BreakerOpenError(self.name, retry_in, state.value)
+
+    # --------------------------------------------------------------- outcomes
+    def _on_success(self, ticket: int, started: float) -> None:
+        threshold = self._config.slow_call_threshold
+        if threshold is not None:
+            now = self._now()
+            if now - started >= threshold:
+                self._on_failure(ticket, SlowCallError(
+                    f"call took {now - started:.3f}s (slow-call threshold {threshold:g}s)"
+                ))
+                return
+        with self._lock:
+            if ticket >> 1 != self._generation:
+                return
+            if ticket & 1:
+                self._trials -= 1
+                self._trial_successes += 1
+                if self._trial_successes >= self._config.success_threshold:
+                    self._transition(
+                        State.CLOSED, f"{self._trial_successes} trial calls succeeded", self._now()
+                    )
+            else:
+                self._consecutive = 0
+                self._window.record(started, False)
+        if self._pending:
+            self._publish()
+
+    def _on_error(self, ticket: int, started: float, exc: BaseException) -> bool:
+        """Record ``exc``; return True when it counts as a failure."""
+        config = self._config
+        if not is_failure(exc, config.counted, config.excluded):
+            if ticket & 1:
+                with self._lock:
+                    if ticket >> 1 == self._generation:
+                        self._trials -= 1
+            return False
+        self._on_failure(ticket, exc)
+        return True
+
+    def _on_failure(self, ticket: int, exc: BaseException) -> None:
+        error = describe_error(exc)
+        with self._lock:
+            self._last_error = error
+            if ticket >> 1 != self._generation:
+                return
+            now = self._now()
+            state = self._state
+            if ticket & 1:
+                self._trials -= 1
+                self._transition(State.OPEN, f"trial call failed: {error}", now)
+            elif state is State.CLOSED or state is State.DISABLED:
+                self._consecutive += 1
+                self._window.record(now, True)
+                if state is State.CLOSED:
+                    reason = self._trip_reason(now)
+                    if reason:
+                        self._transition(State.OPEN, reason, now)
+        if self._pending:
+            self._publish()
+
+    def _trip_reason(self, now: float) -> str | None:
+        config = self._config
+        if self._consecutive >= config.failure_threshold:
+            return f"{self._consecutive} consecutive failures"
+        if config.failure_rate is not None:
+            calls, failures = self._window.totals(now)
+            if calls >= config.minimum_calls and failures / calls >= config.failure_rate:
+                return (
+                    f"failure rate {failures / calls:.0%} over {config.window:g}s (n={calls})"
+                )
+        return None
+
+    def _backoff(self, step: int) -> float:
+        config = self._config
+        delay = min(config.max_reset_timeout, config.reset_timeout * (2 ** min(step, 62)))
+        # Jitter spreads the probes of many processes that tripped together.
+        return float(delay * (0.8 + 0.2 * self._random()))
+
+    # ------------------------------------------------------------ transitions
+    def _transition(self, to: State, reason: str, now: float) -> None:
+        """Move to ``to``; caller holds the lock. Publishing happens after it is released."""
+        previous = self._state
+        if previous is State.OPEN and to is State.OPEN:
+            return
+        open_for = None
+        if to is State.OPEN:
+            if previous is State.HALF_OPEN:
+                self._backoff_step += 1
+            elif previous is not State.OPEN:
+                self._backoff_step = 0
+            self._open_until = now + self._backoff(self._backoff_step)
+        if previous in (State.CLOSED, State.DISABLED) and to not in (State.CLOSED, State.DISABLED):
+            self._left_closed_at = now
+            self._fallback_calls = 0
+            self._fallback_by = {}
+        if to is State.HALF_OPEN:
+            self._trials = 0
+            self._trial_successes = 0
+        if to in (State.CLOSED, State.DISABLED):
+            if self._left_closed_at is not None:
+                open_for = now - self._left_closed_at
+            self._left_closed_at = None
+            self._consecutive = 0
+            self._window.clear()
+            self._backoff_step = 0
+            self._fallback_warned = {}
+        change = StateChange(
+            breaker=self.name,
+            from_state=previous,
+            to_state=to,
+            reason=reason,
+            at=now,
+            failures=self._consecutive,
+            last_error=self._last_error,
+            open_for_s=open_for,
+            fallback_calls=self._fallback_calls,
+        )
+        self._state = to
+        self._since = now
+        self._generation += 1
+        self._pending.append(change)
+        if to in (State.CLOSED, State.DISABLED):
+            summary = [(k, v) for k, v in self._fallback_by.items() if v]
+            self._fallback_calls = 0
+            self._fallback_by = {}
+            if summary:
+                self._pending.append(_Summary(tuple(summary), open_for))
+
+    def _publish(self) -> None:
+        """Deliver queued transitions in order; re-entrant calls leave it to the current drainer."""
+        while self._pending:
+            if not self._publish_lock.acquire(blocking=False):
+                return
+            try:
+                while self._pending:
+                    try:
+                        change = self._pending.popleft()
+                    except IndexError:
+                        break
+                    self._deliver(change)
+            finally:
+                self._publish_lock.release()
+
+    def _deliver(self, change: StateChange | _Summary) -> None:
+        if isinstance(change, _Summary):
+            for integration, count in change.counts:
+                emit(logging.INFO, "fallback_summary", breaker=self.name, integration=integration,
+                     fallback_calls=count,
+                     open_for_s=None if change.open_for_s is None else round(change.open_for_s, 3))
+            return
+        getattr(self._pb, _PB_DRIVE[change.to_state])()
+        level = _LEVEL[change.to_state]
+        emit(level, "breaker_state_changed", breaker=change.breaker,
+             from_state=change.from_state.value, to_state=change.to_state.value,
+             reason=change.reason, failures=change.failures, last_error=change.last_error,
+             open_for_s=None if change.open_for_s is None else round(change.open_for_s, 3),
+             fallback_calls=change.fallback_calls)
+        if change.to_state is State.OPEN:
+            with self._lock:
+                self._start_probe()
+        else:
+            self._wake_probe()
+        for listener in list(self._listeners):
+            try:
+                listener(change)
+            except Exception as exc:
+                emit(logging.ERROR, "listener_failed", breaker=self.name,
+                     listener=getattr(listener, "__qualname__", repr(listener)),
+                     error=describe_error(exc))
+
+    # -------------------------------------------------------------- fallbacks
+    def note_fallback(self, integration: str, error: BaseException | None = None) -> None:
+        """Count one call served by a fallback; warn once per outage per integration."""
+        now = self._now()
+        with self._lock:
+            self._fallback_calls += 1
+            self._fallback_by[integration] = self._fallback_by.get(integration, 0) + 1
+            last = self._fallback_warned.get(integration)
+            warn = last is None or (
+                self._state is State.CLOSED and now - last >= _FALLBACK_WARN_EVERY
+            )
+            if warn:
+                self._fallback_warned[integration] = now
+            state = self._state
+        if warn:
+            emit(logging.WARNING, "fallback_used", breaker=self.name, integration=integration,
+                 state=state.value,
+                 last_error=describe_error(error) if error is not None else self._last_error)
+
+    # ------------------------------------------------------------------ probe
+    def _probing(self) -> bool:
+        return self._config.probe and (self._probe_fn is not None or self.url is not None)
+
+    def _start_probe(self) -> None:
+        """Start (or wake) the probe thread; caller holds the lock."""
+        if not self._probing() or self._state is not State.OPEN:
+            return
+        probe = self._probe
+        if probe is not None and probe.alive:
+            probe.wake()
+            return
+        self._probe = Probe(self)
+        self._probe.start()
+
+    def _wake_probe(self) -> None:
+        probe = self._probe
+        if probe is not None:
+            probe.wake()
+
+    def _ping(self) -> None:
+        if self._probe_fn is not None:
+            self._probe_fn()
+            return
+        url = self.url
+        if url is None:
+            raise RuntimeError("no URL to probe")
+        ping_url(url, self._config.probe_timeout)
+
+    def probe_now(self) -> bool:
+        """Run one probe step now, as the probe thread would; return True if Redis answered.
+
+        Open: a successful PING moves the breaker to half-open, a failed one
+        pushes the next attempt back. Half-open: the PING is a trial call.
+        """
+        state = self._state
+        if state is State.HALF_OPEN:
+            ticket = self._try_admit()
+            if ticket < 0 or not ticket & 1:
+                return False
+            started = self._now()
+            try:
+                self._ping()
+            except Exception as exc:
+                self._on_failure(ticket, exc)
+                return False
+            self._on_success(ticket, started)
+            return True
+        if state is not State.OPEN:
+            return False
+        with self._lock:
+            generation = self._generation
+        try:
+            self._ping()
+        except Exception as exc:
+            with self._lock:
+                if self._generation == generation and self._state is State.OPEN:
+                    self._last_error = describe_error(exc)
+                    self._backoff_step += 1
+                    self._open_until = self._now() + self._backoff(self._backoff_step)
+            return False
+        with self._lock:
+            if self._generation == generation and self._state is State.OPEN:
+                self._transition(State.HALF_OPEN, "probe ok", self._now())
+        self._publish()
+        return True
+
+    def _probe_plan(self) -> float | None:
+        """Seconds until the probe should act (0: now), or None when it should stop."""
+        with self._lock:
+            state = self._state
+            if state is State.OPEN:
+                return max(0.0, self._open_until - self._now())
+            if state is State.HALF_OPEN:
+                if self._trials >= self._config.half_open_max_calls:
+                    return min(self._config.reset_timeout, 0.1)
+                return 0.0 if self._trial_successes == 0 else self._config.reset_timeout
+            return None
+
+    # ------------------------------------------------------------ call paths
+    def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(*args, **kwargs)`` through the breaker; raise ``BreakerOpenError`` when open."""
+        ticket = self._admit()
+        started = self._now()
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            self._on_error(ticket, started, exc)
+            raise
+        self._on_success(ticket, started)
+        return result
+
+    async def acall(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
+        """``await fn(*args, **kwargs)`` through the breaker."""
+        ticket = self._admit()
+        started = self._now()
+        try:
+            result = await fn(*args, **kwargs)
+        except BaseException as exc:
+            self._on_error(ticket, started, exc)
+            raise
+        self._on_success(ticket, started)
+        return result
+
+    def call_with_fallback(
+        self,
+        fn: Callable[..., T],
+        fallback: Callable[..., T],
+        args: tuple[Any, ...] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        integration: str = "guard",
+    ) -> T:
+        """Run ``fn``; when rejected or on a counted failure, return ``fallback(*args, **kwargs)``."""
+        kwargs = kwargs or {}
+        ticket = self._try_admit()
+        if ticket < 0:
+            self.note_fallback(integration)
+            return fallback(*args, **kwargs)
+        started = self._now()
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            if not self._on_error(ticket, started, exc):
+                raise
+            self.note_fallback(integration, exc)
+            return fallback(*args, **kwargs)
+        self._on_success(ticket, started)
+        return result
+
+    async def acall_with_fallback(
+        self,
+        fn: Callable[..., Awaitable[T]],
+        fallback: Callable[..., Awaitable[T] | T],
+        args: tuple[Any, ...] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        integration: str = "guard",
+    ) -> T:
+        """Async form of ``call_with_fallback``; ``fallback`` may be sync or async."""
+        kwargs = kwargs or {}
+        ticket = self._try_admit()
+        if ticket < 0:
+            self.note_fallback(integration)
+            return await _maybe_await(fallback(*args, **kwargs))
+        started = self._now()
+        try:
+            result = await fn(*args, **kwargs)
+        except BaseException as exc:
+            if not self._on_error(ticket, started, exc):
+                raise
+            self.note_fallback(integration, exc)
+            return await _maybe_await(fallback(*args, **kwargs))
+        self._on_success(ticket, started)
+        return result
+
+    def __enter__(self) -> Breaker:
+        ticket = self._admit()
+        _BLOCKS.set((*_BLOCKS.get(), (self, ticket, self._now())))
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        blocks = _BLOCKS.get()
+        for i in range(len(blocks) - 1, -1, -1):
+            if blocks[i][0] is self:
+                _, ticket, started = blocks[i]
+                _BLOCKS.set(blocks[:i] + blocks[i + 1:])
+                break
+        else:  # pragma: no cover - __exit__ without __enter__
+            return
+        if exc is None:
+            self._on_success(ticket, started)
+        else:
+            self._on_error(ticket, started, exc)
+
+    async def __aenter__(self) -> Breaker:
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+    def __repr__(self) -> str:
+        return f"<Breaker {self.name!r} {self._state.value}>"
+
+
+async def _maybe_await(value: Any) -> Any:
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+def _after_fork_in_child() -> None:
+    for breaker in list(_ALL):
+        breaker._init_runtime()
+
+
+def all_instances() -> list[Breaker]:
+    return list(_ALL)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,74 @@
+"""Which exceptions say "Redis is unreachable" and so count against a breaker.
+
+Connection-level errors count. Errors that are about the data or the command
+(``ValueError`` from ``incr`` on a missing key, ``ResponseError`` such as
+WRONGTYPE), cancellation and interrupts do not, and change no counter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import sys
+
+import redis.exceptions as rex
+
+__all__ = ["is_failure"]
+
+_NETWORK_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "ECONNREFUSED", "ECONNRESET", "ECONNABORTED", "EHOSTUNREACH", "ENETUNREACH",
+        "ENETDOWN", "EHOSTDOWN", "ETIMEDOUT", "EPIPE", "ENOTCONN", "EADDRNOTAVAIL", "ESHUTDOWN",
+    )
+    if hasattr(errno, name)
+)
+
+# Response errors that mean "this node cannot serve us now", not "bad command".
+_UNAVAILABLE_RESPONSES: tuple[type[BaseException], ...] = (rex.ReadOnlyError,)
+for _name in ("MasterDownError", "TryAgainError", "ClusterDownError"):
+    if hasattr(rex, _name):
+        _UNAVAILABLE_RESPONSES += (getattr(rex, _name),)
+
+_FAILURES: tuple[type[BaseException], ...] = (
+    rex.ConnectionError,  # includes BusyLoadingError, AuthenticationError, MaxConnectionsError
+    rex.TimeoutError,
+    ConnectionError,  # builtin: refused, reset, aborted, broken pipe
+    TimeoutError,  # builtin, socket.timeout and asyncio.TimeoutError on 3.11+
+    asyncio.TimeoutError,
+    socket.gaierror,
+    *_UNAVAILABLE_RESPONSES,
+)
+
+_NEVER: tuple[type[BaseException], ...] = (
+    asyncio.CancelledError,
+    KeyboardInterrupt,
+    SystemExit,
+    GeneratorExit,
+)
+
+
+def _kombu_operational() -> type[BaseException] | None:
+    module = sys.modules.get("kombu.exceptions")
+    return getattr(module, "OperationalError", None) if module is not None else None
+
+
+def is_failure(
+    exc: BaseException,
+    counted: tuple[type[BaseException], ...] = (),
+    excluded: tuple[type[BaseException], ...] = (),
+) -> bool:
+    """True when ``exc`` shows the endpoint is unavailable."""
+    if isinstance(exc, _NEVER):
+        return False
+    if excluded and isinstance(exc, excluded):
+        return False
+    if counted and isinstance(exc, counted):
+        return True
+    if isinstance(exc, _FAILURES):
+        return True
+    operational = _kombu_operational()
+    if operational is not None and isinstance(exc, operational):
+        return True
+    return type(exc) is OSError and exc.errno in _NETWORK_ERRNOS

@@ -1,0 +1,81 @@
+"""The ``guard`` decorator."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar, overload
+
+from ._breaker import Breaker
+from ._registry import get_breaker
+
+__all__ = ["guard"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _resolver(breaker: str | Breaker) -> Callable[[], Breaker]:
+    if isinstance(breaker, Breaker):
+        return lambda: breaker
+    if not isinstance(breaker, str):
+        raise TypeError(f"guard() takes a breaker name or a Breaker, not {type(breaker).__name__}")
+    return lambda: get_breaker(breaker)
+
+
+@overload
+def guard(breaker: F) -> F: ...
+@overload
+def guard(
+    breaker: str | Breaker = "default", *, fallback: Callable[..., Any] | None = None
+) -> Callable[[F], F]: ...
+
+
+def guard(
+    breaker: Any = "default", *, fallback: Callable[..., Any] | None = None
+) -> Any:
+    """Run the decorated function through a breaker.
+
+    ``breaker`` is a name (looked up with ``get_breaker`` at call time) or a
+    ``Breaker``. With ``fallback``, a rejected call or one that fails on a
+    counted error returns ``fallback(*args, **kwargs)`` (awaited when it is a
+    coroutine function); without it, ``BreakerOpenError`` or the original
+    error propagates. Works on ``def`` and ``async def`` functions, and bare
+    as ``@guard``.
+    """
+    if callable(breaker) and not isinstance(breaker, (str, Breaker)):
+        return guard()(breaker)
+    resolve = _resolver(breaker)
+
+    def decorate(fn: F) -> F:
+        name = f"guard:{getattr(fn, '__qualname__', 'call')}"
+        if inspect.iscoroutinefunction(fn):
+            if fallback is None:
+                @functools.wraps(fn)
+                async def async_raising(*args: Any, **kwargs: Any) -> Any:
+                    return await resolve().acall(fn, *args, **kwargs)
+
+                return async_raising  # type: ignore[return-value]
+
+            @functools.wraps(fn)
+            async def async_fallback(*args: Any, **kwargs: Any) -> Any:
+                return await resolve().acall_with_fallback(
+                    fn, fallback, args, kwargs, integration=name
+                )
+
+            return async_fallback  # type: ignore[return-value]
+
+        if fallback is None:
+            @functools.wraps(fn)
+            def raising(*args: Any, **kwargs: Any) -> Any:
+                return resolve().call(fn, *args, **kwargs)
+
+            return raising  # type: ignore[return-value]
+
+        @functools.wraps(fn)
+        def with_fallback(*args: Any, **kwargs: Any) -> Any:
+            return resolve().call_with_fallback(fn, fallback, args, kwargs, integration=name)
+
+        return with_fallback  # type: ignore[return-value]
+
+    return decorate

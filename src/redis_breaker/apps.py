@@ -1,0 +1,26 @@
+"""Django app: ``INSTALLED_APPS += ["redis_breaker"]``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.apps import AppConfig
+from django.core.signals import setting_changed
+
+
+def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting == "REDIS_BREAKERS":
+        from ._registry import reload_breakers
+
+        reload_breakers()
+
+
+class RedisBreakerConfig(AppConfig):
+    name = "redis_breaker"
+    verbose_name = "Redis breaker"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from . import checks  # noqa: F401  (registers the system checks)
+
+        setting_changed.connect(_on_setting_changed, dispatch_uid="redis_breaker_settings")
