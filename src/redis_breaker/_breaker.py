@@ -306,8 +306,7 @@ class Breaker:
 
     def _on_error(self, ticket: int, started: float, exc: BaseException) -> bool:
         """Record ``exc``; return True when it counts as a failure."""
-        config = self._config
-        if not is_failure(exc, config.counted, config.excluded):
+        if not self.counts(exc):
             if ticket & 1:
                 with self._lock:
                     if ticket >> 1 == self._generation:
@@ -446,6 +445,10 @@ class Breaker:
                 emit(logging.ERROR, "listener_failed", breaker=self.name,
                      listener=getattr(listener, "__qualname__", repr(listener)),
                      error=describe_error(exc))
+
+    def counts(self, exc: BaseException) -> bool:
+        """True when ``exc`` is the kind of error this breaker counts (Redis unavailable)."""
+        return is_failure(exc, self._config.counted, self._config.excluded)
 
     # -------------------------------------------------------------- fallbacks
     def note_fallback(self, integration: str, error: BaseException | None = None) -> None:
