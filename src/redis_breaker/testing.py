@@ -82,7 +82,7 @@ class RedisServer:
     """
 
     def __init__(self, port: int | None = None, *, password: str | None = None,
-                 extra_args: tuple[str, ...] = ()) -> None:
+                 extra_args: tuple[str, ...] = (), netns: bool = False) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RedisNotInstalled(INSTALL_HINT)
@@ -93,10 +93,27 @@ class RedisServer:
         self._dir = Path(tempfile.mkdtemp(prefix="redis-breaker-"))
         self.process: subprocess.Popen[bytes] | None = None
         self.frozen = False
+        self.blackholed = False
+        self._netns: _Netns | None = None
+        if netns:
+            ok, why = self.can_blackhole()
+            if not ok:
+                raise RuntimeError(f"cannot run redis-server in a network namespace: {why}")
+            self._netns = _Netns(self.port)
+
+    @staticmethod
+    def can_blackhole() -> tuple[bool, str]:
+        """Whether ``RedisServer(netns=True)`` and ``blackhole()`` work here, and why not."""
+        if os.geteuid() != 0:
+            return False, "blackhole needs root (network namespaces and iptables)"
+        for tool in ("ip", "iptables"):
+            if shutil.which(tool) is None:
+                return False, f"blackhole needs `{tool}` (apt-get install iproute2 iptables)"
+        return True, ""
 
     @property
     def host(self) -> str:
-        return "127.0.0.1"
+        return self._netns.inside if self._netns else "127.0.0.1"
 
     @property
     def url(self) -> str:
@@ -112,12 +129,19 @@ class RedisServer:
         ]
         if self.password:
             args += ["--requirepass", self.password]
+        if self._netns is not None:
+            # Reached over the veth pair, not loopback: protected mode would refuse it.
+            args += ["--protected-mode", "no"]
         return args + list(self.extra_args)
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         if self.running:
             return self
-        self.process = subprocess.Popen(self._args(), stdout=subprocess.DEVNULL,
+        args = self._args()
+        if self._netns is not None:
+            self._netns.create()
+            args = ["ip", "netns", "exec", self._netns.name, *args]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL, start_new_session=True)
         self.frozen = False
         deadline = time.monotonic() + timeout
@@ -180,6 +204,23 @@ class RedisServer:
         os.kill(self.process.pid, signal.SIGCONT)
         self.frozen = False
 
+    def blackhole(self) -> None:
+        """Drop every packet to the server: connects hang, open connections go silent.
+
+        Needs ``RedisServer(netns=True)`` (root): the DROP rule lives inside the
+        server's own network namespace and touches nothing else.
+        """
+        if self._netns is None:
+            raise RuntimeError("blackhole() needs RedisServer(netns=True)")
+        if not self.blackholed:
+            self._netns.iptables("-I", "INPUT", "-p", "tcp", "--dport", str(self.port), "-j", "DROP")
+            self.blackholed = True
+
+    def unblackhole(self) -> None:
+        if self._netns is not None and self.blackholed:
+            self._netns.iptables("-D", "INPUT", "-p", "tcp", "--dport", str(self.port), "-j", "DROP")
+            self.blackholed = False
+
     def restart(self, *, empty: bool = False) -> RedisServer:
         """Stop and start again on the same port; ``empty`` loses every key."""
         if empty:
@@ -198,7 +239,11 @@ class RedisServer:
         return redis.Redis.from_url(self.url, **kwargs)
 
     def close(self) -> None:
+        if self.frozen and self.process is not None:
+            self.thaw()
         self.kill()
+        if self._netns is not None:
+            self._netns.delete()
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> RedisServer:
@@ -209,4 +254,56 @@ class RedisServer:
 
     def __repr__(self) -> str:
         state = "frozen" if self.frozen else ("running" if self.running else "stopped")
-        return f"<RedisServer 127.0.0.1:{self.port} {state}>"
+        if self.blackholed:
+            state += ", blackholed"
+        return f"<RedisServer {self.host}:{self.port} {state}>"
+
+
+class _Netns:
+    """A network namespace joined to the host by a veth pair, on a /30 of 198.18.0.0/15.
+
+    198.18.0.0/15 is reserved for network benchmarks (RFC 2544); the pair is
+    private to this machine and removed with the namespace.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.name = f"rbk{port}"
+        base = (198 << 24) | (18 << 16) | ((port % 32768) * 4)
+        self.outside = _ip(base + 1)
+        self.inside = _ip(base + 2)
+        self._host_if = f"rbh{port}"
+        self._ns_if = f"rbn{port}"
+        self.created = False
+
+    def _run(self, *args: str) -> None:
+        done = subprocess.run(args, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(args)} failed: {done.stderr.strip()}")
+
+    def iptables(self, *args: str) -> None:
+        self._run("ip", "netns", "exec", self.name, "iptables", "-w", *args)
+
+    def create(self) -> None:
+        if self.created:
+            return
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+        self._run("ip", "netns", "add", self.name)
+        self._run("ip", "link", "add", self._host_if, "type", "veth", "peer", "name", self._ns_if)
+        self._run("ip", "link", "set", self._ns_if, "netns", self.name)
+        self._run("ip", "addr", "add", f"{self.outside}/30", "dev", self._host_if)
+        self._run("ip", "link", "set", self._host_if, "up")
+        self._run("ip", "netns", "exec", self.name, "ip", "addr", "add", f"{self.inside}/30",
+                  "dev", self._ns_if)
+        self._run("ip", "netns", "exec", self.name, "ip", "link", "set", self._ns_if, "up")
+        self._run("ip", "netns", "exec", self.name, "ip", "link", "set", "lo", "up")
+        self.created = True
+
+    def delete(self) -> None:
+        if self.created:
+            subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+            subprocess.run(["ip", "link", "del", self._host_if], capture_output=True)
+            self.created = False
+
+
+def _ip(value: int) -> str:
+    return ".".join(str((value >> shift) & 255) for shift in (24, 16, 8, 0))
