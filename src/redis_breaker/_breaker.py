@@ -107,6 +107,7 @@ class Breaker:
         self._window = Window(self._config.window)
         self._trials = 0
         self._trial_successes = 0
+        self._next_trial_at = 0.0
         self._open_until = 0.0
         self._backoff_step = 0
         self._left_closed_at: float | None = None
@@ -374,6 +375,7 @@ class Breaker:
         if to is State.HALF_OPEN:
             self._trials = 0
             self._trial_successes = 0
+            self._next_trial_at = now
         if to in (State.CLOSED, State.DISABLED):
             if self._left_closed_at is not None:
                 open_for = now - self._left_closed_at
@@ -510,6 +512,9 @@ class Breaker:
             if ticket < 0 or not ticket & 1:
                 return False
             started = self._now()
+            with self._lock:
+                # Space the probe's trials: a few answers in a row, not one burst.
+                self._next_trial_at = started + min(self._config.reset_timeout, 0.25)
             try:
                 self._ping()
             except Exception as exc:
@@ -543,9 +548,11 @@ class Breaker:
             if state is State.OPEN:
                 return max(0.0, self._open_until - self._now())
             if state is State.HALF_OPEN:
+                now = self._now()
                 if self._trials >= self._config.half_open_max_calls:
-                    return min(self._config.reset_timeout, 0.1)
-                return 0.0 if self._trial_successes == 0 else self._config.reset_timeout
+                    # Trials of real traffic are running; look again shortly.
+                    self._next_trial_at = max(self._next_trial_at, now + 0.05)
+                return max(0.0, self._next_trial_at - now)
             return None
 
     # ------------------------------------------------------------ call paths

@@ -27,8 +27,16 @@ class Problem:
 
     key: str
     kind: str
-    message: str
-    fix: str
+    #: Text with ``{key}`` where the setting's name goes (upper case in Django
+    #: settings, lower case for ``BreakerConfig`` fields).
+    template: str
+    fix_template: str
+
+    def message(self, key: str | None = None) -> str:
+        return self.template.format(key=key or self.key)
+
+    def fix(self, key: str | None = None) -> str:
+        return self.fix_template.format(key=key or self.key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,15 +145,20 @@ def _resolve_exception(item: Any) -> type[BaseException]:
     raise ImportError(f"{item!r} is neither an exception class nor a dotted path")
 
 
+def _braces(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
+
+
 def validate_settings(values: Mapping[str, Any]) -> list[Problem]:
     """Return every problem with one breaker's settings (upper-case keys)."""
     problems: list[Problem] = []
     for key in values:
         if key not in _BY_KEY:
             close = difflib.get_close_matches(str(key), list(_BY_KEY), n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
+            hint = f"Did you mean {close[0]!r}? " if close else ""
             problems.append(Problem(str(key), "unknown", f"unknown setting {key!r}",
-                                    f"{hint}Valid keys: {', '.join(_BY_KEY)}."))
+                                    f"{hint}Valid keys: {', '.join(_BY_KEY)}.".replace("{", "{{")
+                                    .replace("}", "}}")))
     for spec in SETTINGS:
         if spec.key not in values:
             continue
@@ -158,28 +171,30 @@ def validate_settings(values: Mapping[str, Any]) -> list[Problem]:
         if bad_type:
             problems.append(Problem(
                 spec.key, "type",
-                f"{spec.key} is {type(value).__name__} {value!r}",
-                f"Set {spec.key} to {spec.type_name}"
+                "{key} is " + _braces(f"{type(value).__name__} {value!r}"),
+                "Set {key} to " + spec.type_name
                 + (" or None." if spec.nullable else "."),
             ))
             continue
         if spec.check is not None and not spec.check(value):
-            problems.append(Problem(spec.key, "value", f"{spec.key} is {value!r}",
-                                    f"Set {spec.key} to a value {spec.rule}."))
+            problems.append(Problem(spec.key, "value", "{key} is " + _braces(repr(value)),
+                                    "Set {key} to a value " + spec.rule + "."))
             continue
         if spec.key == "URL":
             why = _check_url(value)
             if why:
                 from ._redact import redact
 
-                problems.append(Problem(spec.key, "value", f"URL {redact(value)!r} {why}",
-                                        "Set URL to a redis://, rediss:// or unix:// URL."))
+                problems.append(Problem(spec.key, "value",
+                                        "{key} " + _braces(f"{redact(value)!r} {why}"),
+                                        "Set {key} to a redis://, rediss:// or unix:// URL."))
         if spec.key in ("COUNT_EXCEPTIONS", "EXCLUDE_EXCEPTIONS"):
             for item in value:
                 try:
                     _resolve_exception(item)
                 except (ImportError, AttributeError) as exc:
-                    problems.append(Problem(spec.key, "import", f"{spec.key} entry {item!r}: {exc}",
+                    problems.append(Problem(spec.key, "import",
+                                            "{key} entry " + _braces(f"{item!r}: {exc}"),
                                             "List exception classes or importable dotted paths "
                                             "such as 'redis.exceptions.ResponseError'."))
     reset = values.get("RESET_TIMEOUT", _BY_KEY["RESET_TIMEOUT"].default)
@@ -189,8 +204,8 @@ def validate_settings(values: Mapping[str, Any]) -> list[Problem]:
         and isinstance(reset, _NUM) and isinstance(ceiling, _NUM) and ceiling < reset
     ):
         problems.append(Problem("MAX_RESET_TIMEOUT", "consistency",
-                                f"MAX_RESET_TIMEOUT ({ceiling}) is below RESET_TIMEOUT ({reset})",
-                                "Make MAX_RESET_TIMEOUT at least RESET_TIMEOUT."))
+                                f"{{key}} ({ceiling}) is below the first open interval ({reset})",
+                                "Make {key} at least the first open interval (RESET_TIMEOUT)."))
     return problems
 
 
@@ -227,8 +242,9 @@ class BreakerConfig:
         problems = validate_settings(values)
         if problems:
             p = problems[0]
-            raise ValueError(f"BreakerConfig.{p.key.lower()}: {p.message}. "
-                             f"{p.fix.replace(p.key, p.key.lower())}")
+            field_name = p.key.lower()
+            raise ValueError(f"BreakerConfig.{field_name}: {p.message(field_name)}. "
+                             f"{p.fix(field_name)}")
         object.__setattr__(self, "count_exceptions", tuple(self.count_exceptions))
         object.__setattr__(self, "exclude_exceptions", tuple(self.exclude_exceptions))
         object.__setattr__(self, "counted",
@@ -242,7 +258,7 @@ class BreakerConfig:
         values = dict(values or {})
         problems = [p for p in validate_settings(values) if p.kind == "unknown"]
         if problems:
-            raise ValueError(f"{problems[0].message}. {problems[0].fix}")
+            raise ValueError(f"{problems[0].message()}. {problems[0].fix()}")
         kwargs = {k.lower(): (tuple(v) if isinstance(v, list) else v) for k, v in values.items()}
         return cls(**kwargs)
 

@@ -55,8 +55,8 @@ def check_breakers(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             continue
         for problem in validate_settings(entry):
             errors.append(Error(
-                f'REDIS_BREAKERS["{name}"]["{problem.key}"]: {problem.message}.',
-                hint=problem.fix,
+                f'REDIS_BREAKERS["{name}"]["{problem.key}"]: {problem.message()}.',
+                hint=problem.fix(),
                 id=_IDS[problem.kind],
             ))
     return errors

@@ -11,7 +11,7 @@ __all__ = ["conf"]
 
 class Settings:
     @property
-    def REDIS_BREAKERS(self) -> Any:  # noqa: N802 (the setting's name)
+    def REDIS_BREAKERS(self) -> Any:
         return getattr(settings, "REDIS_BREAKERS", {})
 
 

@@ -7,7 +7,13 @@ this module needs neither Celery nor Channels.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .cache import safe_cache_delete, safe_cache_get, safe_cache_set
+    from .celery import execute_task_sync
+    from .channels import async_safe_group_send, safe_group_send
+    from .health import check_redis_health, get_redis_status
 
 __all__ = [
     "async_safe_group_send",

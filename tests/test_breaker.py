@@ -1,0 +1,451 @@
+"""The engine's state machine, driven with freezegun: tripping, rejection, backoff, recovery."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pybreaker
+import pytest
+import redis
+from freezegun import freeze_time
+from freezegun.api import FrozenDateTimeFactory
+
+from redis_breaker import Breaker, BreakerConfig, BreakerOpenError, State, StateChange
+from redis_breaker.testing import capture_events
+
+
+def refused() -> None:
+    raise redis.ConnectionError("Error 111 connecting to redis://:s3cret@10.0.0.1:6379. Connection refused.")
+
+
+def ok() -> str:
+    return "ok"
+
+
+def fail(breaker: Breaker, times: int, exc: Callable[[], Any] = refused) -> None:
+    for _ in range(times):
+        with pytest.raises((redis.ConnectionError, redis.TimeoutError, BreakerOpenError)):
+            breaker.call(exc)
+
+
+def make(**overrides: Any) -> Breaker:
+    """A breaker without a probe, and a jitter that always takes the longest wait."""
+    overrides.setdefault("probe", False)
+    return Breaker("t", BreakerConfig(**overrides), rng=lambda: 1.0)
+
+
+@pytest.fixture
+def clock() -> Iterator[FrozenDateTimeFactory]:
+    with freeze_time("2026-01-01 00:00:00") as frozen:
+        yield frozen
+
+
+def test_opens_after_consecutive_failures(clock: FrozenDateTimeFactory) -> None:
+    """Five connection errors in a row open the breaker, and the sixth call never runs."""
+    breaker = make()
+    fail(breaker, 4)
+    assert breaker.state is State.CLOSED
+    fail(breaker, 1)
+    assert breaker.state is State.OPEN
+    ran = []
+    with pytest.raises(BreakerOpenError) as info:
+        breaker.call(ran.append, 1)
+    assert ran == []
+    assert info.value.name == "t"
+    assert info.value.retry_in == pytest.approx(0.5)
+    assert isinstance(info.value, pybreaker.CircuitBreakerError)
+
+
+def test_success_resets_the_consecutive_count(clock: FrozenDateTimeFactory) -> None:
+    """Failures separated by a success never reach the consecutive threshold."""
+    breaker = make(failure_rate=None)
+    for _ in range(10):
+        fail(breaker, 4)
+        breaker.call(ok)
+    assert breaker.state is State.CLOSED
+    assert breaker.stats().consecutive_failures == 0
+
+
+def test_failure_rate_over_the_window_trips(clock: FrozenDateTimeFactory) -> None:
+    """Alternating failures never make five in a row but do exceed 50% of 20 calls."""
+    breaker = make(failure_rate=0.5, minimum_calls=20)
+    for _ in range(9):
+        breaker.call(ok)
+        fail(breaker, 1)
+    assert breaker.state is State.CLOSED
+    breaker.call(ok)
+    with capture_events() as events:
+        fail(breaker, 1)
+    assert breaker.state is State.OPEN
+    assert events[0]["reason"] == "failure rate 50% over 10s (n=20)"
+
+
+def test_failure_rate_needs_the_minimum_calls(clock: FrozenDateTimeFactory) -> None:
+    """A 100% failure rate over fewer calls than MINIMUM_CALLS does not trip by rate."""
+    breaker = make(failure_threshold=100, minimum_calls=20)
+    fail(breaker, 19)
+    assert breaker.state is State.CLOSED
+    fail(breaker, 1)
+    assert breaker.state is State.OPEN
+
+
+def test_old_failures_age_out_of_the_window(clock: FrozenDateTimeFactory) -> None:
+    """Failures older than WINDOW no longer count toward the rate."""
+    breaker = make(failure_threshold=100, minimum_calls=20, window=10.0)
+    fail(breaker, 15)
+    clock.tick(11)
+    for _ in range(5):
+        breaker.call(ok)
+    fail(breaker, 4)
+    stats = breaker.stats()
+    assert (stats.window_calls, stats.window_failures) == (9, 4)
+    assert breaker.state is State.CLOSED
+
+
+def test_slow_calls_count_as_failures(clock: FrozenDateTimeFactory) -> None:
+    """A call slower than SLOW_CALL_THRESHOLD returns its result but counts as a failure."""
+    breaker = make(slow_call_threshold=0.2, failure_threshold=2)
+
+    def slow() -> str:
+        clock.tick(0.3)
+        return "late"
+
+    assert breaker.call(slow) == "late"
+    assert breaker.stats().consecutive_failures == 1
+    assert breaker.call(slow) == "late"
+    assert breaker.state is State.OPEN
+    assert "slow-call threshold" in (breaker.stats().last_error or "")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ValueError("key 'k' not found"),
+        redis.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"),
+        asyncio.CancelledError(),
+        KeyboardInterrupt(),
+        KeyError("x"),
+    ],
+)
+def test_non_outage_errors_change_no_counter(clock: FrozenDateTimeFactory, error: BaseException) -> None:
+    """Errors about the data or the caller propagate and leave every counter as it was."""
+    breaker = make()
+    fail(breaker, 4)
+    before = breaker.stats()
+
+    def raise_it() -> None:
+        raise error
+
+    with pytest.raises(type(error)):
+        breaker.call(raise_it)
+    after = breaker.stats()
+    assert after.consecutive_failures == before.consecutive_failures == 4
+    assert (after.window_calls, after.window_failures) == (before.window_calls, before.window_failures)
+    assert after.last_error == before.last_error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        redis.TimeoutError("Timeout reading from socket"),
+        redis.exceptions.BusyLoadingError("Redis is loading the dataset in memory"),
+        redis.exceptions.ReadOnlyError("You can't write against a read only replica."),
+        ConnectionRefusedError(111, "Connection refused"),
+        TimeoutError("timed out"),
+        OSError(113, "No route to host"),
+    ],
+)
+def test_connection_level_errors_count(clock: FrozenDateTimeFactory, error: BaseException) -> None:
+    """Every kind of "Redis is not reachable" error counts toward tripping."""
+    breaker = make(failure_threshold=1)
+
+    def raise_it() -> None:
+        raise error
+
+    with pytest.raises(type(error)):
+        breaker.call(raise_it)
+    assert breaker.state is State.OPEN
+
+
+def test_kombu_operational_error_counts(clock: FrozenDateTimeFactory) -> None:
+    """kombu's OperationalError (a broker that cannot be reached) counts."""
+    from kombu.exceptions import OperationalError
+
+    breaker = make(failure_threshold=1)
+
+    def raise_it() -> None:
+        raise OperationalError("Error 111 connecting to localhost:6379. Connection refused.")
+
+    with pytest.raises(OperationalError):
+        breaker.call(raise_it)
+    assert breaker.state is State.OPEN
+
+
+def test_users_can_count_and_exclude_exception_types(clock: FrozenDateTimeFactory) -> None:
+    """COUNT_EXCEPTIONS adds types that count; EXCLUDE_EXCEPTIONS removes default ones."""
+    breaker = make(failure_threshold=1, count_exceptions=("builtins.LookupError",),
+                   exclude_exceptions=(redis.TimeoutError,))
+
+    def timeout() -> None:
+        raise redis.TimeoutError("slow")
+
+    fail(breaker, 3, timeout)
+    assert breaker.state is State.CLOSED
+    with pytest.raises(KeyError):
+        breaker.call(lambda: {}["missing"])
+    assert breaker.state is State.OPEN
+
+
+def test_half_open_after_the_interval_without_a_probe(clock: FrozenDateTimeFactory) -> None:
+    """Without a probe, the first call after the open interval is a trial; two successes close."""
+    breaker = make()
+    fail(breaker, 5)
+    clock.tick(0.49)
+    with pytest.raises(BreakerOpenError):
+        breaker.call(ok)
+    clock.tick(0.02)
+    assert breaker.call(ok) == "ok"
+    assert breaker.state is State.HALF_OPEN
+    assert breaker.call(ok) == "ok"
+    assert breaker.state is State.CLOSED
+
+
+def test_trial_failure_reopens_with_a_doubled_interval(clock: FrozenDateTimeFactory) -> None:
+    """Each failed trial doubles the open interval, up to MAX_RESET_TIMEOUT."""
+    breaker = make(reset_timeout=1.0, max_reset_timeout=5.0)
+    fail(breaker, 5)
+    waits = []
+    for _ in range(5):
+        waits.append(breaker.stats().retry_in_s)
+        clock.tick(breaker.stats().retry_in_s or 0)
+        fail(breaker, 1)
+        assert breaker.state is State.OPEN
+    assert waits == pytest.approx([1.0, 2.0, 4.0, 5.0, 5.0])
+
+
+def test_jitter_shortens_the_wait_by_at_most_a_fifth(clock: FrozenDateTimeFactory) -> None:
+    """With the lowest jitter draw the interval is 80% of the backoff step."""
+    breaker = Breaker("j", BreakerConfig(probe=False, reset_timeout=1.0), rng=lambda: 0.0)
+    fail(breaker, 5)
+    assert breaker.stats().retry_in_s == pytest.approx(0.8)
+
+
+def test_closing_resets_the_backoff(clock: FrozenDateTimeFactory) -> None:
+    """After a recovery, the next outage starts again from the first interval."""
+    breaker = make(reset_timeout=1.0)
+    fail(breaker, 5)
+    clock.tick(1)
+    fail(breaker, 1)  # trial fails: next wait 2 s
+    clock.tick(2)
+    breaker.call(ok)
+    breaker.call(ok)
+    assert breaker.state is State.CLOSED
+    fail(breaker, 5)
+    assert breaker.stats().retry_in_s == pytest.approx(1.0)
+
+
+def test_half_open_admits_only_the_permitted_trials(clock: FrozenDateTimeFactory) -> None:
+    """While a trial is in flight, every other caller is rejected at once."""
+    breaker = make(half_open_max_calls=1)
+    fail(breaker, 5)
+    clock.tick(1)
+    seen = []
+
+    def trial() -> str:
+        with pytest.raises(BreakerOpenError) as info:
+            breaker.call(ok)
+        seen.append(info.value.state)
+        return "trial"
+
+    assert breaker.call(trial) == "trial"
+    assert seen == ["half_open"]
+
+
+def test_stale_outcome_does_not_close_a_reopened_breaker(clock: FrozenDateTimeFactory) -> None:
+    """A call admitted while closed that ends after the trip changes nothing."""
+    breaker = make(failure_threshold=1)
+
+    def slow_success() -> str:
+        fail(breaker, 1)  # another caller trips the breaker meanwhile
+        return "late"
+
+    assert breaker.call(slow_success) == "late"
+    assert breaker.state is State.OPEN
+
+
+def test_force_open_disable_and_reset(clock: FrozenDateTimeFactory) -> None:
+    """Manual states: forced open rejects, disabled passes and never trips, reset closes."""
+    breaker = make(failure_threshold=1)
+    breaker.force_open()
+    with pytest.raises(BreakerOpenError) as info:
+        breaker.call(ok)
+    assert info.value.state == "forced_open"
+    clock.tick(3600)
+    with pytest.raises(BreakerOpenError):
+        breaker.call(ok)
+    breaker.disable()
+    fail(breaker, 10)
+    assert breaker.state is State.DISABLED
+    assert breaker.stats().consecutive_failures == 10
+    breaker.reset()
+    assert breaker.state is State.CLOSED
+    assert breaker.stats().consecutive_failures == 0
+
+
+def test_stats_snapshot(clock: FrozenDateTimeFactory) -> None:
+    """stats() reports state, counters and the last error with the password removed."""
+    breaker = make()
+    fail(breaker, 5)
+    for _ in range(3):
+        with pytest.raises(BreakerOpenError):
+            breaker.call(ok)
+    breaker.call_with_fallback(ok, lambda: "fallback")
+    stats = breaker.stats()
+    assert stats.state is State.OPEN
+    assert stats.consecutive_failures == 5
+    assert (stats.window_calls, stats.window_failures) == (5, 5)
+    assert stats.rejected == 4
+    assert stats.fallback_calls == 1
+    assert stats.last_error is not None
+    assert "s3cret" not in stats.last_error
+    assert "redis://:***@10.0.0.1:6379" in stats.last_error
+    assert stats.as_dict()["state"] == "open"
+
+
+def test_listeners_receive_every_transition(clock: FrozenDateTimeFactory) -> None:
+    """Callables get a StateChange and pybreaker listeners get state_change, in order."""
+    breaker = make()
+    changes: list[StateChange] = []
+    pb_changes: list[tuple[str, str]] = []
+
+    class PB(pybreaker.CircuitBreakerListener):
+        def state_change(self, cb: Any, old_state: Any, new_state: Any) -> None:
+            pb_changes.append((old_state.name if old_state else None, new_state.name))
+
+    breaker.add_listener(changes.append)
+    breaker.add_listener(PB())
+    fail(breaker, 5)
+    clock.tick(1)
+    breaker.call(ok)
+    breaker.call(ok)
+    assert [(c.from_state, c.to_state) for c in changes] == [
+        (State.CLOSED, State.OPEN), (State.OPEN, State.HALF_OPEN), (State.HALF_OPEN, State.CLOSED),
+    ]
+    assert pb_changes == [("closed", "open"), ("open", "half-open"), ("half-open", "closed")]
+    assert breaker.pybreaker.current_state == "closed"
+    assert changes[-1].open_for_s == pytest.approx(1.0)
+
+
+def test_a_failing_listener_does_not_break_the_breaker(clock: FrozenDateTimeFactory) -> None:
+    """An exception in a listener is logged; the transition and other listeners proceed."""
+    breaker = make(failure_threshold=1)
+    seen: list[StateChange] = []
+
+    def broken(change: StateChange) -> None:
+        raise RuntimeError("listener bug")
+
+    breaker.add_listener(broken)
+    breaker.add_listener(seen.append)
+    with capture_events() as events:
+        fail(breaker, 1)
+    assert breaker.state is State.OPEN
+    assert len(seen) == 1
+    assert [e["event"] for e in events] == ["breaker_state_changed", "listener_failed"]
+
+
+def test_transition_events_carry_the_design_fields(clock: FrozenDateTimeFactory) -> None:
+    """Open is logged at ERROR and closed at INFO, with reason, failures and durations."""
+    breaker = make()
+    with capture_events() as events:
+        fail(breaker, 5)
+        breaker.call_with_fallback(ok, lambda: "fb", integration="cache")
+        breaker.call_with_fallback(ok, lambda: "fb", integration="cache")
+        clock.tick(2)
+        breaker.call(ok)
+        breaker.call(ok)
+    opened, warned, half, closed, summary = events
+    assert opened["event"] == "breaker_state_changed"
+    assert opened["log_level"] == "error"
+    assert opened["reason"] == "5 consecutive failures"
+    assert opened["failures"] == 5
+    assert "s3cret" not in opened["last_error"]
+    assert (warned["event"], warned["log_level"], warned["integration"]) == ("fallback_used", "warning", "cache")
+    assert (half["to_state"], half["reason"]) == ("half_open", "open interval elapsed")
+    assert (closed["to_state"], closed["log_level"]) == ("closed", "info")
+    assert closed["reason"] == "2 trial calls succeeded"
+    assert closed["open_for_s"] == pytest.approx(2.0)
+    assert closed["fallback_calls"] == 2
+    assert (summary["event"], summary["fallback_calls"]) == ("fallback_summary", 2)
+
+
+def test_fallback_warning_is_logged_once_per_outage(clock: FrozenDateTimeFactory) -> None:
+    """A thousand fallback calls in one outage make one warning, not a thousand lines."""
+    breaker = make()
+    fail(breaker, 5)
+    with capture_events() as events:
+        for _ in range(1000):
+            breaker.call_with_fallback(ok, lambda: "fb", integration="cache")
+    assert [e["event"] for e in events] == ["fallback_used"]
+    assert breaker.stats().fallback_calls == 1000
+
+
+def test_context_manager_counts_like_call(clock: FrozenDateTimeFactory) -> None:
+    """`with breaker:` counts the block's connection errors and rejects when open."""
+    breaker = make(failure_threshold=2)
+    for _ in range(2):
+        with pytest.raises(redis.ConnectionError), breaker:
+            refused()
+    assert breaker.state is State.OPEN
+    with pytest.raises(BreakerOpenError), breaker:
+        pytest.fail("the block must not run")
+
+
+async def test_async_paths(clock: FrozenDateTimeFactory) -> None:
+    """acall, `async with` and acall_with_fallback trip and recover like the sync paths."""
+    breaker = make(failure_threshold=2)
+
+    async def down() -> None:
+        refused()
+
+    async def up() -> str:
+        return "up"
+
+    with pytest.raises(redis.ConnectionError):
+        await breaker.acall(down)
+    with pytest.raises(redis.ConnectionError):
+        async with breaker:
+            await down()
+    assert breaker.state is State.OPEN
+    with pytest.raises(BreakerOpenError):
+        await breaker.acall(up)
+
+    async def async_fallback() -> str:
+        return "async fallback"
+
+    assert await breaker.acall_with_fallback(up, async_fallback) == "async fallback"
+    assert await breaker.acall_with_fallback(up, lambda: "sync fallback") == "sync fallback"
+    clock.tick(1)
+    assert await breaker.acall(up) == "up"
+    async with breaker:
+        pass
+    assert breaker.state is State.CLOSED
+
+
+def test_call_with_fallback_serves_the_failing_call(clock: FrozenDateTimeFactory) -> None:
+    """The call that discovers the outage gets the fallback too, and non-outage errors propagate."""
+    breaker = make()
+    assert breaker.call_with_fallback(refused, lambda: "fallback") == "fallback"
+    assert breaker.stats().consecutive_failures == 1
+    with pytest.raises(ValueError, match="bad"):
+        breaker.call_with_fallback(lambda: int("bad"), lambda: "fallback")
+
+
+def test_reconfigure_keeps_the_state(clock: FrozenDateTimeFactory) -> None:
+    """configure() swaps thresholds without closing an open breaker."""
+    breaker = make()
+    fail(breaker, 5)
+    breaker.configure(BreakerConfig(probe=False, failure_threshold=1, window=5.0))
+    assert breaker.state is State.OPEN
+    assert breaker.config.failure_threshold == 1

@@ -1,0 +1,173 @@
+"""The engine against a real redis-server: frozen, stopped, restarted; the probe recovers alone."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+import redis
+
+from redis_breaker import Breaker, BreakerConfig, BreakerOpenError, State
+from redis_breaker.testing import RedisServer, capture_events
+
+SOCKET_TIMEOUT = 0.5
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.02)
+
+
+def client(server: RedisServer) -> redis.Redis:
+    return redis.Redis.from_url(server.url, socket_timeout=SOCKET_TIMEOUT,
+                                socket_connect_timeout=SOCKET_TIMEOUT,
+                                retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0))
+
+
+def hammer(breaker: Breaker, r: redis.Redis, threads: int, calls: int) -> list[tuple[float, str]]:
+    """Run `calls` GETs in each of `threads` threads; return (seconds, outcome) per call."""
+    results: list[tuple[float, str]] = []
+    lock = threading.Lock()
+    start = threading.Barrier(threads)
+
+    def work() -> None:
+        start.wait()
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            try:
+                breaker.call(r.get, "k")
+                outcome = "ok"
+            except BreakerOpenError:
+                outcome = "rejected"
+            except (redis.ConnectionError, redis.TimeoutError):
+                outcome = "error"
+            with lock:
+                results.append((time.perf_counter() - t0, outcome))
+
+    pool = [threading.Thread(target=work) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(60)
+    return results
+
+
+def test_frozen_redis_opens_and_no_call_queues_behind_another(redis_server: RedisServer) -> None:
+    """8 threads, Redis frozen: the breaker opens and no call waits for other calls' timeouts."""
+    breaker = Breaker("frozen", BreakerConfig(url=redis_server.url))
+    r = client(redis_server)
+    r.set("k", "v")
+    redis_server.freeze()
+    results = hammer(breaker, r, threads=8, calls=20)
+    assert breaker.state is State.OPEN
+    slowest = max(seconds for seconds, _ in results)
+    # Concurrent timeouts overlap instead of queueing: the slowest call is about one
+    # socket timeout (a breaker holding a lock across calls makes it 5-8 of them).
+    assert slowest < 3 * SOCKET_TIMEOUT, f"slowest call {slowest:.2f}s"
+    outcomes = [o for _, o in results]
+    assert outcomes.count("rejected") >= 8 * 20 - 8 * 2
+    redis_server.thaw()
+
+
+def test_probe_alone_recovers_after_thaw(redis_server: RedisServer) -> None:
+    """With no user traffic, the probe finds Redis back, goes half-open, and trial PINGs close it."""
+    breaker = Breaker("thaw", BreakerConfig(url=redis_server.url, probe_timeout=0.25))
+    r = client(redis_server)
+    redis_server.freeze()
+    with capture_events() as events:
+        hammer(breaker, r, threads=8, calls=2)
+        assert breaker.state is State.OPEN
+        redis_server.thaw()
+        wait_for(lambda: breaker.state is State.CLOSED)
+    transitions = [(e["from_state"], e["to_state"], e["reason"]) for e in events
+                   if e["event"] == "breaker_state_changed"]
+    assert transitions[0][:2] == ("closed", "open")
+    assert ("open", "half_open", "probe ok") in transitions
+    assert transitions[-1][:2] == ("half_open", "closed")
+    probe = breaker._probe
+    assert probe is not None
+    wait_for(lambda: not probe.is_alive(), timeout=5)  # the probe stops once closed
+
+
+def test_stopped_redis_refuses_then_recovers_on_restart(redis_server: RedisServer) -> None:
+    """Refused connections trip at once; a restart (empty) is found by the probe."""
+    breaker = Breaker("stop", BreakerConfig(url=redis_server.url))
+    r = client(redis_server)
+    redis_server.stop()
+    for _ in range(5):
+        with pytest.raises(redis.ConnectionError):
+            breaker.call(r.get, "k")
+    assert breaker.state is State.OPEN
+    with pytest.raises(BreakerOpenError):
+        breaker.call(r.get, "k")
+    redis_server.restart(empty=True)
+    wait_for(lambda: breaker.state is State.CLOSED)
+    assert breaker.call(r.get, "k") is None
+
+
+def test_probe_backs_off_while_redis_stays_down(redis_server: RedisServer) -> None:
+    """Each failed probe pushes the next attempt further out."""
+    breaker = Breaker("backoff", BreakerConfig(url=redis_server.url, reset_timeout=0.05,
+                                               max_reset_timeout=10.0))
+    redis_server.stop()
+    for _ in range(5):
+        with pytest.raises(redis.ConnectionError):
+            breaker.call(client(redis_server).get, "k")
+    wait_for(lambda: breaker._backoff_step >= 3)
+    assert breaker.state is State.OPEN
+    assert breaker.stats().retry_in_s is not None
+    assert "Connection refused" in (breaker.stats().last_error or "") or "111" in (
+        breaker.stats().last_error or "")
+
+
+def test_probe_password_never_logged(tmp_path: object) -> None:
+    """A probe failing against a password-protected URL logs no password."""
+    with RedisServer(password="hunter2") as server:
+        url = server.url
+        assert "hunter2" in url
+        breaker = Breaker("pw", BreakerConfig(url=url, failure_threshold=1))
+        server.stop()
+        with capture_events() as events:
+            with pytest.raises(redis.ConnectionError):
+                breaker.call(redis.Redis.from_url(url, socket_connect_timeout=0.2).get, "k")
+            wait_for(lambda: breaker._backoff_step >= 1)
+        assert "hunter2" not in repr(events)
+        assert "hunter2" not in repr(breaker.stats())
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_breaker_created_before_fork_works_in_the_child(redis_server: RedisServer) -> None:
+    """A breaker tripped before fork recovers in the child with its own probe (gunicorn --preload)."""
+    breaker = Breaker("fork", BreakerConfig(url=redis_server.url))
+    redis_server.stop()
+    for _ in range(5):
+        with pytest.raises(redis.ConnectionError):
+            breaker.call(client(redis_server).get, "k")
+    assert breaker.state is State.OPEN
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(read)
+        code = 1
+        try:
+            with pytest.raises(BreakerOpenError):  # starts this process's probe
+                breaker.call(lambda: None)
+            os.write(write, b"r")  # ready: the parent may start Redis
+            deadline = time.monotonic() + 20
+            while breaker.state is not State.CLOSED and time.monotonic() < deadline:
+                time.sleep(0.02)
+            code = 0 if breaker.state is State.CLOSED else 2
+        finally:
+            os._exit(code)
+    os.close(write)
+    assert os.read(read, 1) == b"r"
+    os.close(read)
+    redis_server.start()
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
