@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import inspect
+import itertools
 import logging
 import os
 import random
@@ -30,7 +31,7 @@ from ._events import emit
 from ._probe import Probe, ping_url
 from ._redact import describe_error, redact
 from ._state import State, StateChange, Stats
-from ._window import Window
+from ._window import Window, count_value
 
 __all__ = ["Breaker", "Listener"]
 
@@ -43,6 +44,7 @@ _BLOCKS: contextvars.ContextVar[tuple[tuple[Breaker, int, float], ...]] = contex
     "redis_breaker_blocks", default=()
 )
 _FALLBACK_WARN_EVERY = 60.0
+_CLOSED, _OPEN, _DISABLED, _FORCED_OPEN = State.CLOSED, State.OPEN, State.DISABLED, State.FORCED_OPEN
 
 _PB_DRIVE = {
     State.OPEN: "open",
@@ -93,6 +95,7 @@ class Breaker:
     ) -> None:
         self.name = name
         self._config = config or BreakerConfig()
+        self._slow_threshold = self._config.slow_call_threshold
         self._clock = clock
         self._random = rng or random.random
         self._probe_fn = probe
@@ -111,9 +114,9 @@ class Breaker:
         self._open_until = 0.0
         self._backoff_step = 0
         self._left_closed_at: float | None = None
-        self._rejected = 0
-        self._fallback_calls = 0
-        self._fallback_by: dict[str, int] = {}
+        # itertools.count: next() is atomic in CPython, so the hot paths need no lock.
+        self._rejected = itertools.count()
+        self._fallback_by: dict[str, itertools.count[int]] = {}
         self._fallback_warned: dict[str, float] = {}
         self._last_error: str | None = None
         _ALL.add(self)
@@ -124,6 +127,8 @@ class Breaker:
         self._publish_lock = threading.Lock()
         self._pending: deque[StateChange | _Summary] = deque()
         self._probe: Probe | None = None
+        #: True while a probe thread is running: rejections then need no lock.
+        self._probe_running = False
 
     # ----------------------------------------------------------------- config
     @property
@@ -136,6 +141,7 @@ class Breaker:
             if config.window != self._config.window:
                 self._window = Window(config.window)
             self._config = config
+            self._slow_threshold = config.slow_call_threshold
         self._wake_probe()
 
     @property
@@ -201,7 +207,7 @@ class Breaker:
             now = self._now()
             self._transition(to, reason, now)
             if to is State.CLOSED:
-                self._rejected = 0
+                self._rejected = itertools.count()
                 self._last_error = None
         self._publish()
 
@@ -218,8 +224,8 @@ class Breaker:
                 consecutive_failures=self._consecutive,
                 window_calls=calls,
                 window_failures=failures,
-                rejected=self._rejected,
-                fallback_calls=self._fallback_calls,
+                rejected=count_value(self._rejected),
+                fallback_calls=self._fallback_total(),
                 last_error=self._last_error,
                 retry_in_s=retry_in,
                 url=redact(self.url) if self.url else None,
@@ -229,9 +235,9 @@ class Breaker:
     def _admit(self) -> int:
         """Return a ticket, or raise ``BreakerOpenError`` without touching Redis."""
         state = self._state
-        if state is State.CLOSED or state is State.DISABLED:
+        if state is _CLOSED or state is _DISABLED:
             return self._generation << 1
-        ticket = self._admit_slow()
+        ticket = self._try_admit()
         if ticket < 0:
             raise self._rejection()
         return ticket
@@ -239,8 +245,11 @@ class Breaker:
     def _try_admit(self) -> int:
         """Like ``_admit`` but returns -1 instead of raising."""
         state = self._state
-        if state is State.CLOSED or state is State.DISABLED:
+        if state is _CLOSED or state is _DISABLED:
             return self._generation << 1
+        if state is _FORCED_OPEN or (state is _OPEN and self._probe_running):
+            next(self._rejected)
+            return -1
         return self._admit_slow()
 
     def _admit_slow(self) -> int:
@@ -251,12 +260,11 @@ class Breaker:
             if state is State.OPEN:
                 now = self._now()
                 if self._probing():
-                    if self._probe is None or not self._probe.alive:
-                        self._start_probe()
-                    self._rejected += 1
+                    self._start_probe()
+                    next(self._rejected)
                     return -1
                 if now < self._open_until:
-                    self._rejected += 1
+                    next(self._rejected)
                     return -1
                 self._transition(State.HALF_OPEN, "open interval elapsed", now)
                 state = State.HALF_OPEN
@@ -264,7 +272,7 @@ class Breaker:
                 self._trials += 1
                 ticket = (self._generation << 1) | 1
             else:
-                self._rejected += 1
+                next(self._rejected)
                 ticket = -1
         if self._pending:
             self._publish()
@@ -281,7 +289,7 @@ class Breaker:
 
     # --------------------------------------------------------------- outcomes
     def _on_success(self, ticket: int, started: float) -> None:
-        threshold = self._config.slow_call_threshold
+        threshold = self._slow_threshold
         if threshold is not None:
             now = self._now()
             if now - started >= threshold:
@@ -301,7 +309,7 @@ class Breaker:
                     )
             else:
                 self._consecutive = 0
-                self._window.record(started, False)
+                self._window.success(started)
         if self._pending:
             self._publish()
 
@@ -329,7 +337,7 @@ class Breaker:
                 self._transition(State.OPEN, f"trial call failed: {error}", now)
             elif state is State.CLOSED or state is State.DISABLED:
                 self._consecutive += 1
-                self._window.record(now, True)
+                self._window.failure(now)
                 if state is State.CLOSED:
                     reason = self._trip_reason(now)
                     if reason:
@@ -370,7 +378,6 @@ class Breaker:
             self._open_until = now + self._backoff(self._backoff_step)
         if previous in (State.CLOSED, State.DISABLED) and to not in (State.CLOSED, State.DISABLED):
             self._left_closed_at = now
-            self._fallback_calls = 0
             self._fallback_by = {}
         if to is State.HALF_OPEN:
             self._trials = 0
@@ -393,15 +400,14 @@ class Breaker:
             failures=self._consecutive,
             last_error=self._last_error,
             open_for_s=open_for,
-            fallback_calls=self._fallback_calls,
+            fallback_calls=self._fallback_total(),
         )
         self._state = to
         self._since = now
         self._generation += 1
         self._pending.append(change)
         if to in (State.CLOSED, State.DISABLED):
-            summary = [(k, v) for k, v in self._fallback_by.items() if v]
-            self._fallback_calls = 0
+            summary = [(k, count_value(v)) for k, v in self._fallback_by.items()]
             self._fallback_by = {}
             if summary:
                 self._pending.append(_Summary(tuple(summary), open_for))
@@ -455,14 +461,19 @@ class Breaker:
     # -------------------------------------------------------------- fallbacks
     def note_fallback(self, integration: str, error: BaseException | None = None) -> None:
         """Count one call served by a fallback; warn once per outage per integration."""
+        counter = self._fallback_by.get(integration)
+        if counter is not None and self._state is not _CLOSED:
+            next(counter)
+            return
         now = self._now()
         with self._lock:
-            self._fallback_calls += 1
-            self._fallback_by[integration] = self._fallback_by.get(integration, 0) + 1
+            counter = self._fallback_by.get(integration)
+            if counter is None:
+                counter = self._fallback_by[integration] = itertools.count()
+            next(counter)
             last = self._fallback_warned.get(integration)
-            warn = last is None or (
-                self._state is State.CLOSED and now - last >= _FALLBACK_WARN_EVERY
-            )
+            # Once per outage; while closed (failures below the threshold), once a minute.
+            warn = last is None or now - last >= _FALLBACK_WARN_EVERY
             if warn:
                 self._fallback_warned[integration] = now
             state = self._state
@@ -470,6 +481,9 @@ class Breaker:
             emit(logging.WARNING, "fallback_used", breaker=self.name, integration=integration,
                  state=state.value,
                  last_error=describe_error(error) if error is not None else self._last_error)
+
+    def _fallback_total(self) -> int:
+        return sum(count_value(c) for c in list(self._fallback_by.values()))
 
     # ------------------------------------------------------------------ probe
     def _probing(self) -> bool:
@@ -480,10 +494,11 @@ class Breaker:
         if not self._probing() or self._state is not State.OPEN:
             return
         probe = self._probe
-        if probe is not None and probe.alive:
+        if self._probe_running and probe is not None and probe.is_alive():
             probe.wake()
             return
         self._probe = Probe(self)
+        self._probe_running = True
         self._probe.start()
 
     def _wake_probe(self) -> None:
@@ -553,11 +568,32 @@ class Breaker:
                     # Trials of real traffic are running; look again shortly.
                     self._next_trial_at = max(self._next_trial_at, now + 0.05)
                 return max(0.0, self._next_trial_at - now)
+            # Decided under the lock, so a trip right after starts a fresh probe.
+            self._probe_running = False
             return None
 
     # ------------------------------------------------------------ call paths
     def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run ``fn(*args, **kwargs)`` through the breaker; raise ``BreakerOpenError`` when open."""
+        if self._state is _CLOSED:
+            # The hot path, inlined: admission is one attribute read, a success one
+            # atomic counter step (the window's current bucket), no lock.
+            ticket = self._generation << 1
+            clock = self._clock
+            started = clock() if clock is not None else time.monotonic()
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                self._on_error(ticket, started, exc)
+                raise
+            window = self._window
+            if self._slow_threshold is None and started < window.bucket_end:
+                next(window.current)
+                if self._consecutive:
+                    self._consecutive = 0
+            else:
+                self._on_success(ticket, started)
+            return result
         ticket = self._admit()
         started = self._now()
         try:

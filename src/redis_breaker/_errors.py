@@ -15,12 +15,16 @@ class BreakerOpenError(pybreaker.CircuitBreakerError):
     """
 
     def __init__(self, name: str, retry_in: float | None, state: str = "open") -> None:
+        # The message is built only when shown: rejections are a hot path.
+        super().__init__(name)
         self.name = name
         #: Seconds until the breaker lets a probe or trial call through (None: unknown or forced).
         self.retry_in = retry_in
         self.state = state
-        when = "" if retry_in is None else f"; next attempt in {retry_in:.3f}s"
-        super().__init__(f"redis breaker {name!r} is {state}{when}")
+
+    def __str__(self) -> str:
+        when = "" if self.retry_in is None else f"; next attempt in {self.retry_in:.3f}s"
+        return f"redis breaker {self.name!r} is {self.state}{when}"
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.name, self.retry_in, self.state))

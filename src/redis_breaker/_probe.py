@@ -48,10 +48,6 @@ class Probe(threading.Thread):
         self._stopped = threading.Event()
         _RUNNING.add(self)
 
-    @property
-    def alive(self) -> bool:
-        return self.is_alive() and not self._stopped.is_set()
-
     def wake(self) -> None:
         self._wake.set()
 
@@ -78,6 +74,11 @@ class Probe(threading.Thread):
                 del breaker
         finally:
             self._stopped.set()
+            breaker = self._breaker()
+            if breaker is not None:
+                with breaker._lock:
+                    if breaker._probe is self:
+                        breaker._probe_running = False
 
 
 @atexit.register

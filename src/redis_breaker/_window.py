@@ -2,61 +2,69 @@
 
 from __future__ import annotations
 
-__all__ = ["Window"]
+import itertools
+
+__all__ = ["Window", "count_value"]
+
+
+def count_value(counter: itertools.count[int]) -> int:
+    """How many times ``next()`` was called on a counter started at 0."""
+    return int(repr(counter)[6:-1])
 
 
 class Window:
     """Counts over the last ``length`` seconds, kept in ``buckets`` slots.
 
-    Recording is O(1) amortized: totals are kept up to date as buckets age out,
-    so a failure-rate check never sums the slots. Not thread-safe: the breaker
-    holds its lock around every use.
+    Successes are the hot path: while the current bucket is live, recording one
+    is ``next(window.current)`` on an ``itertools.count`` (atomic in CPython),
+    with no lock. Everything else (rotation, failures, totals) runs under the
+    breaker's lock.
     """
 
-    __slots__ = ("_calls", "_failures", "_newest", "_slots", "_width", "calls", "failures")
+    __slots__ = ("_fail", "_index", "_slots", "_succ", "_width", "bucket_end", "current")
 
     def __init__(self, length: float, buckets: int = 10) -> None:
         self._slots = buckets
         self._width = length / buckets
-        self._calls = [0] * buckets
-        self._failures = [0] * buckets
-        self._newest: int | None = None
-        self.calls = 0
-        self.failures = 0
+        self.clear()
 
     def clear(self) -> None:
-        self._calls = [0] * self._slots
-        self._failures = [0] * self._slots
-        self._newest = None
-        self.calls = 0
-        self.failures = 0
+        self._succ = [itertools.count() for _ in range(self._slots)]
+        self._fail = [0] * self._slots
+        self._index = [-(2**62)] * self._slots
+        self.current = self._succ[0]
+        #: Successes recorded at or after this time take the slow path (rotation).
+        self.bucket_end = float("-inf")
 
-    def _slot(self, now: float) -> int:
+    def _rotate(self, now: float) -> int:
         index = int(now // self._width)
-        newest = self._newest
-        if newest is None or index - newest >= self._slots:
-            self.clear()
-            self._newest = index
-        elif index > newest:
-            for i in range(newest + 1, index + 1):
-                slot = i % self._slots
-                self.calls -= self._calls[slot]
-                self.failures -= self._failures[slot]
-                self._calls[slot] = 0
-                self._failures[slot] = 0
-            self._newest = index
-        # A clock that steps back (tests moving frozen time) lands in the newest bucket.
-        assert self._newest is not None
-        return self._newest % self._slots
+        slot = index % self._slots
+        held = self._index[slot]
+        if held < index:
+            self._succ[slot] = itertools.count()
+            self._fail[slot] = 0
+            self._index[slot] = index
+        elif held > index:
+            # The clock stepped back (tests moving frozen time): use the newest bucket.
+            index = max(self._index)
+            slot = index % self._slots
+        self.current = self._succ[slot]
+        self.bucket_end = (index + 1) * self._width
+        return slot
 
-    def record(self, now: float, failed: bool) -> None:
-        slot = self._slot(now)
-        self._calls[slot] += 1
-        self.calls += 1
-        if failed:
-            self._failures[slot] += 1
-            self.failures += 1
+    def success(self, now: float) -> None:
+        next(self.current if now < self.bucket_end else self._succ[self._rotate(now)])
+
+    def failure(self, now: float) -> None:
+        self._fail[self._rotate(now)] += 1
 
     def totals(self, now: float) -> tuple[int, int]:
-        self._slot(now)
-        return self.calls, self.failures
+        """(calls, failures) in the window ending at ``now``."""
+        newest = int(now // self._width)
+        calls = failures = 0
+        for slot in range(self._slots):
+            if 0 <= newest - self._index[slot] < self._slots:
+                failed = self._fail[slot]
+                calls += count_value(self._succ[slot]) + failed
+                failures += failed
+        return calls, failures

@@ -1,0 +1,110 @@
+"""Sessions: `nox -s tests` (the test suite), `nox -s drill` (the outage drill / benchmarks),
+`nox -s matrix` (every supported Python x Django), `nox -s lint`, `nox -s docs`.
+
+Each session installs what it needs, redis-server included (from Debian's
+packages, when run as root on Debian); elsewhere it says what is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+ROOT = Path(__file__).parent
+PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
+PYTHONS = nox.project.python_versions(PYPROJECT)
+EXTRAS = ".[django,channels,celery,prometheus]"
+# Django releases and the oldest Python each supports.
+DJANGOS = {"4.2": "3.10", "5.2": "3.10", "6.0": "3.12"}
+SYSTEM_PACKAGES = ["redis-server", "redis-sentinel", "iproute2", "iptables"]
+
+
+def _missing_system_tools() -> list[str]:
+    return [tool for tool in ("redis-server", "redis-sentinel", "ip", "iptables")
+            if shutil.which(tool) is None and not Path("/usr/sbin", tool).exists()]
+
+
+def ensure_system_packages(session: nox.Session) -> None:
+    """Install redis-server (and the tools for blackhole faults) from Debian's packages."""
+    missing = _missing_system_tools()
+    if not missing:
+        return
+    apt = shutil.which("apt-get")
+    if os.geteuid() != 0 or apt is None:
+        why = "not running as root" if os.geteuid() != 0 else "apt-get not found (not Debian?)"
+        session.error(
+            f"Missing: {', '.join(missing)}; cannot install them automatically ({why}). "
+            f"Install the packages {' '.join(SYSTEM_PACKAGES)} (Debian/Ubuntu: "
+            f"sudo apt-get install {' '.join(SYSTEM_PACKAGES)}) and run again."
+        )
+    session.log(f"Installing {', '.join(SYSTEM_PACKAGES)} from Debian's packages")
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    session.run(apt, "update", "-qq", external=True, env=env)
+    session.run(apt, "install", "-y", "-qq", "--no-install-recommends", *SYSTEM_PACKAGES,
+                external=True, env=env)
+    # The package starts a system-wide server on 6379; the suite starts its own.
+    for service in ("redis-server", "redis-sentinel"):
+        session.run("sh", "-c", f"service {service} stop >/dev/null 2>&1 || true",
+                    external=True, silent=True)
+
+
+def install_project(session: nox.Session, *groups: str) -> None:
+    deps: list[str] = []
+    for group in groups:
+        deps += nox.project.dependency_groups(PYPROJECT, group)
+    session.install("-e", EXTRAS, *deps)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite on this Python with the newest supported Django."""
+    ensure_system_packages(session)
+    install_project(session, "test")
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session(python=PYTHONS)
+@nox.parametrize("django", list(DJANGOS))
+def matrix(session: nox.Session, django: str) -> None:
+    """The test suite for one supported Python x Django pair."""
+    assert isinstance(session.python, str)
+    if tuple(map(int, session.python.split("."))) < tuple(map(int, DJANGOS[django].split("."))):
+        session.skip(f"Django {django} needs Python {DJANGOS[django]}+")
+    ensure_system_packages(session)
+    install_project(session, "test")
+    session.install(f"Django~={django}.0")
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session
+def drill(session: nox.Session) -> None:
+    """The outage drill: benchmarks against a real Redis, side by side."""
+    ensure_system_packages(session)
+    install_project(session, "bench")
+    session.run("python", "benchmarks/run.py", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff and mypy (strict)."""
+    install_project(session, "lint", "test")
+    session.run("ruff", "check", "src", "tests", "benchmarks", "noxfile.py")
+    session.run("mypy")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation with warnings as errors."""
+    install_project(session, "docs")
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("Run with nox: python3 -m pip install nox && nox -s tests")
