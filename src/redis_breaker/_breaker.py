@@ -656,7 +656,8 @@ class Breaker:
         ticket = self._try_admit()
         if ticket < 0:
             self.note_fallback(integration)
-            return await _maybe_await(fallback(*args, **kwargs))
+            fallen: T = await _maybe_await(fallback(*args, **kwargs))
+            return fallen
         started = self._now()
         try:
             result = await fn(*args, **kwargs)
@@ -664,7 +665,8 @@ class Breaker:
             if not self._on_error(ticket, started, exc):
                 raise
             self.note_fallback(integration, exc)
-            return await _maybe_await(fallback(*args, **kwargs))
+            fallen = await _maybe_await(fallback(*args, **kwargs))
+            return fallen
         self._on_success(ticket, started)
         return result
 

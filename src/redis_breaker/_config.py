@@ -259,7 +259,9 @@ class BreakerConfig:
         problems = [p for p in validate_settings(values) if p.kind == "unknown"]
         if problems:
             raise ValueError(f"{problems[0].message()}. {problems[0].fix()}")
-        kwargs = {k.lower(): (tuple(v) if isinstance(v, list) else v) for k, v in values.items()}
+        kwargs: dict[str, Any] = {
+            k.lower(): (tuple(v) if isinstance(v, list) else v) for k, v in values.items()
+        }
         return cls(**kwargs)
 
     def replace(self, **changes: Any) -> BreakerConfig:
