@@ -20,6 +20,7 @@ import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import pybreaker
@@ -33,10 +34,11 @@ from ._redact import describe_error, redact
 from ._state import State, StateChange, Stats
 from ._window import Window, count_value
 
-__all__ = ["Breaker", "Listener"]
+__all__ = ["Breaker", "Listener", "Totals", "add_global_listener", "remove_global_listener"]
 
 T = TypeVar("T")
 Listener = Callable[[StateChange], object]
+GlobalListener = Callable[["Breaker", StateChange], object]
 
 _ALL: weakref.WeakSet[Breaker] = weakref.WeakSet()
 # Stack of (breaker, ticket, started) for ``with breaker:`` blocks, per thread / task.
@@ -44,6 +46,8 @@ _BLOCKS: contextvars.ContextVar[tuple[tuple[Breaker, int, float], ...]] = contex
     "redis_breaker_blocks", default=()
 )
 _FALLBACK_WARN_EVERY = 60.0
+# Listeners of every breaker (the Django signal, metrics).
+_GLOBAL_LISTENERS: list[GlobalListener] = []
 _CLOSED, _OPEN, _DISABLED, _FORCED_OPEN = State.CLOSED, State.OPEN, State.DISABLED, State.FORCED_OPEN
 
 _PB_DRIVE = {
@@ -68,6 +72,19 @@ class _Summary:
 
     counts: tuple[tuple[str, int], ...]
     open_for_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """Monotonic counters of one breaker (``Breaker.totals()``)."""
+
+    successes: int
+    failures: int
+    rejected: int
+    #: Calls served by a fallback, per integration.
+    fallbacks: dict[str, int]
+    #: Transitions, per (from_state, to_state).
+    transitions: dict[tuple[str, str], int]
 
 
 class SlowCallError(Exception):
@@ -116,7 +133,13 @@ class Breaker:
         self._left_closed_at: float | None = None
         # itertools.count: next() is atomic in CPython, so the hot paths need no lock.
         self._rejected = itertools.count()
+        self._successes = itertools.count()
+        self._failures_total = 0
+        # Fallback calls per integration in the current outage; folded into
+        # ``_fallback_done`` when the outage ends (for the summary and the totals).
         self._fallback_by: dict[str, itertools.count[int]] = {}
+        self._fallback_done: dict[str, int] = {}
+        self._transitions: dict[tuple[str, str], int] = {}
         self._fallback_warned: dict[str, float] = {}
         self._last_error: str | None = None
         _ALL.add(self)
@@ -207,7 +230,6 @@ class Breaker:
             now = self._now()
             self._transition(to, reason, now)
             if to is State.CLOSED:
-                self._rejected = itertools.count()
                 self._last_error = None
         self._publish()
 
@@ -297,6 +319,7 @@ class Breaker:
                     f"call took {now - started:.3f}s (slow-call threshold {threshold:g}s)"
                 ))
                 return
+        next(self._successes)
         with self._lock:
             if ticket >> 1 != self._generation:
                 return
@@ -328,6 +351,7 @@ class Breaker:
         error = describe_error(exc)
         with self._lock:
             self._last_error = error
+            self._failures_total += 1
             if ticket >> 1 != self._generation:
                 return
             now = self._now()
@@ -378,7 +402,7 @@ class Breaker:
             self._open_until = now + self._backoff(self._backoff_step)
         if previous in (State.CLOSED, State.DISABLED) and to not in (State.CLOSED, State.DISABLED):
             self._left_closed_at = now
-            self._fallback_by = {}
+            self._fold_fallbacks()
         if to is State.HALF_OPEN:
             self._trials = 0
             self._trial_successes = 0
@@ -402,13 +426,15 @@ class Breaker:
             open_for_s=open_for,
             fallback_calls=self._fallback_total(),
         )
+        key = (previous.value, to.value)
+        self._transitions[key] = self._transitions.get(key, 0) + 1
         self._state = to
         self._since = now
         self._generation += 1
         self._pending.append(change)
         if to in (State.CLOSED, State.DISABLED):
             summary = [(k, count_value(v)) for k, v in self._fallback_by.items()]
-            self._fallback_by = {}
+            self._fold_fallbacks()
             if summary:
                 self._pending.append(_Summary(tuple(summary), open_for))
 
@@ -446,7 +472,7 @@ class Breaker:
                 self._start_probe()
         else:
             self._wake_probe()
-        for listener in list(self._listeners):
+        for listener in [*self._listeners, *(partial(g, self) for g in _GLOBAL_LISTENERS)]:
             try:
                 listener(change)
             except Exception as exc:
@@ -483,7 +509,30 @@ class Breaker:
                  last_error=describe_error(error) if error is not None else self._last_error)
 
     def _fallback_total(self) -> int:
+        """Fallback calls in the current outage."""
         return sum(count_value(c) for c in list(self._fallback_by.values()))
+
+    def _fold_fallbacks(self) -> None:
+        """End the current outage's fallback counts; caller holds the lock."""
+        for integration, counter in self._fallback_by.items():
+            self._fallback_done[integration] = (
+                self._fallback_done.get(integration, 0) + count_value(counter)
+            )
+        self._fallback_by = {}
+
+    def totals(self) -> Totals:
+        """Counters since the breaker was created, for metrics (they never go down)."""
+        with self._lock:
+            fallbacks = dict(self._fallback_done)
+            for integration, counter in self._fallback_by.items():
+                fallbacks[integration] = fallbacks.get(integration, 0) + count_value(counter)
+            return Totals(
+                successes=count_value(self._successes),
+                failures=self._failures_total,
+                rejected=count_value(self._rejected),
+                fallbacks=fallbacks,
+                transitions=dict(self._transitions),
+            )
 
     # ------------------------------------------------------------------ probe
     def _probing(self) -> bool:
@@ -589,6 +638,7 @@ class Breaker:
             window = self._window
             if self._slow_threshold is None and started < window.bucket_end:
                 next(window.current)
+                next(self._successes)
                 if self._consecutive:
                     self._consecutive = 0
             else:
@@ -703,6 +753,17 @@ async def _maybe_await(value: Any) -> Any:
     if inspect.isawaitable(value):
         return await value
     return value
+
+
+def add_global_listener(listener: GlobalListener) -> None:
+    """Call ``listener(breaker, StateChange)`` on every transition of every breaker."""
+    if listener not in _GLOBAL_LISTENERS:
+        _GLOBAL_LISTENERS.append(listener)
+
+
+def remove_global_listener(listener: GlobalListener) -> None:
+    if listener in _GLOBAL_LISTENERS:
+        _GLOBAL_LISTENERS.remove(listener)
 
 
 def _after_fork_in_child() -> None:

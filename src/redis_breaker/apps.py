@@ -22,5 +22,13 @@ class RedisBreakerConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the system checks)
+        from ._breaker import add_global_listener
+        from .signals import send_state_changed
 
         setting_changed.connect(_on_setting_changed, dispatch_uid="redis_breaker_settings")
+        add_global_listener(send_state_changed)
+        try:
+            from .prometheus import register
+        except ImportError:  # the [prometheus] extra is not installed
+            return
+        register()
