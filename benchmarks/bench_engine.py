@@ -26,10 +26,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import median_ns_per_call, print_table, progress  # noqa: E402
-
-from redis_breaker import Breaker, BreakerConfig, BreakerOpenError  # noqa: E402
-from redis_breaker.testing import RedisServer, free_port  # noqa: E402
+from _common import median_ns_per_call, print_table, progress
+from redis_breaker import Breaker, BreakerConfig, BreakerOpenError
+from redis_breaker.testing import RedisServer, free_port
 
 SOCKET_TIMEOUT = 0.5
 

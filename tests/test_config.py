@@ -86,6 +86,6 @@ def test_from_settings_rejects_unknown_keys_with_a_suggestion() -> None:
 
 def test_url_password_is_not_in_the_error() -> None:
     """An invalid URL carrying a password is reported without the password."""
-    with pytest.raises(ValueError, match="BreakerConfig.url") as info:
+    with pytest.raises(ValueError, match=r"BreakerConfig\.url") as info:
         BreakerConfig(url="http://user:hunter2@example.invalid")
     assert "hunter2" not in str(info.value)
