@@ -1,0 +1,92 @@
+"""Fixtures for the Celery integration: a file SQLite test database, a Celery app on a real Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.db import connections
+
+from celery import Celery
+from redis_breaker import outbox
+from redis_breaker.celery import BreakerTask
+from redis_breaker.testing import RedisServer
+
+# The outbox relay runs in its own thread with its own database connection;
+# pytest-django's in-memory SQLite would give that thread an empty database
+# of its own. A file database is shared by every connection. (See the report:
+# tests/settings.py should say this itself.)
+_default = settings.DATABASES["default"]
+if _default.get("NAME") == ":memory:" and not (_default.get("TEST") or {}).get("NAME"):
+    _default.setdefault("TEST", {})["NAME"] = os.path.join(
+        tempfile.gettempdir(), f"redis-breaker-tests-{os.getpid()}.sqlite3")
+    _early = connections["default"]
+    if _early.connection is not None and _early.vendor == "sqlite":
+        # Something queried the database during django.setup() (the Prometheus
+        # collector reads outbox_status at registration). That connection is to
+        # the empty ":memory:" database, and Django never closes in-memory
+        # connections, so the test database would silently not be used.
+        _early.connection.close()
+        _early.connection = None
+
+
+def queued(server: RedisServer, queue: str = "celery") -> list[dict[str, Any]]:
+    """The task messages waiting in ``queue`` on ``server``, oldest first, as their headers."""
+    client = server.client()
+    try:
+        raw = client.lrange(queue, 0, -1)
+    finally:
+        client.close()
+    # kombu LPUSHes and the worker BRPOPs: the oldest message is last.
+    return [json.loads(item)["headers"] for item in reversed(raw)]
+
+
+def wait_for(predicate: Any, timeout: float = 20.0, what: str = "condition") -> None:
+    """Poll ``predicate`` until true or fail after ``timeout`` s (real-server tests only)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}")
+
+
+def _join_relays() -> None:
+    for relay in list(outbox._relays.values()):
+        thread = relay._thread
+        if thread is not None:
+            thread.join(10)
+
+
+@pytest.fixture
+def celery_app(redis_server: RedisServer) -> Iterator[Celery]:
+    """A Celery app whose tasks are ``BreakerTask``s, brokered by the test's redis-server."""
+    app = Celery("rb-tests", broker=redis_server.url, task_cls=BreakerTask, set_as_current=False)
+    app.conf.task_ignore_result = True
+
+    @app.task(name="t.add", shared=False)
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task(name="t.add_sync", breaker_fallback="sync", shared=False)
+    def add_sync(x: int, y: int) -> int:
+        return x + y
+
+    @app.task(name="t.add_raise", breaker_fallback="raise", shared=False)
+    def add_raise(x: int, y: int) -> int:
+        return x + y
+
+    try:
+        yield app
+    finally:
+        _join_relays()
+        cached = getattr(app, "_redis_breaker_producers", None)
+        if cached is not None:
+            cached[1].connections.force_close_all()
+        app.close()
