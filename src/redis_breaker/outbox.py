@@ -313,7 +313,9 @@ class Relay:
                     return
                 try:
                     result = drain_breaker(self.app, breaker)
-                except DatabaseError as exc:
+                except Exception as exc:
+                    # A background thread must not die with a traceback; the next
+                    # recovery or `redis_breaker drain` picks the rows up again.
                     emit(logging.ERROR, "outbox_relay_failed", breaker=breaker.name,
                          error=describe_error(exc))
                     return
@@ -329,7 +331,10 @@ class Relay:
                     self._again = False
         finally:
             # This thread's own database connection, never the caller's.
-            connections.close_all()
+            try:
+                connections.close_all()
+            except Exception:  # noqa: S110 - closing at exit; nothing to report to
+                pass
 
 
 _relays: weakref.WeakKeyDictionary[Breaker, Relay] = weakref.WeakKeyDictionary()
