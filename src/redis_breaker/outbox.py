@@ -10,6 +10,7 @@ over: delivery is at-least-once, with the task id as the idempotency key.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -331,10 +332,8 @@ class Relay:
                     self._again = False
         finally:
             # This thread's own database connection, never the caller's.
-            try:
+            with contextlib.suppress(Exception):
                 connections.close_all()
-            except Exception:  # noqa: S110 - closing at exit; nothing to report to
-                pass
 
 
 _relays: weakref.WeakKeyDictionary[Breaker, Relay] = weakref.WeakKeyDictionary()
