@@ -1,0 +1,443 @@
+"""A Channels layer that keeps WebSockets open and messages flowing while Redis is down.
+
+```python
+CHANNEL_LAYERS = {"default": {
+    "BACKEND": "redis_breaker.channels.BreakerChannelLayer",
+    "CONFIG": {"hosts": ["redis://127.0.0.1:6379/0"], "breaker": "default"},
+}}
+```
+
+Closed, every operation goes to channels_redis through the breaker. Open (or
+when a call fails on a connection error), ``send`` and ``group_send`` deliver
+to the channels of this process, from a mirror of the group memberships made
+here; nothing raises to the consumer. ``receive`` waits on Redis and on the
+local queues at once and never raises because of Redis. When the probe finds
+Redis again, the memberships of this process are re-applied, so delivery
+across processes resumes without any client reconnecting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import threading
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import redis.exceptions as rex
+from asgiref.sync import async_to_sync
+from channels import DEFAULT_CHANNEL_LAYER
+from channels.layers import BaseChannelLayer, get_channel_layer
+
+from ._breaker import Breaker
+from ._channels_local import GroupMirror, LocalQueues
+from ._channels_redis import RedisLayer, probe_url
+from ._errors import BreakerOpenError
+from ._events import emit
+from ._redact import describe_error
+from ._registry import get_breaker
+from ._state import State, StateChange
+
+__all__ = ["BreakerChannelLayer", "async_safe_group_send", "safe_group_send"]
+
+Message = dict[str, Any]
+_INTEGRATION = "channels"
+_PASSING = (State.CLOSED, State.DISABLED)
+# While Redis is unusable, receive re-checks the breaker at least this often:
+# a breaker without a probe only half-opens when some call asks.
+_RECHECK_S = 1.0
+_RETRY_FIRST_S = 0.02
+_RETRY_MAX_S = 1.0
+
+
+@dataclass(eq=False)
+class _LoopState:
+    """What the layer keeps per event loop (channels_redis pools are per loop too)."""
+
+    #: Set, then replaced, on every breaker transition: wakes waiters on this loop.
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Redis receives carried over between ``receive`` calls, by channel.
+    pending: dict[str, asyncio.Task[Message]] = field(default_factory=dict)
+    resync: asyncio.Task[None] | None = None
+
+
+class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
+    """channels_redis behind a circuit breaker, with in-process delivery while it is open.
+
+    Every channels_redis CONFIG key passes through; ``breaker`` names the
+    shared breaker (or is a ``Breaker``).
+    """
+
+    extensions: ClassVar[list[str]] = ["groups", "flush"]
+
+    def __init__(self, hosts: Any = None, *, breaker: str | Breaker = "default",
+                 **config: Any) -> None:
+        self.redis = RedisLayer(hosts=hosts, **config)
+        super().__init__(expiry=self.redis.expiry, capacity=self.redis.capacity)
+        # Already compiled by channels_redis; get_capacity reads this form.
+        self.channel_capacity = self.redis.channel_capacity
+        self.group_expiry = self.redis.group_expiry
+        self.breaker = breaker if isinstance(breaker, Breaker) else get_breaker(breaker)
+        self.breaker.adopt_url(probe_url(self.redis.hosts))
+        self.mirror = GroupMirror(self.group_expiry)
+        self.local = LocalQueues(self.expiry, self.get_capacity, self.mirror.drop_channel)
+        #: Messages for channels of other processes that could not be delivered while open.
+        self.dropped = 0
+        self._ours = self.redis.client_prefix + "!"
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._loops_lock = threading.Lock()
+        self._home: weakref.ref[asyncio.AbstractEventLoop] | None = None
+        self._resync_wanted = False
+        self._listener = _weak_listener(self)
+        self.breaker.add_listener(self._listener)
+
+    def __str__(self) -> str:
+        return f"{type(self).__name__}(breaker={self.breaker.name!r}, redis={self.redis})"
+
+    # ------------------------------------------------------------------ sending
+    async def send(self, channel: str, message: Message) -> None:
+        """Send to a channel: through Redis, or in-process while Redis is unusable."""
+        assert isinstance(message, dict), "message is not a dict"
+        assert self.require_valid_channel_name(channel), "Channel name not valid"
+        assert "__asgi_channel__" not in message
+        self._loop_state()
+        await self.breaker.acall_with_fallback(
+            self.redis.send, self._send_locally, (channel, message), integration=_INTEGRATION
+        )
+
+    def _send_locally(self, channel: str, message: Message) -> None:
+        self._redis_behind()
+        if self._deliverable(channel):
+            self.local.put(channel, copy.deepcopy(message))
+        else:
+            self.dropped += 1
+
+    async def group_send(self, group: str, message: Message) -> None:
+        """Send to every member of a group; while open, to the members in this process."""
+        await self.send_to_group(group, message)
+
+    async def send_to_group(self, group: str, message: Message) -> bool:
+        """``group_send`` that tells whether Redis took the message (False: this process only)."""
+        assert isinstance(message, dict), "Message is not a dict"
+        assert self.require_valid_group_name(group), "Group name not valid"
+        self._loop_state()
+        return await self.breaker.acall_with_fallback(
+            self._group_send_redis, self._group_send_locally, (group, message),
+            integration=_INTEGRATION,
+        )
+
+    async def _group_send_redis(self, group: str, message: Message) -> bool:
+        await self.redis.group_send(group, message)
+        return True
+
+    def _group_send_locally(self, group: str, message: Message) -> bool:
+        self._redis_behind()
+        for channel in self.mirror.members(group):
+            if self._deliverable(channel):
+                # A full channel drops the message, as group_send does on Redis.
+                self.local.put(channel, copy.deepcopy(message), drop_if_full=True)
+            else:
+                self.dropped += 1
+        return False
+
+    def _deliverable(self, channel: str) -> bool:
+        """Channels of this process, and general channels a worker here may read."""
+        return self._ours in channel or "!" not in channel
+
+    # ---------------------------------------------------------------- receiving
+    async def new_channel(self, prefix: str = "specific") -> str:
+        name: str = await self.redis.new_channel(prefix)
+        return name
+
+    async def receive(self, channel: str) -> Message:
+        """The next message for ``channel``, from Redis or from this process; never a Redis error."""
+        assert self.require_valid_channel_name(channel), "Channel name not valid"
+        state = self._loop_state()
+        while True:
+            message = self.local.pop(channel)
+            if message is not None:
+                return message
+            task = state.pending.get(channel)
+            if task is None:
+                task = asyncio.ensure_future(self._receive_from_redis(channel, state))
+                state.pending[channel] = task
+            if task.done():
+                del state.pending[channel]
+                return task.result()
+            arrived = self.local.wait(channel)
+            try:
+                await asyncio.wait((task, arrived), return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                # The consumer is going away: stop reading its channel from Redis.
+                if state.pending.get(channel) is task:
+                    del state.pending[channel]
+                task.cancel()
+                await asyncio.wait((task,))
+                raise
+            finally:
+                self.local.forget_waiter(channel, arrived)
+
+    async def _receive_from_redis(self, channel: str, state: _LoopState) -> Message:
+        delay = _RETRY_FIRST_S
+        while True:
+            changed = state.changed
+            if self.breaker.state not in _PASSING:
+                # Open or half-open: leave the trial calls to the probe and the resync.
+                await _wait(changed, _RECHECK_S)
+                continue
+            try:
+                message: Message = await self.redis.receive(channel)
+                return message
+            except rex.TimeoutError as exc:
+                # An idle blocking pop can outlast a short read timeout; only a
+                # PING that fails too says Redis is unwell.
+                if await self._redis_answers(channel):
+                    continue
+                error: BaseException = exc
+            except Exception as exc:
+                if not self.breaker.counts(exc):
+                    raise
+                self._record_failure(exc)
+                error = exc
+            self.breaker.note_fallback(_INTEGRATION, error)
+            self._redis_behind()
+            await _wait(changed, delay)
+            delay = min(delay * 2, _RETRY_MAX_S)
+
+    async def _redis_answers(self, channel: str) -> bool:
+        index = self.redis.consistent_hash(self.redis.non_local_name(channel))
+        try:
+            await self.breaker.acall(self.redis.connection(index).ping)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            return False  # a counted failure was recorded by acall
+        return True
+
+    def _record_failure(self, exc: BaseException) -> None:
+        """Count a failure that happened outside a breaker call (a receive)."""
+        if self.breaker.state not in _PASSING:
+            return
+
+        def fail() -> None:
+            raise exc
+
+        # What comes back is the error just recorded, or a rejection.
+        with contextlib.suppress(BaseException):
+            self.breaker.call(fail)
+
+    # ------------------------------------------------------------------- groups
+    async def group_add(self, group: str, channel: str) -> None:
+        """Join locally at once, and in Redis now or when it is back."""
+        assert self.require_valid_group_name(group), "Group name not valid"
+        assert self.require_valid_channel_name(channel), "Channel name not valid"
+        self.mirror.add(group, channel)
+        self._loop_state()
+        await self.breaker.acall_with_fallback(
+            self.redis.group_add, self._add_later, (group, channel), integration=_INTEGRATION
+        )
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        """Leave locally at once, and in Redis now or when it is back."""
+        assert self.require_valid_group_name(group), "Group name not valid"
+        assert self.require_valid_channel_name(channel), "Channel name not valid"
+        self.mirror.discard(group, channel)
+        self._loop_state()
+        await self.breaker.acall_with_fallback(
+            self.redis.group_discard, self._discard_later, (group, channel),
+            integration=_INTEGRATION,
+        )
+
+    def _add_later(self, group: str, channel: str) -> None:
+        self._redis_behind()
+
+    def _discard_later(self, group: str, channel: str) -> None:
+        self.mirror.unsent_discards.add((group, channel))
+        self._redis_behind()
+
+    def _redis_behind(self) -> None:
+        """Redis missed a call, and may come back empty: re-apply memberships once it answers.
+
+        An open breaker restarts the resync when it half-opens; a failure that
+        left it closed (below the threshold) starts it here, or no transition
+        ever would.
+        """
+        self._resync_wanted = True
+        if not self.breaker.is_open:
+            self._start_resync(self._loop_state())
+
+    # --------------------------------------------------------------- extensions
+    async def flush(self) -> None:
+        """Delete every message and group, here and in Redis (raises if Redis is unusable)."""
+        self.local.clear()
+        self.mirror.clear()
+        self.dropped = 0
+        await self.breaker.acall(self.redis.flush)
+
+    async def close(self) -> None:
+        """Stop the work this layer runs on the current loop and close its Redis pools."""
+        with contextlib.suppress(ValueError):
+            self.breaker.remove_listener(self._listener)
+        state = self._loops.get(asyncio.get_running_loop())
+        if state is not None:
+            tasks = [*state.pending.values(), *([state.resync] if state.resync else [])]
+            state.pending.clear()
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(tasks)
+        await self.redis.close_pools()
+
+    # ----------------------------------------------------------------- recovery
+    def _loop_state(self) -> _LoopState:
+        loop = asyncio.get_running_loop()
+        home = self._home() if self._home is not None else None
+        if home is not loop:
+            self._home = weakref.ref(loop)
+        state = self._loops.get(loop)
+        if state is None:
+            with self._loops_lock:
+                state = self._loops[loop] = _LoopState()
+        return state
+
+    def _on_change(self, change: StateChange) -> None:
+        """Breaker listener: runs in whatever thread made the transition."""
+        with self._loops_lock:
+            loops = list(self._loops.items())
+        for loop, state in loops:
+            if loop.is_closed():
+                continue
+            with contextlib.suppress(RuntimeError):  # closed in the meantime
+                loop.call_soon_threadsafe(self._changed_on_loop, loop, state, change)
+
+    def _changed_on_loop(self, loop: asyncio.AbstractEventLoop, state: _LoopState,
+                         change: StateChange) -> None:
+        event, state.changed = state.changed, asyncio.Event()
+        event.set()
+        back = change.to_state is State.HALF_OPEN or (
+            change.to_state in _PASSING and change.from_state not in _PASSING
+        )
+        home = self._home() if self._home is not None else None
+        if back and home is loop:
+            self._resync_wanted = True
+            self._start_resync(state)
+
+    def _start_resync(self, state: _LoopState) -> None:
+        if state.resync is None or state.resync.done():
+            state.resync = asyncio.ensure_future(self._resync(state))
+
+    async def _resync(self, state: _LoopState) -> None:
+        """Re-apply this process's memberships (and unsent discards) to Redis."""
+        while self._resync_wanted:
+            self._resync_wanted = False
+            groups = self.mirror.snapshot()
+            discards = sorted(self.mirror.unsent_discards)
+            for group, members in groups.items():
+                if not await self._through_breaker(state, self._rejoin, group, members):
+                    return
+            for group, channel in discards:
+                if not await self._through_breaker(state, self.redis.group_discard, group, channel):
+                    return
+                if group not in self.mirror.groups or channel not in self.mirror.groups[group]:
+                    self.mirror.unsent_discards.discard((group, channel))
+            emit(logging.INFO, "channels_groups_resynced", breaker=self.breaker.name,
+                 groups=len(groups), memberships=sum(len(m) for m in groups.values()),
+                 discards=len(discards))
+
+    async def _rejoin(self, group: str, members: dict[str, float]) -> None:
+        redis = self.redis
+        connection = redis.connection(redis.consistent_hash(group))
+        async with connection.pipeline(transaction=False) as pipe:
+            pipe.zadd(redis._group_key(group), members)
+            pipe.expire(redis._group_key(group), int(self.group_expiry))
+            await pipe.execute()
+
+    async def _through_breaker(self, state: _LoopState, fn: Callable[..., Awaitable[object]],
+                               *args: Any) -> bool:
+        """Run one resync step as a (trial) call; False when the breaker opened again."""
+        delay = _RETRY_FIRST_S
+        while True:
+            if self.breaker.is_open:
+                self._resync_wanted = True  # the next half-open starts over
+                return False
+            changed = state.changed
+            try:
+                await self.breaker.acall(fn, *args)
+                return True
+            except BreakerOpenError:
+                pass  # half-open and another trial is running: try again shortly
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not self.breaker.counts(exc):
+                    emit(logging.ERROR, "channels_resync_failed", breaker=self.breaker.name,
+                         error=describe_error(exc), args=repr(args[:1]))
+                    return True  # not an outage: skip this step, keep the rest
+                self._resync_wanted = True
+            await _wait(changed, delay)
+            delay = min(delay * 2, _RETRY_MAX_S)
+
+
+def _weak_listener(layer: BreakerChannelLayer) -> Callable[[StateChange], None]:
+    """A listener that does not keep the layer alive (the breaker lives for the process)."""
+    ref = weakref.ref(layer)
+    breaker = layer.breaker
+
+    def listener(change: StateChange) -> None:
+        target = ref()
+        if target is None:
+            breaker.remove_listener(listener)
+            return
+        target._on_change(change)
+
+    return listener
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    """Wait until ``event`` is set or ``timeout`` passes, whichever comes first."""
+    if event.is_set():
+        return
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout)
+
+
+# ------------------------------------------------------------------- shortcuts
+async def async_safe_group_send(group: str, message: Message, *,
+                                alias: str = DEFAULT_CHANNEL_LAYER,
+                                breaker: str | Breaker = "default") -> bool:
+    """``group_send`` that never raises because of Redis.
+
+    True when Redis took the message (members in every process get it); False
+    when it reached only this process's members, or no layer is configured.
+    Layers other than ``BreakerChannelLayer`` are guarded by ``breaker``.
+    """
+    layer = get_channel_layer(alias)
+    if layer is None:
+        return False
+    if isinstance(layer, BreakerChannelLayer):
+        return await layer.send_to_group(group, message)
+    guard = breaker if isinstance(breaker, Breaker) else get_breaker(breaker)
+
+    async def send() -> bool:
+        await layer.group_send(group, message)
+        return True
+
+    return await guard.acall_with_fallback(send, _not_sent, integration=_INTEGRATION)
+
+
+def _not_sent() -> bool:
+    return False
+
+
+def safe_group_send(group: str, message: Message, *, alias: str = DEFAULT_CHANNEL_LAYER,
+                    breaker: str | Breaker = "default") -> bool:
+    """Sync form of ``async_safe_group_send``, for views, signals and tasks."""
+    result: bool = async_to_sync(async_safe_group_send)(group, message, alias=alias,
+                                                        breaker=breaker)
+    return result
