@@ -94,6 +94,7 @@ def _plain_calls(url: str, calls: int, cap: float) -> dict[str, Any]:
 
 def _breaker_calls(url: str, calls: int, fallback: str) -> dict[str, Any]:
     from celery import Celery
+
     from redis_breaker import _registry, get_breaker
     from redis_breaker.celery import BreakerTask
     from redis_breaker.models import OutboxMessage

@@ -1,5 +1,8 @@
 """Django settings for the test suite. Integrations' tests override CACHES etc. per test."""
 
+import os
+import tempfile
+
 SECRET_KEY = "redis-breaker-tests"
 DEBUG = False
 USE_TZ = True
@@ -14,10 +17,19 @@ MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
 ]
-DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+# A file, not ":memory:": background threads (the outbox relay) open connections
+# of their own and must see the rows the test committed.
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": ":memory:",
+        "TEST": {"NAME": os.path.join(tempfile.gettempdir(),
+                                      f"redis-breaker-tests-{os.getpid()}.sqlite3")},
+    }
+}
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 TEMPLATES = [{"BACKEND": "django.template.backends.django.DjangoTemplates", "DIRS": [],
               "APP_DIRS": True, "OPTIONS": {}}]
-REDIS_BREAKERS: dict = {}
+REDIS_BREAKERS: dict[str, dict[str, object]] = {}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LOGGING_CONFIG = None

@@ -18,10 +18,9 @@ from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from typing import Any
 
+from celery import Celery, Task
 from celery.result import AsyncResult, EagerResult
 from kombu.pools import ProducerPool
-
-from celery import Celery, Task
 
 from ._breaker import Breaker
 from ._registry import get_breaker

@@ -59,6 +59,16 @@ class BreakerCollector(Collector):
     def __init__(self, breakers: Callable[[], Iterable[Breaker]] = _every_breaker) -> None:
         self._breakers = breakers
 
+    def describe(self) -> Iterator[Metric]:
+        """The metric names, without touching a breaker or the database (registration calls it)."""
+        yield GaugeMetricFamily("redis_breaker_state", "", labels=["breaker", "state"])
+        yield CounterMetricFamily("redis_breaker_calls", "", labels=["breaker", "outcome"])
+        yield CounterMetricFamily("redis_breaker_fallback_calls", "",
+                                  labels=["breaker", "integration"])
+        yield CounterMetricFamily("redis_breaker_transitions", "",
+                                  labels=["breaker", "from_state", "to_state"])
+        yield GaugeMetricFamily("redis_breaker_outbox_messages", "", labels=["status"])
+
     def collect(self) -> Iterator[Metric]:
         state = GaugeMetricFamily("redis_breaker_state", "Current state of each breaker (1 = in it).",
                                   labels=["breaker", "state"])

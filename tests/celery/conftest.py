@@ -3,37 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from django.conf import settings
-from django.db import connections
-
 from celery import Celery
+
 from redis_breaker import outbox
 from redis_breaker.celery import BreakerTask
 from redis_breaker.testing import RedisServer
-
-# The outbox relay runs in its own thread with its own database connection;
-# pytest-django's in-memory SQLite would give that thread an empty database
-# of its own. A file database is shared by every connection. (See the report:
-# tests/settings.py should say this itself.)
-_default = settings.DATABASES["default"]
-if _default.get("NAME") == ":memory:" and not (_default.get("TEST") or {}).get("NAME"):
-    _default.setdefault("TEST", {})["NAME"] = os.path.join(
-        tempfile.gettempdir(), f"redis-breaker-tests-{os.getpid()}.sqlite3")
-    _early = connections["default"]
-    if _early.connection is not None and _early.vendor == "sqlite":
-        # Something queried the database during django.setup() (the Prometheus
-        # collector reads outbox_status at registration). That connection is to
-        # the empty ":memory:" database, and Django never closes in-memory
-        # connections, so the test database would silently not be used.
-        _early.connection.close()
-        _early.connection = None
 
 
 def queued(server: RedisServer, queue: str = "celery") -> list[dict[str, Any]]:

@@ -7,10 +7,10 @@ import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from celery import Celery
 from celery.result import AsyncResult, EagerResult
 from django.db import transaction
 
-from celery import Celery
 from redis_breaker import BreakerOpenError, State, get_breaker
 from redis_breaker.celery import BreakerTask, bounded_transport_options, execute_task_sync
 from redis_breaker.models import OutboxMessage

@@ -7,8 +7,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-
 from celery import Celery
+
 from redis_breaker import State, get_breaker
 from redis_breaker.models import OutboxMessage
 from redis_breaker.outbox import drain, outbox_status, write_message
