@@ -30,8 +30,7 @@ from typing import Any, ClassVar
 
 import redis.exceptions as rex
 from asgiref.sync import async_to_sync
-from channels import DEFAULT_CHANNEL_LAYER
-from channels.layers import BaseChannelLayer, get_channel_layer
+from channels.layers import DEFAULT_CHANNEL_LAYER, BaseChannelLayer, get_channel_layer
 
 from ._breaker import Breaker
 from ._channels_local import GroupMirror, LocalQueues
@@ -158,7 +157,7 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     async def receive(self, channel: str) -> Message:
         """The next message for ``channel``, from Redis or from this process; never a Redis error."""
         assert self.require_valid_channel_name(channel), "Channel name not valid"
-        state = self._loop_state()
+        state = self._loop_state(home=True)
         while True:
             message = self.local.pop(channel)
             if message is not None:
@@ -238,7 +237,7 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         assert self.require_valid_group_name(group), "Group name not valid"
         assert self.require_valid_channel_name(channel), "Channel name not valid"
         self.mirror.add(group, channel)
-        self._loop_state()
+        self._loop_state(home=True)
         await self.breaker.acall_with_fallback(
             self.redis.group_add, self._add_later, (group, channel), integration=_INTEGRATION
         )
@@ -248,7 +247,7 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         assert self.require_valid_group_name(group), "Group name not valid"
         assert self.require_valid_channel_name(channel), "Channel name not valid"
         self.mirror.discard(group, channel)
-        self._loop_state()
+        self._loop_state(home=True)
         await self.breaker.acall_with_fallback(
             self.redis.group_discard, self._discard_later, (group, channel),
             integration=_INTEGRATION,
@@ -295,10 +294,10 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         await self.redis.close_pools()
 
     # ----------------------------------------------------------------- recovery
-    def _loop_state(self) -> _LoopState:
+    def _loop_state(self, *, home: bool = False) -> _LoopState:
+        """State for the running loop; ``home``: consumers live here, run recovery here."""
         loop = asyncio.get_running_loop()
-        home = self._home() if self._home is not None else None
-        if home is not loop:
+        if home and (self._home is None or self._home() is not loop):
             self._home = weakref.ref(loop)
         state = self._loops.get(loop)
         if state is None:
@@ -309,22 +308,22 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     def _on_change(self, change: StateChange) -> None:
         """Breaker listener: runs in whatever thread made the transition."""
         with self._loops_lock:
-            loops = list(self._loops.items())
+            loops = [(loop, state) for loop, state in self._loops.items() if not loop.is_closed()]
+        home = self._home() if self._home is not None else None
+        if home is None or home.is_closed():
+            # Sync code (async_to_sync) leaves short-lived loops behind: any live one will do.
+            home = loops[0][0] if loops else None
         for loop, state in loops:
-            if loop.is_closed():
-                continue
             with contextlib.suppress(RuntimeError):  # closed in the meantime
-                loop.call_soon_threadsafe(self._changed_on_loop, loop, state, change)
+                loop.call_soon_threadsafe(self._changed_on_loop, state, change, loop is home)
 
-    def _changed_on_loop(self, loop: asyncio.AbstractEventLoop, state: _LoopState,
-                         change: StateChange) -> None:
+    def _changed_on_loop(self, state: _LoopState, change: StateChange, home: bool) -> None:
         event, state.changed = state.changed, asyncio.Event()
         event.set()
         back = change.to_state is State.HALF_OPEN or (
             change.to_state in _PASSING and change.from_state not in _PASSING
         )
-        home = self._home() if self._home is not None else None
-        if back and home is loop:
+        if back and home:
             self._resync_wanted = True
             self._start_resync(state)
 

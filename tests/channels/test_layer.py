@@ -1,0 +1,187 @@
+"""The channel layer specification, closed and open: extensions, capacity, expiry, flush, close."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.exceptions import ChannelFull
+from freezegun import freeze_time
+
+from redis_breaker import Breaker, BreakerOpenError
+from redis_breaker.channels import BreakerChannelLayer
+from redis_breaker.testing import RedisServer, capture_events
+
+from .conftest import fast_breaker, hosts
+
+
+@pytest.fixture
+async def layer(redis_server: RedisServer) -> AsyncIterator[BreakerChannelLayer]:
+    """A layer with a capacity of 2 and its own breaker."""
+    breaker = fast_breaker("spec")
+    layer = BreakerChannelLayer(hosts(redis_server), breaker=breaker, capacity=2, expiry=30)
+    yield layer
+    breaker.reset()
+    await layer.close()
+
+
+def test_extensions_and_names(redis_server: RedisServer) -> None:
+    """The layer offers groups and flush, and its channel names come from channels_redis."""
+    layer = BreakerChannelLayer(hosts(redis_server), breaker=fast_breaker("names"))
+    assert {"groups", "flush"} <= set(layer.extensions)
+    name = async_to_sync(layer.new_channel)()
+    assert name.startswith("specific.")
+    assert f"{layer.redis.client_prefix}!" in name
+
+
+async def test_capacity_closed_raises_channel_full_from_redis(layer: BreakerChannelLayer) -> None:
+    """Closed, a third message on a channel of capacity 2 raises ChannelFull and counts no failure."""
+    channel = await layer.new_channel()
+    await layer.send(channel, {"type": "m", "n": 1})
+    await layer.send(channel, {"type": "m", "n": 2})
+    with pytest.raises(ChannelFull):
+        await layer.send(channel, {"type": "m", "n": 3})
+    assert layer.breaker.stats().consecutive_failures == 0
+    assert len(layer.local) == 0
+
+
+async def test_capacity_open_is_kept_locally(layer: BreakerChannelLayer) -> None:
+    """Open, send raises ChannelFull past capacity and group_send drops the excess, as on Redis."""
+    channel = await layer.new_channel()
+    await layer.group_add("full", channel)
+    layer.breaker.force_open()
+    await layer.send(channel, {"type": "m", "n": 1})
+    await layer.group_send("full", {"type": "m", "n": 2})
+    await layer.group_send("full", {"type": "m", "n": 3})  # dropped, no error
+    with pytest.raises(ChannelFull):
+        await layer.send(channel, {"type": "m", "n": 4})
+    assert [await layer.receive(channel) for _ in range(2)] == [
+        {"type": "m", "n": 1}, {"type": "m", "n": 2}
+    ]
+
+
+def test_local_messages_expire(redis_server: RedisServer) -> None:
+    """Open, a message nobody received within ``expiry`` is gone, and its channel leaves local groups."""
+    breaker = fast_breaker("expiry")
+    layer = BreakerChannelLayer(hosts(redis_server), breaker=breaker, expiry=10)
+    breaker.force_open()
+
+    async def scenario(frozen: object) -> None:
+        stale, fresh = await layer.new_channel(), await layer.new_channel()
+        await layer.group_add("g", stale)
+        await layer.group_add("g", fresh)
+        await layer.send(stale, {"type": "old"})
+        frozen.tick(11)  # type: ignore[attr-defined]
+        await layer.send(fresh, {"type": "new"})
+        assert layer.local.pop(stale) is None
+        assert layer.mirror.members("g") == [fresh]
+        assert await layer.receive(fresh) == {"type": "new"}
+
+    with freeze_time("2025-01-01 12:00:00") as frozen:
+        asyncio.run(scenario(frozen))
+    breaker.reset()
+
+
+async def test_open_send_to_another_process_is_dropped_not_raised(
+    layer: BreakerChannelLayer, redis_server: RedisServer
+) -> None:
+    """Open, a message for a channel of another process cannot be delivered: counted, never raised."""
+    other = BreakerChannelLayer(hosts(redis_server), breaker=fast_breaker("other"))
+    elsewhere = await other.new_channel()
+    layer.breaker.force_open()
+    await layer.send(elsewhere, {"type": "lost"})
+    assert layer.dropped == 1
+    assert len(layer.local) == 0
+
+
+async def test_open_general_channel_is_served_in_process(layer: BreakerChannelLayer) -> None:
+    """Open, a general channel (no "!") a worker of this process reads still gets its messages."""
+    layer.breaker.force_open()
+    await layer.send("thumbnails", {"type": "make", "id": 7})
+    assert await asyncio.wait_for(layer.receive("thumbnails"), 2) == {"type": "make", "id": 7}
+
+
+async def test_flush_clears_redis_and_local_state(
+    layer: BreakerChannelLayer, redis_server: RedisServer
+) -> None:
+    """flush() empties Redis (groups and messages) and the local queues and mirror."""
+    channel = await layer.new_channel()
+    await layer.group_add("g", channel)
+    await layer.send(channel, {"type": "m"})
+    client = redis_server.client()
+    assert client.keys("asgi*")
+    await layer.flush()
+    assert client.keys("asgi*") == []
+    assert len(layer.mirror) == 0
+    client.close()
+
+
+async def test_flush_raises_while_open(layer: BreakerChannelLayer) -> None:
+    """flush() is an admin call: it says so when Redis could not be flushed."""
+    layer.breaker.force_open()
+    with pytest.raises(BreakerOpenError):
+        await layer.flush()
+
+
+async def test_close_detaches_from_the_breaker(redis_server: RedisServer) -> None:
+    """After close() the shared breaker no longer calls into the layer."""
+    breaker = fast_breaker("close")
+    layer = BreakerChannelLayer(hosts(redis_server), breaker=breaker)
+    channel = await layer.new_channel()
+    await layer.send(channel, {"type": "m"})
+    assert await layer.receive(channel) == {"type": "m"}
+    await layer.close()
+    assert layer._listener not in breaker._listeners
+    breaker.force_open()
+    breaker.reset()
+
+
+async def test_discard_during_outage_reaches_redis_on_recovery(
+    layer: BreakerChannelLayer, redis_server: RedisServer
+) -> None:
+    """A member that leaves while Redis is down is removed from the Redis group once it is back."""
+    stay, leave = await layer.new_channel(), await layer.new_channel()
+    await layer.group_add("g", stay)
+    await layer.group_add("g", leave)
+    redis_server.stop()
+    layer.breaker.force_open()
+    await layer.group_discard("g", leave)
+    redis_server.start()
+    client = redis_server.client()
+    with capture_events() as events:
+        layer.breaker.reset()  # back to closed: the resync runs
+        for _ in range(250):
+            if any(e["event"] == "channels_groups_resynced" for e in events):
+                break
+            await asyncio.sleep(0.02)
+    assert [m.decode() for m in client.zrange("asgi:group:g", 0, -1)] == [stay]
+    resynced = [e for e in events if e["event"] == "channels_groups_resynced"]
+    assert (resynced[0]["memberships"], resynced[0]["discards"]) == (1, 1)
+    client.close()
+
+
+async def test_fallback_logged_once_per_outage(layer: BreakerChannelLayer) -> None:
+    """Many calls served in-process during one outage log one fallback_used warning."""
+    channel = await layer.new_channel()
+    await layer.group_add("g", channel)
+    with capture_events() as events:
+        layer.breaker.force_open()
+        for _ in range(50):
+            await layer.group_send("g", {"type": "m"})
+            await layer.receive(channel)
+    warnings = [e for e in events if e["event"] == "fallback_used"]
+    assert len(warnings) == 1
+    assert warnings[0]["integration"] == "channels"
+    assert layer.breaker.stats().fallback_calls >= 50
+
+
+def test_breaker_by_name_is_the_shared_one(redis_server: RedisServer) -> None:
+    """CONFIG "breaker" names the process-wide breaker, which adopts the layer's Redis URL for its probe."""
+    from redis_breaker import get_breaker
+
+    layer = BreakerChannelLayer(hosts(redis_server), breaker="channels-shared")
+    assert layer.breaker is get_breaker("channels-shared")
+    assert isinstance(layer.breaker, Breaker)
+    assert layer.breaker.url == redis_server.url

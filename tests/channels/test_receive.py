@@ -1,0 +1,109 @@
+"""receive(): idle blocking pops on a healthy Redis, and Redis errors, never reach the consumer."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.exceptions as rex
+from channels_redis.core import RedisChannelLayer
+
+from redis_breaker.channels import BreakerChannelLayer
+from redis_breaker.testing import RedisServer
+
+from .conftest import fast_breaker, hosts
+
+READ_TIMEOUT = 1.0
+IDLE_S = 2.5  # longer than the socket read timeout
+
+
+async def test_plain_channels_redis_idle_receive_times_out(redis_server: RedisServer) -> None:
+    """The hazard itself: channels_redis's 5 s blocking pop on a 1 s read timeout raises on a healthy, idle Redis."""
+    layer = RedisChannelLayer(hosts=hosts(redis_server, READ_TIMEOUT))
+    channel = await layer.new_channel()
+    with pytest.raises(rex.TimeoutError):
+        await asyncio.wait_for(layer.receive(channel), IDLE_S + 2)
+    await layer.close_pools()
+
+
+async def test_idle_receive_beyond_socket_timeout_is_no_error(redis_server: RedisServer) -> None:
+    """An idle receive that outlasts the read timeout raises nothing, counts nothing, then gets its message."""
+    breaker = fast_breaker("idle")
+    layer = BreakerChannelLayer(hosts(redis_server, READ_TIMEOUT), breaker=breaker)
+    assert layer.redis.brpop_timeout < READ_TIMEOUT
+    channel = await layer.new_channel()
+    receiving = asyncio.ensure_future(layer.receive(channel))
+    done, _ = await asyncio.wait((receiving,), timeout=IDLE_S)
+    assert not done, receiving.result() if done else None
+    await layer.send(channel, {"type": "late.hello"})
+    assert await asyncio.wait_for(receiving, 2) == {"type": "late.hello"}
+    stats = breaker.stats()
+    assert (stats.consecutive_failures, stats.window_failures, stats.fallback_calls) == (0, 0, 0)
+    await layer.close()
+    breaker.reset()
+
+
+async def test_pop_longer_than_read_timeout_is_checked_not_counted(redis_server: RedisServer) -> None:
+    """When a pop does time out (pop longer than the read timeout), a PING tells idle from down: no failure."""
+    breaker = fast_breaker("idle-ping")
+    layer = BreakerChannelLayer(hosts(redis_server, READ_TIMEOUT), breaker=breaker)
+    layer.redis.brpop_timeout = 5  # what channels_redis does by default
+    channel = await layer.new_channel()
+    receiving = asyncio.ensure_future(layer.receive(channel))
+    done, _ = await asyncio.wait((receiving,), timeout=IDLE_S)
+    assert not done, receiving.result() if done else None
+    await layer.send(channel, {"type": "late.hello"})
+    assert await asyncio.wait_for(receiving, 7) == {"type": "late.hello"}
+    stats = breaker.stats()
+    assert (stats.consecutive_failures, stats.window_failures, stats.fallback_calls) == (0, 0, 0)
+    await layer.close()
+    breaker.reset()
+
+
+@pytest.mark.parametrize("fault", ["stopped", "frozen"])
+async def test_receive_survives_outage_and_serves_local_messages(
+    redis_server: RedisServer, fault: str
+) -> None:
+    """A receive pending when Redis goes away raises nothing and returns the next message sent in-process."""
+    breaker = fast_breaker("recv")
+    layer = BreakerChannelLayer(hosts(redis_server), breaker=breaker)
+    channel = await layer.new_channel()
+    receiving = asyncio.ensure_future(layer.receive(channel))
+    await asyncio.sleep(0.1)  # the blocking pop is in flight
+    if fault == "stopped":
+        redis_server.stop()
+    else:
+        redis_server.freeze()
+    breaker.force_open("test: outage")
+    await layer.send(channel, {"type": "local.hello"})
+    assert await asyncio.wait_for(receiving, 3) == {"type": "local.hello"}
+    # And again, with no pop in flight: the next receive waits on the local queue.
+    receiving = asyncio.ensure_future(layer.receive(channel))
+    await asyncio.sleep(0.7)
+    assert not receiving.done()
+    await layer.send(channel, {"type": "local.again"})
+    assert await asyncio.wait_for(receiving, 3) == {"type": "local.again"}
+    if fault == "frozen":
+        redis_server.thaw()
+    breaker.reset()
+    await layer.close()
+
+
+async def test_receive_failures_open_the_breaker_without_raising(redis_server: RedisServer) -> None:
+    """An idle consumer whose blocking pop keeps failing trips the breaker and never sees an error."""
+    breaker = fast_breaker("recv-trip")
+    layer = BreakerChannelLayer(hosts(redis_server), breaker=breaker)
+    channel = await layer.new_channel()
+    receiving = asyncio.ensure_future(layer.receive(channel))
+    await asyncio.sleep(0.1)
+    redis_server.stop()
+    for _ in range(200):
+        if breaker.is_open:
+            break
+        await asyncio.sleep(0.02)
+    assert breaker.is_open
+    assert not receiving.done()
+    receiving.cancel()
+    await asyncio.wait((receiving,))
+    await layer.close()
+    breaker.reset()
