@@ -1,0 +1,250 @@
+"""The cache journal: which keys Redis may hold a wrong value for.
+
+A key is *covered* from the moment a call that changes it (set, add, delete,
+touch, incr, a version bump) is served by the fallback, or fails on Redis in a
+way that may still have landed (a timeout), until the key has been deleted
+from Redis again. While a key is covered every call for it is served by the
+fallback, which holds the last value written for it (or nothing), never by
+Redis. That single rule gives the invariant: a read returns the last value
+written for its key, or a miss — whatever the breaker's state, and however the
+replay races with the probe and with real traffic.
+
+The fallback only ever holds covered keys: a replayed key is deleted from the
+fallback too, so a value written during one outage cannot be served in a later
+one after Redis changed it in between.
+
+Replay takes the journal out (``inflight``) so new writes journal afresh, and
+puts it back on failure. Past ``max_keys`` the journal stops naming keys and
+covers *everything*; its replay clears the primary (the documented choice: a
+version bump would be per process and forgotten on restart).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable, Hashable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ._errors import BreakerOpenError
+from ._events import emit
+from ._redact import describe_error
+from ._state import State, StateChange
+
+if TYPE_CHECKING:
+    from django.core.cache.backends.base import BaseCache
+
+    from ._breaker import Breaker
+
+__all__ = ["Journal", "journal_for"]
+
+T = TypeVar("T")
+Key = tuple[Any, int]
+
+_RETRY_TRIAL_S = 0.02  # another trial call holds the half-open slot: look again soon
+_RETRY_FAILED_S = 0.25  # replay failed while the breaker stayed closed
+_RETRY_FAILED_MAX_S = 5.0
+_journals: weakref.WeakKeyDictionary[Breaker, dict[Hashable, Journal]] = (
+    weakref.WeakKeyDictionary()
+)
+_journals_lock = threading.Lock()
+
+
+class Journal:
+    """Covered keys of one cache (one primary, one fallback, one breaker)."""
+
+    def __init__(
+        self,
+        breaker: Breaker,
+        name: str,
+        fallback: BaseCache | None,
+        primary_factory: Callable[[], BaseCache],
+        max_keys: int,
+    ) -> None:
+        self.name = name
+        self.max_keys = max_keys
+        self._breaker = weakref.ref(breaker)
+        self._fallback = fallback
+        self._primary_factory = primary_factory
+        self._primary: BaseCache | None = None
+        self.lock = threading.RLock()
+        self._keys: dict[Key, None] = {}
+        self._all = False
+        self._inflight: dict[Key, None] = {}
+        self._inflight_all = False
+        self._worker: threading.Thread | None = None
+        #: Fast-path flag, read without the lock: False means nothing is covered.
+        self.active = False
+        if fallback is not None:
+            # The fallback belongs to this journal: whatever it holds from
+            # before is not known to be current.
+            fallback.clear()
+        breaker.add_listener(self._on_change)
+
+    # --------------------------------------------------------------- coverage
+    def covers(self, key: Any, version: int) -> bool:
+        k = (key, version)
+        return self._all or self._inflight_all or k in self._keys or k in self._inflight
+
+    def split(self, keys: Iterable[Any], version: int) -> tuple[list[Any], list[Any]]:
+        """``(covered, uncovered)`` in the given order."""
+        covered: list[Any] = []
+        uncovered: list[Any] = []
+        for key in keys:
+            (covered if self.covers(key, version) else uncovered).append(key)
+        return covered, uncovered
+
+    def record(self, keys: Iterable[Any], version: int) -> None:
+        """Cover ``keys``; the caller holds ``lock`` together with the fallback write."""
+        if self._all:
+            return
+        for key in keys:
+            k = (key, version)
+            if k in self._keys:
+                continue
+            if len(self._keys) >= self.max_keys:
+                self._all = True
+                self._keys = {}
+                emit(logging.WARNING, "cache_journal_overflow", cache=self.name,
+                     breaker=self._breaker_name(), max_keys=self.max_keys,
+                     on_recovery="clear the primary cache")
+                break
+            self._keys[k] = None
+        self.active = True
+
+    def cover_all(self) -> None:
+        """Cover every key (``clear()`` during an outage): recovery clears the primary."""
+        with self.lock:
+            self._all = True
+            self._keys = {}
+            self.active = True
+
+    def write(self, keys: Iterable[Any], version: int, fn: Callable[..., T], /,
+              *args: Any, **kwargs: Any) -> T:
+        """Journal ``keys`` and run the fallback write ``fn``, atomically against replays."""
+        with self.lock:
+            self.record(keys, version)
+            return fn(*args, **kwargs)
+
+    # ----------------------------------------------------------------- replay
+    def _breaker_name(self) -> str | None:
+        breaker = self._breaker()
+        return breaker.name if breaker is not None else None
+
+    def replay(self) -> int:
+        """Delete every covered key from the primary, then from the fallback.
+
+        The deletes go through the breaker (in half-open they are trial calls)
+        and raise what it raises. Returns how many keys were replayed (-1: the
+        whole cache was cleared).
+        """
+        breaker = self._breaker()
+        if breaker is None:
+            return 0
+        with self.lock:
+            if self._inflight or self._inflight_all or not (self._keys or self._all):
+                return 0
+            keys, everything = self._keys, self._all
+            self._inflight, self._inflight_all = keys, everything
+            self._keys, self._all = {}, False
+        try:
+            primary = self._primary or self._primary_factory()
+            self._primary = primary
+            if everything:
+                breaker.call(primary.clear)
+            else:
+                by_version: dict[int, list[Any]] = {}
+                for key, version in keys:
+                    by_version.setdefault(version, []).append(key)
+                for version, group in by_version.items():
+                    breaker.call(primary.delete_many, group, version=version)
+        except BaseException:
+            with self.lock:
+                if everything or self._all:
+                    self._all, self._keys = True, {}
+                else:
+                    self._keys = {**keys, **self._keys}
+                self._inflight, self._inflight_all = {}, False
+            raise
+        with self.lock:
+            fallback = self._fallback
+            if fallback is not None:
+                if everything:
+                    # Keys journaled since the snapshot lose their fallback value:
+                    # a miss, never a wrong value.
+                    fallback.clear()
+                else:
+                    by_version = {}
+                    for key, version in keys:
+                        if self._all or (key, version) not in self._keys:
+                            by_version.setdefault(version, []).append(key)
+                    for version, group in by_version.items():
+                        fallback.delete_many(group, version=version)
+            self._inflight, self._inflight_all = {}, False
+            self.active = bool(self._keys or self._all)
+        emit(logging.INFO, "cache_journal_replayed", cache=self.name, breaker=breaker.name,
+             keys=-1 if everything else len(keys),
+             action="cleared the primary cache" if everything else "deleted from primary")
+        return -1 if everything else len(keys)
+
+    def _on_change(self, change: StateChange) -> None:
+        # Runs in the thread that caused the transition (often the probe): never block it.
+        if change.to_state in (State.HALF_OPEN, State.CLOSED) and self.active:
+            self.kick()
+
+    def kick(self) -> None:
+        """Replay in the background unless a replay is already running."""
+        with self.lock:
+            worker = self._worker
+            if worker is not None and worker.is_alive():
+                return
+            worker = threading.Thread(target=self._run, daemon=True,
+                                      name=f"redis-breaker-cache-replay-{self.name}")
+            self._worker = worker
+        worker.start()
+
+    def _run(self) -> None:
+        pause = _RETRY_FAILED_S
+        while self.active:
+            breaker = self._breaker()
+            if breaker is None or breaker.state.rejects:
+                return  # the next transition to half-open kicks again
+            try:
+                self.replay()
+            except BreakerOpenError:
+                del breaker
+                time.sleep(_RETRY_TRIAL_S)
+            except Exception as exc:
+                if not breaker.counts(exc):
+                    emit(logging.ERROR, "cache_journal_replay_failed", cache=self.name,
+                         breaker=breaker.name, error=describe_error(exc))
+                    return
+                # A blip too short to open the breaker: nobody else will retry,
+                # and until the replay succeeds the covered keys stay off Redis.
+                del breaker
+                time.sleep(pause)
+                pause = min(pause * 2, _RETRY_FAILED_MAX_S)
+
+
+def journal_for(
+    breaker: Breaker,
+    identity: Hashable,
+    name: str,
+    fallback: BaseCache | None,
+    primary_factory: Callable[[], BaseCache],
+    max_keys: int,
+) -> Journal:
+    """The process-wide journal for ``identity`` (where the data lives) on ``breaker``."""
+    per_breaker = _journals.get(breaker)
+    journal = per_breaker.get(identity) if per_breaker is not None else None
+    if journal is not None:
+        return journal
+    with _journals_lock:
+        per_breaker = _journals.setdefault(breaker, {})
+        journal = per_breaker.get(identity)
+        if journal is None:
+            journal = Journal(breaker, name, fallback, primary_factory, max_keys)
+            per_breaker[identity] = journal
+        return journal

@@ -1,0 +1,402 @@
+"""``BreakerCache``: a Django cache backend that survives Redis outages without stale reads.
+
+::
+
+    CACHES = {
+        "redis": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                  "LOCATION": "redis://...", "OPTIONS": {"socket_timeout": 0.5}},
+        "default": {"BACKEND": "redis_breaker.cache.BreakerCache",
+                    "OPTIONS": {"PRIMARY": "redis", "BREAKER": "default"}},
+    }
+
+Closed: every call goes to the PRIMARY through the breaker. Open, or on a
+connection error: the FALLBACK serves it and keys that change are journaled
+(see ``_cache_journal``). Errors that are not an outage (``incr`` of a missing
+key) are the primary's own.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.core.cache import caches
+from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
+from django.core.cache.backends.locmem import LocMemCache
+from django.core.exceptions import ImproperlyConfigured
+
+from ._breaker import Breaker
+from ._cache_journal import Journal, journal_for
+from ._registry import get_breaker
+
+__all__ = ["BreakerCache", "safe_cache_delete", "safe_cache_get", "safe_cache_set"]
+
+_OPTIONS = frozenset({"PRIMARY", "FALLBACK", "BREAKER", "JOURNAL_MAX_KEYS"})
+_INTEGRATION = "cache"
+_MISSING = object()
+
+
+def _first_location(entry: Mapping[str, Any]) -> str | None:
+    location = entry.get("LOCATION")
+    if isinstance(location, (list, tuple)):
+        location = location[0] if location else None
+    if not isinstance(location, str) or not location:
+        return None
+    first = re.split("[;,]", location)[0].strip()
+    return first if "://" in first else None
+
+
+class _Bound:
+    """What one BreakerCache instance talks to, resolved once per breaker object."""
+
+    __slots__ = ("breaker", "fallback", "journal", "primary")
+
+    def __init__(self, breaker: Breaker, primary: BaseCache, fallback: BaseCache,
+                 journal: Journal) -> None:
+        self.breaker = breaker
+        self.primary = primary
+        self.fallback = fallback
+        self.journal = journal
+
+
+class BreakerCache(BaseCache):
+    """Delegates to the PRIMARY cache alias through a breaker; FALLBACK while Redis is away."""
+
+    def __init__(self, location: str, params: dict[str, Any]) -> None:
+        super().__init__(params)
+        options = dict(params.get("OPTIONS") or {})
+        unknown = sorted(set(options) - _OPTIONS)
+        if unknown:
+            raise ImproperlyConfigured(
+                f"BreakerCache: unknown OPTIONS {unknown}; expected some of {sorted(_OPTIONS)}."
+            )
+        primary = options.get("PRIMARY")
+        if not isinstance(primary, str) or primary not in settings.CACHES:
+            raise ImproperlyConfigured(
+                f"BreakerCache: OPTIONS['PRIMARY'] must name a Redis cache in CACHES; got {primary!r}."
+            )
+        self._primary_alias = primary
+        self._fallback_alias: str | None = options.get("FALLBACK")
+        if self._fallback_alias is not None and self._fallback_alias not in settings.CACHES:
+            raise ImproperlyConfigured(
+                f"BreakerCache: OPTIONS['FALLBACK'] {self._fallback_alias!r} is not in CACHES."
+            )
+        self._breaker_name = str(options.get("BREAKER", "default"))
+        self._max_keys = int(options.get("JOURNAL_MAX_KEYS", 10_000))
+        if self._max_keys < 1:
+            raise ImproperlyConfigured("BreakerCache: OPTIONS['JOURNAL_MAX_KEYS'] must be >= 1.")
+        primary_entry = settings.CACHES[primary]
+        self._probe_url = _first_location(primary_entry)
+        self._fallback_timeout = params.get("TIMEOUT", primary_entry.get("TIMEOUT", 300))
+        # Where the data lives: two BreakerCache aliases over the same stores share a journal.
+        self._identity = (primary, repr(sorted(primary_entry.items())), self._fallback_alias,
+                          self._max_keys)
+        self._bound: _Bound | None = None
+
+    # ------------------------------------------------------------- resolving
+    def _bind(self) -> _Bound:
+        breaker = get_breaker(self._breaker_name)
+        bound = self._bound
+        if bound is not None and bound.breaker is breaker:
+            return bound
+        breaker.adopt_url(self._probe_url)
+        primary = caches[self._primary_alias]
+        if self._fallback_alias is not None:
+            fallback = caches[self._fallback_alias]
+        else:
+            fallback = LocMemCache(
+                f"redis_breaker.fallback:{self._primary_alias}:{hash(self._identity)}",
+                {"TIMEOUT": self._fallback_timeout,
+                 "OPTIONS": {"MAX_ENTRIES": max(self._max_keys, 300)}},
+            )
+        journal = journal_for(
+            breaker, self._identity, self._primary_alias, fallback,
+            lambda: caches.create_connection(self._primary_alias), self._max_keys,
+        )
+        bound = _Bound(breaker, primary, journal._fallback or fallback, journal)
+        self._bound = bound
+        return bound
+
+    @property
+    def primary(self) -> BaseCache:
+        return self._bind().primary
+
+    @property
+    def fallback(self) -> BaseCache:
+        return self._bind().fallback
+
+    @property
+    def breaker(self) -> Breaker:
+        return self._bind().breaker
+
+    def _version(self, bound: _Bound, version: int | None) -> int:
+        # Resolved once so the journal, the primary and the fallback agree on the key.
+        return bound.primary.version if version is None else version
+
+    @staticmethod
+    def _kick(bound: _Bound) -> None:
+        # Covered keys never touch Redis, so the replay is what finds out whether
+        # Redis is back (or still away: its failures count and open the breaker).
+        if not bound.breaker.state.rejects:
+            bound.journal.kick()
+
+    # ----------------------------------------------------------- single keys
+    def _read(self, op: str, key: Any, version: int | None, *args: Any) -> Any:
+        bound = self._bind()
+        v = self._version(bound, version)
+        journal = bound.journal
+        fallback = getattr(bound.fallback, op)
+        if journal.active:
+            self._kick(bound)
+            if journal.covers(key, v):
+                bound.breaker.note_fallback(_INTEGRATION)
+                return fallback(key, *args, version=v)
+        return bound.breaker.call_with_fallback(
+            getattr(bound.primary, op), fallback, (key, *args), {"version": v},
+            integration=_INTEGRATION,
+        )
+
+    def _write(self, op: str, key: Any, version: int | None, *args: Any) -> Any:
+        bound = self._bind()
+        v = self._version(bound, version)
+        journal = bound.journal
+        written = (key,)
+        fallback = getattr(bound.fallback, op)
+
+        def served_by_fallback(*a: Any, **kw: Any) -> Any:
+            return journal.write(written, v, fallback, *a, **kw)
+
+        if journal.active:
+            self._kick(bound)
+            if journal.covers(key, v):
+                bound.breaker.note_fallback(_INTEGRATION)
+                return served_by_fallback(key, *args, version=v)
+        return bound.breaker.call_with_fallback(
+            getattr(bound.primary, op), served_by_fallback, (key, *args), {"version": v},
+            integration=_INTEGRATION,
+        )
+
+    def get(self, key: Any, default: Any = None, version: int | None = None) -> Any:
+        return self._read("get", key, version, default)
+
+    def has_key(self, key: Any, version: int | None = None) -> bool:
+        return bool(self._read("has_key", key, version))
+
+    def set(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT,
+            version: int | None = None) -> Any:
+        return self._write("set", key, version, value, timeout)
+
+    def add(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT,
+            version: int | None = None) -> bool:
+        return bool(self._write("add", key, version, value, timeout))
+
+    def touch(self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:
+        return bool(self._write("touch", key, version, timeout))
+
+    def delete(self, key: Any, version: int | None = None) -> bool:
+        return bool(self._write("delete", key, version))
+
+    def incr(self, key: Any, delta: int = 1, version: int | None = None) -> int:
+        return int(self._write("incr", key, version, delta))
+
+    def decr(self, key: Any, delta: int = 1, version: int | None = None) -> int:
+        return int(self._write("incr", key, version, -delta))
+
+    def incr_version(self, key: Any, delta: int = 1, version: int | None = None) -> int:
+        bound = self._bind()
+        v = self._version(bound, version)
+        return self._bump_version(bound, key, delta, v)
+
+    def _bump_version(self, bound: _Bound, key: Any, delta: int, v: int) -> int:
+        journal = bound.journal
+        pair = (key,)
+
+        def on_fallback(key: Any, delta: int = 1, version: int = v) -> int:
+            with journal.lock:
+                journal.record(pair, version)
+                journal.record(pair, version + delta)
+                return _fallback_incr_version(bound.fallback, key, delta, version)
+
+        if journal.active:
+            self._kick(bound)
+            if journal.covers(key, v) or journal.covers(key, v + delta):
+                bound.breaker.note_fallback(_INTEGRATION)
+                return on_fallback(key, delta, v)
+        return int(bound.breaker.call_with_fallback(
+            bound.primary.incr_version, on_fallback, (key, delta), {"version": v},
+            integration=_INTEGRATION,
+        ))
+
+    # ------------------------------------------------------------- many keys
+    def get_many(self, keys: Iterable[Any], version: int | None = None) -> dict[Any, Any]:
+        bound = self._bind()
+        v = self._version(bound, version)
+        keys = list(keys)
+        journal = bound.journal
+        found: dict[Any, Any] = {}
+        if journal.active:
+            covered, keys = journal.split(keys, v)
+            if covered:
+                bound.breaker.note_fallback(_INTEGRATION)
+                found.update(bound.fallback.get_many(covered, version=v))
+            self._kick(bound)
+            if not keys:
+                return found
+        found.update(bound.breaker.call_with_fallback(
+            bound.primary.get_many, bound.fallback.get_many, (keys,), {"version": v},
+            integration=_INTEGRATION,
+        ))
+        return found
+
+    def set_many(self, data: Mapping[Any, Any], timeout: Any = DEFAULT_TIMEOUT,
+                 version: int | None = None) -> list[Any]:
+        bound = self._bind()
+        v = self._version(bound, version)
+        journal = bound.journal
+        failed: list[Any] = []
+        data = dict(data)
+        if journal.active:
+            covered, rest = journal.split(data, v)
+            if covered:
+                bound.breaker.note_fallback(_INTEGRATION)
+                failed += journal.write(covered, v, bound.fallback.set_many,
+                                        {k: data[k] for k in covered}, timeout, version=v) or []
+            self._kick(bound)
+            data = {k: data[k] for k in rest}
+            if not data:
+                return failed
+        written = list(data)
+
+        def served_by_fallback(*a: Any, **kw: Any) -> Any:
+            return journal.write(written, v, bound.fallback.set_many, *a, **kw)
+
+        failed += bound.breaker.call_with_fallback(
+            bound.primary.set_many, served_by_fallback, (data, timeout), {"version": v},
+            integration=_INTEGRATION,
+        ) or []
+        return failed
+
+    def delete_many(self, keys: Iterable[Any], version: int | None = None) -> None:
+        bound = self._bind()
+        v = self._version(bound, version)
+        keys = list(keys)
+        journal = bound.journal
+        if journal.active:
+            covered, keys = journal.split(keys, v)
+            if covered:
+                bound.breaker.note_fallback(_INTEGRATION)
+                journal.write(covered, v, bound.fallback.delete_many, covered, version=v)
+            self._kick(bound)
+            if not keys:
+                return
+        rest = keys
+
+        def served_by_fallback(*a: Any, **kw: Any) -> Any:
+            return journal.write(rest, v, bound.fallback.delete_many, *a, **kw)
+
+        bound.breaker.call_with_fallback(
+            bound.primary.delete_many, served_by_fallback, (rest,), {"version": v},
+            integration=_INTEGRATION,
+        )
+
+    def clear(self) -> None:
+        bound = self._bind()
+        journal = bound.journal
+
+        def served_by_fallback() -> None:
+            with journal.lock:
+                journal.cover_all()
+                bound.fallback.clear()
+
+        bound.breaker.call_with_fallback(bound.primary.clear, served_by_fallback,
+                                         integration=_INTEGRATION)
+        with journal.lock:
+            # Whatever the fallback held is older than an empty primary.
+            bound.fallback.clear()
+
+    def close(self, **kwargs: Any) -> None:
+        bound = self._bound
+        if bound is not None:
+            bound.primary.close(**kwargs)
+
+    # ------------------------------------------------------------------ async
+    # Neither Django's RedisCache nor django-redis has native async methods; a
+    # thread hop is what they cost anyway. While the breaker is open nothing
+    # touches Redis, so the fallback answers inline without the hop.
+    def _inline(self) -> bool:
+        return self._bind().breaker.is_open
+
+    async def _async(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self._inline():
+            return fn(*args, **kwargs)
+        return await sync_to_async(fn, thread_sensitive=True)(*args, **kwargs)
+
+    async def aget(self, key: Any, default: Any = None, version: int | None = None) -> Any:
+        return await self._async(self.get, key, default, version)
+
+    async def ahas_key(self, key: Any, version: int | None = None) -> bool:
+        return bool(await self._async(self.has_key, key, version))
+
+    async def aset(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT,
+                   version: int | None = None) -> Any:
+        return await self._async(self.set, key, value, timeout, version)
+
+    async def aadd(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT,
+                   version: int | None = None) -> bool:
+        return bool(await self._async(self.add, key, value, timeout, version))
+
+    async def atouch(self, key: Any, timeout: Any = DEFAULT_TIMEOUT,
+                     version: int | None = None) -> bool:
+        return bool(await self._async(self.touch, key, timeout, version))
+
+    async def adelete(self, key: Any, version: int | None = None) -> bool:
+        return bool(await self._async(self.delete, key, version))
+
+    async def aincr(self, key: Any, delta: int = 1, version: int | None = None) -> int:
+        return int(await self._async(self.incr, key, delta, version))
+
+    async def adecr(self, key: Any, delta: int = 1, version: int | None = None) -> int:
+        return int(await self._async(self.decr, key, delta, version))
+
+    async def aget_many(self, keys: Iterable[Any], version: int | None = None) -> dict[Any, Any]:
+        result: dict[Any, Any] = await self._async(self.get_many, list(keys), version)
+        return result
+
+    async def aset_many(self, data: Mapping[Any, Any], timeout: Any = DEFAULT_TIMEOUT,
+                        version: int | None = None) -> list[Any]:
+        result: list[Any] = await self._async(self.set_many, dict(data), timeout, version)
+        return result
+
+    async def adelete_many(self, keys: Iterable[Any], version: int | None = None) -> None:
+        await self._async(self.delete_many, list(keys), version)
+
+    async def aget_or_set(self, key: Any, default: Any, timeout: Any = DEFAULT_TIMEOUT,
+                          version: int | None = None) -> Any:
+        return await self._async(self.get_or_set, key, default, timeout, version)
+
+    async def aincr_version(self, key: Any, delta: int = 1, version: int | None = None) -> int:
+        return int(await self._async(self.incr_version, key, delta, version))
+
+    async def adecr_version(self, key: Any, delta: int = 1, version: int | None = None) -> int:
+        return int(await self._async(self.decr_version, key, delta, version))
+
+    async def aclear(self) -> None:
+        await self._async(self.clear)
+
+    async def aclose(self, **kwargs: Any) -> None:
+        await self._async(self.close, **kwargs)
+
+
+def _fallback_incr_version(cache: BaseCache, key: Any, delta: int, version: int) -> int:
+    value = cache.get(key, _MISSING, version=version)
+    if value is _MISSING:
+        raise ValueError(f"Key '{key}' not found")
+    cache.set(key, value, version=version + delta)
+    cache.delete(key, version=version)
+    return version + delta
+
+
+from ._cache_safe import safe_cache_delete, safe_cache_get, safe_cache_set  # noqa: E402
