@@ -1,0 +1,49 @@
+"""``status``: JSON for load balancers and dashboards; 503 while any breaker is open.
+
+Everyone sees each breaker's state. Staff users, or a request carrying the
+token from ``REDIS_BREAKER_STATUS_TOKEN`` (``Authorization: Bearer <token>``
+or ``X-Redis-Breaker-Token``), also see errors, latencies and the outbox.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from django.conf import settings
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+from ._registry import all_breakers
+from .health import get_redis_status
+
+__all__ = ["status"]
+
+
+def _may_see_details(request: HttpRequest) -> bool:
+    user = getattr(request, "user", None)
+    if user is not None and getattr(user, "is_staff", False) and user.is_active:
+        return True
+    token = getattr(settings, "REDIS_BREAKER_STATUS_TOKEN", None)
+    if not token:
+        return False
+    given = request.headers.get("X-Redis-Breaker-Token", "")
+    auth = request.headers.get("Authorization", "")
+    if auth.startswith("Bearer "):
+        given = auth[len("Bearer "):]
+    return bool(given) and hmac.compare_digest(given.encode(), str(token).encode())
+
+
+@never_cache
+@require_GET
+def status(request: HttpRequest) -> JsonResponse:
+    """200 ``{"healthy": true, ...}`` or 503 while any breaker is open."""
+    if _may_see_details(request):
+        body = get_redis_status()
+    else:
+        states = {name: b.state.value for name, b in sorted(all_breakers().items())}
+        body = {
+            "healthy": not any(s in ("open", "forced_open") for s in states.values()),
+            "breakers": {name: {"state": s} for name, s in states.items()},
+        }
+    return JsonResponse(body, status=200 if body["healthy"] else 503)
