@@ -1,0 +1,246 @@
+"""channels_redis and BreakerChannelLayer side by side, in one run, on a real Redis.
+
+    python benchmarks/bench_channels.py [--quick] [--json PATH]
+
+1. healthy Redis: group_send latency through both layers;
+2. outage (refused = stopped, hung = SIGSTOP, blackhole = packets dropped,
+   where root): group_send latency for channels_redis, and for
+   BreakerChannelLayer once its breaker is open (p50/p99/max), with what it
+   cost to find the outage;
+3. local delivery rate while open: group messages per second reaching
+   consumers of this process, next to the healthy rate through Redis.
+
+Both layers get the same hosts entry: redis-py 8's default 5 s socket
+timeouts written out (1 s with --quick, to keep the run short).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from channels_redis.core import RedisChannelLayer
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import percentiles, print_table, progress
+from redis_breaker import Breaker, BreakerConfig
+from redis_breaker.channels import BreakerChannelLayer
+from redis_breaker.testing import RedisServer
+
+GROUP = "bench"
+MEMBERS = 10
+MESSAGE = {"type": "chat.message", "text": "hello", "n": 1}
+TARGET_P99_MS = 0.2
+
+
+def _hosts(server: RedisServer, timeout: float) -> list[dict[str, Any]]:
+    return [{"address": server.url, "socket_timeout": timeout, "socket_connect_timeout": timeout}]
+
+
+async def _join(layer: Any) -> list[str]:
+    channels = [await layer.new_channel() for _ in range(MEMBERS)]
+    for channel in channels:
+        await layer.group_add(GROUP, channel)
+    return channels
+
+
+async def _timed(call: Callable[[], Awaitable[object]]) -> tuple[float, str | None]:
+    start = time.perf_counter()
+    try:
+        await call()
+    except Exception as exc:
+        return time.perf_counter() - start, type(exc).__name__
+    return time.perf_counter() - start, None
+
+
+def _row(fault: str, layer: str, durations: list[float], errors: list[str | None]) -> dict[str, Any]:
+    raised = sorted({e for e in errors if e})
+    return {"fault": fault, "layer": layer, "calls": len(durations), **percentiles(durations),
+            "raised": len([e for e in errors if e]), "errors": raised}
+
+
+async def healthy(server: RedisServer, timeout: float, calls: int) -> list[dict[str, Any]]:
+    plain = RedisChannelLayer(hosts=_hosts(server, timeout))
+    breaker = Breaker("bench-healthy", BreakerConfig())
+    ours = BreakerChannelLayer(_hosts(server, timeout), breaker=breaker)
+    contestants = (("channels_redis", plain), ("BreakerChannelLayer", ours))
+    samples: dict[str, list[tuple[float, str | None]]] = {name: [] for name, _ in contestants}
+    for _, layer in contestants:
+        await _join(layer)
+    for _ in range(calls):  # interleaved, so both see the same server and machine
+        for name, layer in contestants:
+            samples[name].append(await _timed(lambda layer=layer: layer.group_send(GROUP, MESSAGE)))
+    rows = [_row("none (healthy)", name, [d for d, _ in samples[name]],
+                 [e for _, e in samples[name]]) for name, _ in contestants]
+    for _, layer in contestants:
+        await layer.flush()
+    await ours.close()
+    breaker.reset()
+    return rows
+
+
+async def outage(server: RedisServer, fault: str, timeout: float, plain_calls: int,
+                 open_calls: int) -> dict[str, Any]:
+    """One fault: channels_redis's calls, then BreakerChannelLayer's discovery and open calls."""
+    plain = RedisChannelLayer(hosts=_hosts(server, timeout))
+    breaker = Breaker(f"bench-{fault}", BreakerConfig(failure_rate=None))
+    ours = BreakerChannelLayer(_hosts(server, timeout), breaker=breaker)
+    await _join(plain)
+    ours_channels = await _join(ours)
+    {"refused": server.stop, "hung": server.freeze, "blackhole": server.blackhole}[fault]()
+    try:
+        # Concurrent calls, so a hung server costs one timeout, not one per sample.
+        plain_samples = await asyncio.gather(
+            *(_timed(lambda: plain.group_send(GROUP, MESSAGE)) for _ in range(plain_calls)))
+
+        started = time.perf_counter()
+        discovery: list[tuple[float, str | None]] = []
+        while not breaker.is_open and len(discovery) < 50:
+            discovery += await asyncio.gather(
+                *(_timed(lambda: ours.group_send(GROUP, MESSAGE))
+                  for _ in range(breaker.config.failure_threshold)))
+        to_open = time.perf_counter() - started
+        opened = breaker.is_open
+        delivered = sum(1 for c in ours_channels if ours.local.pop(c) is not None)
+
+        open_samples = []
+        for _ in range(open_calls):
+            open_samples.append(await _timed(lambda: ours.group_send(GROUP, MESSAGE)))
+            for channel in ours_channels:  # drain outside the timing, as consumers would
+                ours.local.pop(channel)
+    finally:
+        if fault == "hung":
+            server.thaw()
+        elif fault == "blackhole":
+            server.unblackhole()
+        if not server.running:
+            server.start()
+    with contextlib.suppress(Exception):
+        await plain.close_pools()
+    breaker.reset()
+    await ours.close()
+    return {
+        "plain": _row(fault, "channels_redis", [d for d, _ in plain_samples],
+                      [e for _, e in plain_samples]),
+        "ours": _row(fault, "BreakerChannelLayer (open)", [d for d, _ in open_samples],
+                     [e for _, e in open_samples]),
+        "discovery": {"fault": fault, "calls": len(discovery), "seconds": to_open,
+                      "raised": len([e for _, e in discovery if e]),
+                      "opened": opened,
+                      "first_local_deliveries": delivered},
+    }
+
+
+async def delivery_rate(layer: Any, messages: int) -> float:
+    """Group messages per second reaching MEMBERS receivers of this process."""
+    channels = await _join(layer)
+    received = 0
+
+    async def reader(channel: str) -> None:
+        nonlocal received
+        for _ in range(messages):
+            await layer.receive(channel)
+            received += 1
+
+    readers = [asyncio.ensure_future(reader(c)) for c in channels]
+    await asyncio.sleep(0.05)
+    start = time.perf_counter()
+    for _ in range(messages):
+        await layer.group_send(GROUP, MESSAGE)
+        await asyncio.sleep(0)  # let the consumers run, as a server's loop would
+    await asyncio.wait_for(asyncio.gather(*readers), 60)
+    elapsed = time.perf_counter() - start
+    return received / elapsed
+
+
+async def rates(server: RedisServer, timeout: float, messages: int) -> dict[str, float]:
+    plain = RedisChannelLayer(hosts=_hosts(server, timeout), capacity=messages + 10)
+    healthy_rate = await delivery_rate(plain, messages)
+    await plain.flush()
+    breaker = Breaker("bench-rate", BreakerConfig())
+    ours = BreakerChannelLayer(_hosts(server, timeout), breaker=breaker, capacity=messages + 10)
+    breaker.force_open("benchmark: local delivery")
+    open_rate = await delivery_rate(ours, messages)
+    breaker.reset()
+    await ours.close()
+    return {"channels_redis_healthy_msgs_per_s": healthy_rate,
+            "breaker_layer_open_msgs_per_s": open_rate}
+
+
+async def run(quick: bool) -> dict[str, Any]:
+    timeout = 1.0 if quick else 5.0
+    plain_calls = 5 if quick else 20
+    open_calls = 2_000 if quick else 20_000
+    report: dict[str, Any] = {"socket_timeout_s": timeout, "members": MEMBERS}
+    with RedisServer() as server:
+        progress("healthy group_send")
+        report["healthy"] = await healthy(server, timeout, 200 if quick else 2_000)
+        report["outages"] = []
+        for fault in ("refused", "hung"):
+            progress(f"outage: {fault}")
+            report["outages"].append(await outage(server, fault, timeout, plain_calls, open_calls))
+        progress("local delivery rate")
+        report["delivery"] = await rates(server, timeout, 500 if quick else 5_000)
+
+    can, why = RedisServer.can_blackhole() if hasattr(RedisServer, "blackhole") else (
+        False, "this redis_breaker.testing has no blackhole helper")
+    if can:
+        progress("outage: blackhole")
+        with RedisServer(netns=True) as server:
+            report["outages"].append(await outage(server, "blackhole", timeout, plain_calls,
+                                                  open_calls))
+    else:
+        report["blackhole_skipped"] = why
+    return report
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer calls, 1 s socket timeouts")
+    parser.add_argument("--json", type=Path, help="write the figures to this file")
+    args = parser.parse_args(argv)
+    # Transitions and fallback warnings are the subject here, not the output.
+    logging.getLogger("redis_breaker").setLevel(logging.CRITICAL)
+    report = asyncio.run(run(args.quick))
+
+    header = ["fault", "layer", "calls", "p50 ms", "p99 ms", "max ms", "raised"]
+    rows = [[r["fault"], r["layer"], r["calls"], r["p50_ms"], r["p99_ms"], r["max_ms"], r["raised"]]
+            for r in report["healthy"]]
+    for o in report["outages"]:
+        for key in ("plain", "ours"):
+            r = o[key]
+            rows.append([r["fault"], r["layer"], r["calls"], r["p50_ms"], r["p99_ms"],
+                         r["max_ms"], r["raised"]])
+    print_table(f"group_send to {MEMBERS} members, socket_timeout={report['socket_timeout_s']:g}s",
+                header, rows)
+    print_table("Finding the outage (BreakerChannelLayer, calls until the breaker opened)",
+                ["fault", "calls", "seconds", "raised"],
+                [[o["discovery"]["fault"], o["discovery"]["calls"], o["discovery"]["seconds"],
+                  o["discovery"]["raised"]] for o in report["outages"]])
+    d = report["delivery"]
+    print_table(f"Delivery rate to {MEMBERS} consumers of this process (messages/s)",
+                ["", "msgs/s"],
+                [["channels_redis, healthy Redis", d["channels_redis_healthy_msgs_per_s"]],
+                 ["BreakerChannelLayer, open (in-process)", d["breaker_layer_open_msgs_per_s"]]])
+    worst = max(o["ours"]["p99_ms"] for o in report["outages"])
+    print(f"\n  BreakerChannelLayer open p99, worst fault: {worst * 1000:.0f} µs "
+          f"(target < {TARGET_P99_MS * 1000:.0f} µs)")
+    if "blackhole_skipped" in report:
+        print(f"  blackhole skipped: {report['blackhole_skipped']}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
