@@ -170,12 +170,30 @@ class RedisServer:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def stop(self) -> None:
-        """Shut the server down: the port refuses connections."""
+    def stop(self, *, save: bool = False) -> None:
+        """Shut the server down: the port refuses connections.
+
+        ``save=True`` writes the data to disk first, so that ``start()`` brings
+        it back (a restart); otherwise the next start is empty.
+        """
         if self.process is None:
             return
         if self.frozen:
             self.thaw()
+        if save:
+            client = self.client()
+            try:
+                client.shutdown(save=True)
+            except Exception:  # the server closes the connection as it exits
+                pass
+            finally:
+                client.close()
+            try:
+                self.process.wait(10)
+                self.process = None
+                return
+            except subprocess.TimeoutExpired:
+                pass
         self.process.terminate()
         try:
             self.process.wait(5)
@@ -183,6 +201,11 @@ class RedisServer:
             self.process.kill()
             self.process.wait(5)
         self.process = None
+        self._forget_data()
+
+    def _forget_data(self) -> None:
+        for dump in self._dir.glob("*.rdb"):
+            dump.unlink()
 
     def kill(self) -> None:
         """SIGKILL: no shutdown save, connections reset."""
@@ -225,10 +248,9 @@ class RedisServer:
         """Stop and start again on the same port; ``empty`` loses every key."""
         if empty:
             self.kill()
-            for f in self._dir.glob("*.rdb"):
-                f.unlink()
+            self._forget_data()
         else:
-            self.stop()
+            self.stop(save=True)
         return self.start()
 
     def client(self, **kwargs: Any) -> Any:
