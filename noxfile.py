@@ -1,5 +1,6 @@
-"""Sessions: `nox -s tests` (the test suite), `nox -s drill` (the outage drill / benchmarks),
-`nox -s matrix` (every supported Python x Django), `nox -s lint`, `nox -s docs`.
+"""Sessions: `nox -s tests` (the test suite), `nox -s drill` (the outage drill),
+`nox -s bench` (micro-benchmarks), `nox -s matrix` (every supported Python x Django),
+`nox -s lint`, `nox -s docs`.
 
 Each session installs what it needs, redis-server included (from Debian's
 packages, when run as root on Debian); elsewhere it says what is missing.
@@ -90,7 +91,15 @@ def matrix(session: nox.Session, django: str) -> None:
 
 @nox.session
 def drill(session: nox.Session) -> None:
-    """The outage drill: benchmarks against a real Redis, side by side."""
+    """The outage drill: a Django project under traffic while Redis is cut, side by side."""
+    ensure_system_packages(session)
+    install_project(session, "bench")
+    session.run("python", "benchmarks/drill.py", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The micro-benchmarks of the engine and of each integration."""
     ensure_system_packages(session)
     install_project(session, "bench")
     session.run("python", "benchmarks/run.py", *session.posargs)

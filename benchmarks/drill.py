@@ -1,0 +1,338 @@
+"""The outage drill: a small Django project under concurrent traffic while Redis is cut.
+
+    python benchmarks/drill.py [--duration S] [--concurrency N] [--faults refused,hung,blackhole]
+                               [--out DIR]
+
+(`nox -s drill` installs what it needs and runs this.) It starts a real
+redis-server (inside a network namespace when root, so it can also be
+blackholed) and a real Celery worker, then runs the same traffic — cache reads
+and writes, task dispatch, group_send — through redis-breaker and, side by
+side in the same run, through the unprotected stack (Django's RedisCache,
+django-redis with IGNORE_EXCEPTIONS, plain Celery, plain channels_redis) and
+through hand-written wrappers guarded by pybreaker. For each fault it runs a
+healthy phase, cuts Redis, and restores it.
+
+Output: a table per fault and phase, DIR/report.json, a PNG timeline per
+fault, and DIR/index.html showing both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from redis_breaker.testing import RedisServer  # noqa: E402
+
+FAULTS = ("refused", "hung", "blackhole")
+PHASES = ("healthy", "outage", "recovery")
+# A realistic mix: mostly cache reads, some writes, a task now and then.
+SYNC_MIX = ["cache.get"] * 6 + ["cache.set"] * 2 + ["task.delay"]
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+@dataclass
+class Run:
+    """Everything recorded during the drill."""
+
+    started: float = field(default_factory=time.perf_counter)
+    samples: list[tuple[str, str, float, float, bool]] = field(default_factory=list)
+    phases: list[dict[str, Any]] = field(default_factory=list)
+    transitions: list[tuple[float, str]] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def now(self) -> float:
+        return time.perf_counter() - self.started
+
+    def record(self, contestant: str, op: str, start: float, duration: float, error: bool) -> None:
+        self.samples.append((contestant, op, start, duration, error))
+
+
+# --------------------------------------------------------------------- traffic
+def sync_worker(run: Run, contestant: Any, index: int, pace: float) -> None:
+    ops = [op for op in SYNC_MIX if op in contestant.sync_ops]
+    counter = itertools.count(index * 1_000_000)
+    for op in itertools.cycle(ops[index % len(ops):] + ops[:index % len(ops)]):
+        if run.stop.is_set():
+            return
+        start = run.now()
+        error = False
+        try:
+            contestant.sync_ops[op](next(counter))
+        except Exception:
+            error = True
+        duration = run.now() - start
+        run.record(contestant.name, op, start, duration, error)
+        time.sleep(max(0.0, pace - duration))
+
+
+async def async_worker(run: Run, contestant: Any, index: int, pace: float) -> None:
+    counter = itertools.count(index * 1_000_000)
+    while not run.stop.is_set():
+        for op, fn in contestant.async_ops.items():
+            start = run.now()
+            error = False
+            try:
+                await fn(next(counter))
+            except Exception:
+                error = True
+            duration = run.now() - start
+            run.record(contestant.name, op, start, duration, error)
+            await asyncio.sleep(max(0.0, pace - duration))
+
+
+async def receiver(run: Run, layer: Any, received: dict[str, int], name: str) -> None:
+    """This process's member of the group: counts what group_send delivers."""
+    from drill_app.contestants import GROUP
+
+    channel = None
+    while not run.stop.is_set():
+        try:
+            if channel is None:
+                channel = await layer.new_channel()
+                await layer.group_add(GROUP, channel)
+            await asyncio.wait_for(layer.receive(channel), timeout=1.0)
+            received[name] = received.get(name, 0) + 1
+        except asyncio.TimeoutError:
+            continue
+        except Exception:  # plain channels_redis raises while Redis is down
+            await asyncio.sleep(0.1)
+
+
+class LoopThread:
+    """An asyncio event loop in a thread of its own."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name=f"loop-{name}",
+                                       daemon=True)
+        self.thread.start()
+
+    def submit(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+# ---------------------------------------------------------------------- faults
+def inject(server: RedisServer, fault: str) -> None:
+    if fault == "refused":
+        server.stop(save=True)
+    elif fault == "hung":
+        server.freeze()
+    else:
+        server.blackhole()
+
+
+def restore(server: RedisServer, fault: str) -> None:
+    if fault == "refused":
+        server.start()
+    elif fault == "hung":
+        server.thaw()
+    else:
+        server.unblackhole()
+
+
+def start_worker(env: dict[str, str], out: Path) -> subprocess.Popen[bytes]:
+    log_file = (out / "celery-worker.log").open("wb")
+    return subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "drill_app.celery_app", "worker", "--pool=solo",
+         "-Q", "drill", "--loglevel=WARNING", "--without-heartbeat", "--without-gossip",
+         "--without-mingle"],
+        cwd=HERE, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
+
+
+# ---------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per phase (10)")
+    parser.add_argument("--concurrency", type=int, default=2,
+                        help="traffic workers per contestant and kind of operation (2)")
+    parser.add_argument("--pace", type=float, default=0.02,
+                        help="seconds between one worker's operations (0.02)")
+    parser.add_argument("--faults", default=",".join(FAULTS),
+                        help=f"comma-separated, from {', '.join(FAULTS)}")
+    parser.add_argument("--out", type=Path, default=Path("drill-out"), help="output folder")
+    args = parser.parse_args(argv)
+    faults = [f.strip() for f in args.faults.split(",") if f.strip()]
+    unknown = sorted(set(faults) - set(FAULTS))
+    if unknown:
+        parser.error(f"unknown fault(s): {', '.join(unknown)}")
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+
+    can_blackhole, why = RedisServer.can_blackhole()
+    skipped: dict[str, str] = {}
+    if "blackhole" in faults and not can_blackhole:
+        skipped["blackhole"] = why
+        faults.remove("blackhole")
+        log(f"blackhole skipped: {why}")
+
+    ledger = RedisServer().start()
+    server = RedisServer(netns=can_blackhole).start()
+    worker: subprocess.Popen[bytes] | None = None
+    loops: dict[str, LoopThread] = {}
+    run = Run()
+    try:
+        env = dict(os.environ, DRILL_REDIS_URL=server.url, DRILL_LEDGER_URL=ledger.url,
+                   PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+        os.environ.update(DRILL_REDIS_URL=server.url, DRILL_LEDGER_URL=ledger.url)
+        database = str(out / "drill.sqlite3")
+        for suffix in ("", "-wal", "-shm"):
+            Path(database + suffix).unlink(missing_ok=True)
+        import django
+        from django.conf import settings
+
+        from drill_app.settings import SOCKET_TIMEOUT, build
+
+        settings.configure(**build(server.url, database))
+        django.setup()
+        from django.core.management import call_command
+
+        call_command("migrate", verbosity=0)
+
+        from drill_app import contestants as contestant_module
+        from drill_app.celery_app import plain
+        from redis_breaker import get_breaker
+
+        breaker = get_breaker("drill")
+        breaker.add_listener(lambda change: run.transitions.append(
+            (run.now(), change.to_state.value)))
+
+        log(f"redis-server {server.host}:{server.port} ({'network namespace' if can_blackhole else 'loopback'}), "
+            f"ledger {ledger.host}:{ledger.port}, socket_timeout={SOCKET_TIMEOUT}s for every contestant")
+        worker = start_worker(env, out)
+        warmup = plain.delay(-1).id
+        ledger_client = ledger.client()
+        if not wait_until(lambda: ledger_client.hexists("executed:celery", warmup), 60):
+            raise RuntimeError(f"the Celery worker did not start; see {out / 'celery-worker.log'}")
+        ledger_client.delete("executed:celery")
+
+        players = contestant_module.build(lambda name: loops[name].loop)
+        for contestant in players:
+            if contestant.async_ops:
+                loops[contestant.name] = LoopThread(contestant.name)
+        from channels.layers import get_channel_layer
+
+        received: dict[str, int] = {}
+        for contestant in players:
+            if contestant.layer:
+                loops[contestant.name].submit(receiver(run, get_channel_layer(contestant.layer),
+                                                       received, contestant.name))
+        threads = []
+        for contestant in players:
+            for i in range(args.concurrency if contestant.sync_ops else 0):
+                t = threading.Thread(target=sync_worker, args=(run, contestant, i, args.pace),
+                                     name=f"{contestant.name}-{i}", daemon=True)
+                t.start()
+                threads.append(t)
+            for i in range(args.concurrency if contestant.async_ops else 0):
+                loops[contestant.name].submit(async_worker(run, contestant, i, args.pace))
+
+        current = {"fault": "-", "phase": "-", "start": run.now()}
+
+        def progress() -> None:
+            while not run.stop.wait(2.0):
+                elapsed = run.now() - current["start"]
+                ours = [s for s in run.samples[-5000:] if s[0] == "redis-breaker"]
+                log(f"  [{current['fault']:>9} {current['phase']:>8} {elapsed:5.1f}/{args.duration:g}s] "
+                    f"breaker={breaker.state.value:<9} calls={len(run.samples):>7} "
+                    f"redis-breaker errors={sum(1 for s in ours if s[4])}")
+
+        threading.Thread(target=progress, daemon=True).start()
+
+        def phase(fault: str, name: str) -> None:
+            current.update(fault=fault, phase=name, start=run.now())
+            start = run.now()
+            time.sleep(args.duration)
+            run.phases.append({"fault": fault, "phase": name, "start": start, "end": run.now()})
+
+        for fault in faults:
+            log(f"\n== {fault}")
+            phase(fault, "healthy")
+            inject(server, fault)
+            run.phases.append({"fault": fault, "phase": "cut", "start": run.now(), "end": run.now()})
+            phase(fault, "outage")
+            restore(server, fault)
+            run.phases.append({"fault": fault, "phase": "restored", "start": run.now(),
+                               "end": run.now()})
+            phase(fault, "recovery")
+
+        log("\nstopping traffic (calls still blocked in Redis finish first)")
+        run.stop.set()
+        for t in threads:
+            t.join(300)
+        blocked = [t.name for t in threads if t.is_alive()]
+
+        log("waiting for the outbox to drain and the worker to run every task")
+        from redis_breaker.outbox import outbox_status
+
+        wait_until(lambda: (outbox_status().get("pending") or 0) == 0, 120)
+        names = {"redis-breaker": "redis-breaker", "celery": "celery", "pybreaker": "pybreaker"}
+        expected = {c.name: set(c.task_ids) for c in players if c.name in names}
+
+        def executed(name: str) -> dict[str, int]:
+            return {k.decode(): int(v) for k, v in ledger_client.hgetall(f"executed:{name}").items()}
+
+        wait_until(lambda: expected["redis-breaker"] <= set(executed("redis-breaker")), 120, 0.5)
+        time.sleep(2)  # let the last of the plain tasks land too
+
+        from drill_report import summarize, write_outputs
+
+        tasks = {}
+        for name, ids in expected.items():
+            ran = executed(name)
+            tasks[name] = {
+                "dispatched": len(ids),
+                "executed": len(ids & set(ran)),
+                "lost": len(ids - set(ran)),
+                "duplicates": sum(max(0, n - 1) for n in ran.values()),
+            }
+        report = summarize(run, tasks, faults, skipped, received, blocked,
+                           {"duration": args.duration, "concurrency": args.concurrency,
+                            "pace": args.pace, "socket_timeout": SOCKET_TIMEOUT})
+        write_outputs(report, run, out)
+        return 0
+    finally:
+        run.stop.set()
+        if worker is not None:
+            worker.terminate()
+            try:
+                worker.wait(20)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        for loop in loops.values():
+            loop.close()
+        server.close()
+        ledger.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The drill's small Django project: a protected stack and the unprotected ones, side by side."""
