@@ -336,6 +336,7 @@ def test_listeners_receive_every_transition(clock: FrozenDateTimeFactory) -> Non
     assert pb_changes == [("closed", "open"), ("open", "half-open"), ("half-open", "closed")]
     assert breaker.pybreaker.current_state == "closed"
     assert changes[-1].open_for_s == pytest.approx(1.0)
+    assert breaker.last_change is changes[-1]
 
 
 def test_a_failing_listener_does_not_break_the_breaker(clock: FrozenDateTimeFactory) -> None:

@@ -142,6 +142,7 @@ class Breaker:
         self._transitions: dict[tuple[str, str], int] = {}
         self._fallback_warned: dict[str, float] = {}
         self._last_error: str | None = None
+        self._last_change: StateChange | None = None
         _ALL.add(self)
 
     def _init_runtime(self) -> None:
@@ -207,6 +208,11 @@ class Breaker:
     @property
     def state(self) -> State:
         return self._state
+
+    @property
+    def last_change(self) -> StateChange | None:
+        """The most recent transition, or None if the breaker never left closed."""
+        return self._last_change
 
     @property
     def is_open(self) -> bool:
@@ -432,6 +438,7 @@ class Breaker:
         self._since = now
         self._generation += 1
         self._pending.append(change)
+        self._last_change = change
         if to in (State.CLOSED, State.DISABLED):
             summary = [(k, count_value(v)) for k, v in self._fallback_by.items()]
             self._fold_fallbacks()
