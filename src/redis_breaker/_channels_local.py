@@ -3,7 +3,8 @@
 While the breaker is open, messages for channels of this process are queued
 here instead of in Redis, and group memberships made in this process are kept
 here so they can be served locally and re-applied to Redis on recovery.
-Everything runs on the event loop thread, so nothing here needs a lock.
+Consumers' loop is the usual caller; sync code (``async_to_sync`` in another
+thread) may put too, so waking a waiter goes through its own loop.
 """
 
 from __future__ import annotations
@@ -54,9 +55,9 @@ class LocalQueues:
                 return False
             raise ChannelFull(channel)
         queue.append((now + self.expiry, message))
-        for waiter in self._waiters.pop(channel, ()):
-            if not waiter.done():
-                waiter.set_result(None)
+        waiters = self._waiters.pop(channel, ())
+        if waiters:
+            _wake(waiters)
         return True
 
     def pop(self, channel: str) -> Message | None:
@@ -164,3 +165,22 @@ class GroupMirror:
     def clear(self) -> None:
         self.groups.clear()
         self.unsent_discards.clear()
+
+
+def _wake(waiters: list[asyncio.Future[None]]) -> None:
+    try:
+        running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    for waiter in waiters:
+        loop = waiter.get_loop()
+        if loop is running:
+            _resolve(waiter)
+        elif not loop.is_closed():
+            # A put from another thread's loop: a plain set_result would not wake this one.
+            loop.call_soon_threadsafe(_resolve, waiter)
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 
 import pytest
@@ -185,3 +186,20 @@ def test_breaker_by_name_is_the_shared_one(redis_server: RedisServer) -> None:
     assert layer.breaker is get_breaker("channels-shared")
     assert isinstance(layer.breaker, Breaker)
     assert layer.breaker.url == redis_server.url
+
+
+async def test_local_delivery_from_another_thread_wakes_the_consumer(
+    layer: BreakerChannelLayer,
+) -> None:
+    """Open, a group_send made on another thread's event loop reaches a consumer waiting on this one."""
+    channel = await layer.new_channel()
+    await layer.group_add("g", channel)
+    layer.breaker.force_open()
+    receiving = asyncio.ensure_future(layer.receive(channel))
+    await asyncio.sleep(0.05)
+    sender = threading.Thread(
+        target=lambda: asyncio.run(layer.group_send("g", {"type": "from.thread"}))
+    )
+    sender.start()
+    assert await asyncio.wait_for(receiving, 2) == {"type": "from.thread"}
+    sender.join()
