@@ -132,3 +132,11 @@ def test_status_command(configured: RedisServer) -> None:
         report = json.loads(out.getvalue())
         assert report["breakers"]["default"]["state"] == "forced_open"
         assert SECRET not in out.getvalue()
+
+
+def test_command_needs_a_subcommand() -> None:
+    """``redis_breaker`` without a subcommand is a usage error naming the choices."""
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError, match="status"):
+        call_command("redis_breaker")
