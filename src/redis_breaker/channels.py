@@ -50,7 +50,7 @@ _PASSING = (State.CLOSED, State.DISABLED)
 # a breaker without a probe only half-opens when some call asks.
 _RECHECK_S = 1.0
 _RETRY_FIRST_S = 0.02
-_RETRY_MAX_S = 1.0
+_RETRY_MAX_S = 0.25
 
 
 @dataclass(eq=False)
@@ -200,9 +200,12 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                     continue
                 error: BaseException = exc
             except Exception as exc:
-                if not self.breaker.counts(exc):
-                    raise
-                self._record_failure(exc)
+                if self.breaker.counts(exc):
+                    self._record_failure(exc)
+                elif not isinstance(exc, rex.RedisError):
+                    raise  # a bug here or in the message, not Redis
+                # Other Redis errors (an OOM refusing the backup write, say) are not
+                # an outage, but closing the consumer's socket would not help either.
                 error = exc
             self.breaker.note_fallback(_INTEGRATION, error)
             self._redis_behind()

@@ -107,3 +107,4 @@ async def test_receive_failures_open_the_breaker_without_raising(redis_server: R
     await asyncio.wait((receiving,))
     await layer.close()
     breaker.reset()
+
