@@ -83,6 +83,11 @@ class Journal:
             fallback.clear()
         breaker.add_listener(self._on_change)
 
+    @property
+    def fallback(self) -> BaseCache | None:
+        """The store that serves covered keys (None: misses, for ``safe_cache_*``)."""
+        return self._fallback
+
     # --------------------------------------------------------------- coverage
     def covers(self, key: Any, version: int) -> bool:
         k = (key, version)

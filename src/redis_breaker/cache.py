@@ -104,6 +104,13 @@ class BreakerCache(BaseCache):
             return bound
         breaker.adopt_url(self._probe_url)
         primary = caches[self._primary_alias]
+        if getattr(primary, "_ignore_exceptions", False):
+            # django-redis would swallow the errors: writes lost unjournaled, stale reads later.
+            raise ImproperlyConfigured(
+                f"BreakerCache: the primary {self._primary_alias!r} ignores exceptions "
+                "(django-redis IGNORE_EXCEPTIONS / DJANGO_REDIS_IGNORE_EXCEPTIONS); turn it off "
+                "so the breaker sees outages."
+            )
         if self._fallback_alias is not None:
             fallback = caches[self._fallback_alias]
         else:
@@ -116,7 +123,7 @@ class BreakerCache(BaseCache):
             breaker, self._identity, self._primary_alias, fallback,
             lambda: caches.create_connection(self._primary_alias), self._max_keys,
         )
-        bound = _Bound(breaker, primary, journal._fallback or fallback, journal)
+        bound = _Bound(breaker, primary, journal.fallback or fallback, journal)
         self._bound = bound
         return bound
 

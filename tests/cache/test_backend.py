@@ -142,7 +142,7 @@ def test_fallback_alias_and_breaker_option(settings: Any, redis_server: RedisSer
     assert cache.breaker.url == redis_server.url
     with forced_open(cache.breaker):
         cache.set("k", "v")
-    assert caches["local"].get("k") == "v"
+        assert caches["local"].get("k") == "v"  # until recovery replays it away
 
 
 @pytest.mark.parametrize("options", [{"PRIMARY": "nope"}, {"PRIMARY": "redis", "TYPO": 1},
@@ -156,6 +156,19 @@ def test_bad_options_are_improperly_configured(settings: Any, redis_server: Redi
                        "default": {"BACKEND": "redis_breaker.cache.BreakerCache",
                                    "OPTIONS": options}}
     with pytest.raises(ImproperlyConfigured):
+        caches["default"].get("k")
+
+
+def test_primary_that_ignores_exceptions_is_refused(settings: Any,
+                                                    redis_server: RedisServer) -> None:
+    """django-redis with IGNORE_EXCEPTIONS would hide outages from the breaker: refused."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    settings.CACHES = {"redis": primary_entry("django_redis", redis_server.url,
+                                              IGNORE_EXCEPTIONS=True),
+                       "default": {"BACKEND": "redis_breaker.cache.BreakerCache",
+                                   "OPTIONS": {"PRIMARY": "redis"}}}
+    with pytest.raises(ImproperlyConfigured, match="IGNORE_EXCEPTIONS"):
         caches["default"].get("k")
 
 
