@@ -93,7 +93,7 @@ class BreakerCache(BaseCache):
         self._fallback_timeout = params.get("TIMEOUT", primary_entry.get("TIMEOUT", 300))
         # Where the data lives: two BreakerCache aliases over the same stores share a journal.
         self._identity = (primary, repr(sorted(primary_entry.items())), self._fallback_alias,
-                          self._max_keys)
+                          self._breaker_name, self._max_keys)
         self._bound: _Bound | None = None
 
     # ------------------------------------------------------------- resolving

@@ -183,3 +183,22 @@ def test_reads_never_reach_redis_before_the_replay_succeeds(
     wait_for(lambda: recovered(cache), what="journal replay")
     assert not _in_redis(redis_server, "k")
     assert cache.get("k") is None
+
+
+def test_replay_needs_no_user_traffic(settings: Any, redis_server: RedisServer) -> None:
+    """After a real outage the probe's success starts the replay; no cache call is needed."""
+    settings.CACHES = caches_for(redis_server.url)
+    settings.REDIS_BREAKERS = {"default": {"FAILURE_THRESHOLD": 1}}
+    cache = caches["default"]
+    cache.set("k", "v1")
+    redis_server.freeze()
+    assert cache.get("trip") is None  # one timeout opens the breaker
+    assert cache.breaker.state is State.OPEN
+    cache.set("k", "v2")  # rejected: fallback, journaled
+    with capture_events() as events:
+        redis_server.thaw()
+        wait_for(lambda: not _in_redis(redis_server, "k"), what="replay started by the probe")
+        wait_for(lambda: cache.breaker.state is State.CLOSED, what="breaker closed")
+    replayed = [e for e in events if e["event"] == "cache_journal_replayed"]
+    assert replayed[0]["keys"] == 1
+    assert next(e["reason"] for e in events if e["event"] == "breaker_state_changed") == "probe ok"
