@@ -168,12 +168,14 @@ def test_reads_never_reach_redis_before_the_replay_succeeds(
     from redis_breaker.testing import free_port
 
     cache = breaker_cache
-    cache.set("k", "v1")
+    cache.set_many({"k": "v1", "same": "s"})
     client = redis_server.client()
     client.replicaof("127.0.0.1", free_port())  # no master there: stale reads, writes refused
     try:
         cache.set("k", "v2")  # ReadOnlyError counts: fallback, journaled
         assert cache.get("other") is None  # reads of other keys still reach Redis
+        # Bulk reads split: the journaled key from the fallback, the rest from Redis.
+        assert cache.get_many(["k", "same"]) == {"k": "v2", "same": "s"}
         for _ in range(50):
             assert cache.get("k") == "v2"  # the replay keeps failing; Redis still says v1
             time.sleep(0.01)
