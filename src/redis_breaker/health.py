@@ -70,13 +70,15 @@ def _wall(since_monotonic_age: float) -> str:
 
 
 def get_redis_status(timeout: float = 0.2, *, ping: bool = True) -> dict[str, Any]:
-    """Per breaker: state, since, failures, last error (no credentials), PING latency or None."""
+    """Per breaker: state, why, since, failures, last error (no credentials), PING latency or None."""
     breakers: dict[str, Any] = {}
     for name, b in sorted(all_breakers().items()):
         latency = _ping(b, timeout) if ping else None
         stats = b.stats()
+        change = getattr(b, "last_change", None)
         breakers[name] = {
             "state": stats.state.value,
+            "reason": change.reason if change is not None else None,
             "since": _wall(stats.in_state_for_s),
             "in_state_for_s": round(stats.in_state_for_s, 3),
             "failures": stats.consecutive_failures,

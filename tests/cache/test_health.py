@@ -78,6 +78,7 @@ def test_status_on_failure(configured: RedisServer) -> None:
     entry = status["breakers"]["default"]
     assert status["healthy"] is False
     assert entry["state"] == "open"
+    assert entry["reason"] == "5 consecutive failures"
     assert entry["latency_ms"] is None
     assert "Connection refused" in entry["last_error"]
     assert SECRET not in json.dumps(status)
