@@ -1,0 +1,1 @@
+"""Optional glue for third-party packages (imported only by those who use them)."""

@@ -1,0 +1,60 @@
+"""A django-health-check (4.x) check reporting every breaker.
+
+    from health_check.views import HealthCheckView
+
+    path("ht/", HealthCheckView.as_view(checks=[
+        "health_check.checks.Database",
+        "redis_breaker.contrib.health_check.RedisBreakerCheck",
+    ]))
+
+Open or forced open: unavailable. Half-open: a warning (Redis answered a
+probe, trial calls are running). The Celery outbox holding rows marked failed:
+a warning. Messages carry breaker names, reasons and errors with passwords
+removed, never a URL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from health_check.base import HealthCheck
+from health_check.exceptions import ServiceUnavailable, ServiceWarning
+
+from .._registry import all_breakers, get_breaker
+from .._state import State
+
+__all__ = ["RedisBreakerCheck"]
+
+
+@dataclasses.dataclass
+class RedisBreakerCheck(HealthCheck):
+    """Fails while a breaker is open; ``breaker`` limits the check to one name."""
+
+    breaker: str | None = None
+
+    def run(self) -> None:
+        breakers = [get_breaker(self.breaker)] if self.breaker else list(all_breakers().values())
+        down, warnings = [], []
+        for b in sorted(breakers, key=lambda b: b.name):
+            stats = b.stats()
+            change = b.last_change
+            why = f" ({change.reason}; last error: {stats.last_error})" if change else ""
+            if stats.state in (State.OPEN, State.FORCED_OPEN):
+                down.append(f"breaker {b.name!r} is {stats.state.value}{why}")
+            elif stats.state is State.HALF_OPEN:
+                warnings.append(f"breaker {b.name!r} is half-open: Redis is coming back")
+        if down:
+            raise ServiceUnavailable("; ".join(down))
+        failed = _failed_outbox_rows()
+        if failed:
+            warnings.append(f"{failed} Celery outbox message(s) failed; see `manage.py redis_breaker status`")
+        if warnings:
+            raise ServiceWarning("; ".join(warnings))
+
+
+def _failed_outbox_rows() -> int:
+    try:
+        from ..outbox import outbox_status
+    except ImportError:  # Celery is not installed
+        return 0
+    return int(outbox_status().get("failed") or 0)
