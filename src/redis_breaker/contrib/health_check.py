@@ -20,8 +20,8 @@ import dataclasses
 from health_check.base import HealthCheck
 from health_check.exceptions import ServiceUnavailable, ServiceWarning
 
-from .._registry import all_breakers, get_breaker
-from .._state import State
+from redis_breaker._registry import all_breakers, get_breaker
+from redis_breaker._state import State
 
 __all__ = ["RedisBreakerCheck"]
 
@@ -54,7 +54,7 @@ class RedisBreakerCheck(HealthCheck):
 
 def _failed_outbox_rows() -> int:
     try:
-        from ..outbox import outbox_status
+        from redis_breaker.outbox import outbox_status
     except ImportError:  # Celery is not installed
         return 0
     return int(outbox_status().get("failed") or 0)
