@@ -36,7 +36,8 @@ def wait_for(predicate: Any, timeout: float = 20.0, what: str = "condition") -> 
     pytest.fail(f"timed out after {timeout}s waiting for {what}")
 
 
-def _join_relays() -> None:
+def join_relays() -> None:
+    """Wait for every background relay pass of this process to end."""
     for relay in list(outbox._relays.values()):
         thread = relay._thread
         if thread is not None:
@@ -64,7 +65,7 @@ def celery_app(redis_server: RedisServer) -> Iterator[Celery]:
     try:
         yield app
     finally:
-        _join_relays()
+        join_relays()
         cached = getattr(app, "_redis_breaker_producers", None)
         if cached is not None:
             cached[1].connections.force_close_all()

@@ -14,7 +14,7 @@ from redis_breaker.models import OutboxMessage
 from redis_breaker.outbox import drain, outbox_status, write_message
 from redis_breaker.testing import RedisServer, capture_events, forced_open
 
-from .conftest import queued, wait_for
+from .conftest import join_relays, queued, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -48,6 +48,9 @@ def test_relay_stops_while_redis_is_still_down(celery_app: Celery,
         for i in range(3):
             add.delay(i, 0)
         redis_server.stop()
+    # Leaving forced_open closes the breaker, which starts this process's relay
+    # on its own; let that pass finish (it meets the dead broker too) first.
+    join_relays()
     result = drain(app=celery_app)
     assert result["published"] == 0
     assert result["stopped"]

@@ -16,7 +16,7 @@ import pytest
 from redis_breaker.models import OutboxMessage
 from redis_breaker.testing import RedisServer, capture_events
 
-from .conftest import _join_relays, wait_for
+from .conftest import join_relays, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -95,7 +95,7 @@ def test_500_tasks_across_an_outage_all_run_once(broker: RedisServer, recorder: 
         counts = {k.decode(): int(v) for k, v in runs.hgetall("runs").items()}
     finally:
         runs.close()
-        _join_relays()
+        join_relays()
         cached = app.__dict__.pop("_redis_breaker_producers", None)
         if cached is not None:
             cached[1].connections.force_close_all()
