@@ -479,7 +479,9 @@ class Breaker:
                 self._start_probe()
         else:
             self._wake_probe()
-        for listener in [*self._listeners, *(partial(g, self) for g in _GLOBAL_LISTENERS)]:
+        listeners: list[Listener] = [*self._listeners,
+                                     *(partial(g, self) for g in _GLOBAL_LISTENERS)]
+        for listener in listeners:
             try:
                 listener(change)
             except Exception as exc:

@@ -180,6 +180,7 @@ class RedisServer:
             return
         if self.frozen:
             self.thaw()
+        process = self.process
         if save:
             client = self.client()
             try:
@@ -189,17 +190,17 @@ class RedisServer:
             finally:
                 client.close()
             try:
-                self.process.wait(10)
+                process.wait(10)
                 self.process = None
                 return
             except subprocess.TimeoutExpired:
                 pass
-        self.process.terminate()
+        process.terminate()
         try:
-            self.process.wait(5)
+            process.wait(5)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
+            process.kill()
+            process.wait(5)
         self.process = None
         self._forget_data()
 

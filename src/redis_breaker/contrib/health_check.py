@@ -27,7 +27,7 @@ __all__ = ["RedisBreakerCheck"]
 
 
 @dataclasses.dataclass
-class RedisBreakerCheck(HealthCheck):
+class RedisBreakerCheck(HealthCheck):  # type: ignore[misc]
     """Fails while a breaker is open; ``breaker`` limits the check to one name."""
 
     breaker: str | None = None
