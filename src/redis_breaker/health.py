@@ -86,6 +86,11 @@ def get_redis_status(timeout: float = 0.2, *, ping: bool = True) -> dict[str, An
             "latency_ms": None if latency is None else round(latency, 3),
             "fallback_calls": stats.fallback_calls,
             "url": stats.url,
+            "last_transition": None if change is None else {
+                "from": change.from_state.value, "to": change.to_state.value,
+                "reason": change.reason,
+                "at": _wall(max(0.0, stats.since + stats.in_state_for_s - change.at)),
+            },
         }
     status: dict[str, Any] = {
         "healthy": not any(v["state"] in ("open", "forced_open") for v in breakers.values()),

@@ -132,7 +132,13 @@ def test_status_command(configured: RedisServer) -> None:
         call_command("redis_breaker", "status", "--json", stdout=out)
         report = json.loads(out.getvalue())
         assert report["breakers"]["default"]["state"] == "forced_open"
+        last = report["breakers"]["default"]["last_transition"]
+        assert (last["from"], last["to"], last["reason"]) == ("closed", "forced_open", "forced by test")
         assert SECRET not in out.getvalue()
+        out = StringIO()
+        call_command("redis_breaker", "status", stdout=out)
+        assert "closed->forced_open at " in out.getvalue()
+        assert "(forced by test)" in out.getvalue()
 
 
 def test_command_needs_a_subcommand() -> None:

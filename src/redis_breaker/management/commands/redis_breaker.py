@@ -10,7 +10,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from redis_breaker.health import get_redis_status
 
-_COLUMNS = ("breaker", "state", "since", "failures", "latency_ms", "last_error")
+_COLUMNS = ("breaker", "state", "since", "failures", "latency_ms", "last transition",
+            "last_error")
 
 
 class Command(BaseCommand):
@@ -40,7 +41,10 @@ class Command(BaseCommand):
         rows = [_COLUMNS]
         for name, b in report["breakers"].items():
             latency = "-" if b["latency_ms"] is None else f"{b['latency_ms']:.2f}"
-            rows.append((name, b["state"], b["since"], str(b["failures"]), latency,
+            last = b.get("last_transition")
+            transition = "-" if last is None else (
+                f"{last['from']}->{last['to']} at {last['at']} ({last['reason']})")
+            rows.append((name, b["state"], b["since"], str(b["failures"]), latency, transition,
                          b["last_error"] or "-"))
         widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS) - 1)]
         for row in rows:
