@@ -5,6 +5,13 @@ whose read timeout is redis-py's ``socket_timeout``, which redis-py 8 sets to
 5 s by default: an idle, healthy Redis then times the pop out and ``receive``
 raises (channels_redis issue #422). Here the pop is kept well under the read
 timeout, whatever the hosts configure.
+
+channels_redis also builds its pools without redis-py's retry, so a pooled
+connection that died with a restarted server fails its next command even
+though Redis is back (redis-py 8 with RESP3 no longer checks a pooled
+connection for EOF before handing it out). That one error would send a
+message down the in-process path and lose it for other processes; here a
+command that meets a dead connection is sent once more on a fresh one.
 """
 
 from __future__ import annotations
@@ -14,6 +21,10 @@ from typing import Any
 from urllib.parse import quote
 
 from channels_redis.core import RedisChannelLayer
+from channels_redis.utils import create_pool
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 __all__ = ["RedisLayer", "probe_url"]
 
@@ -28,6 +39,22 @@ class RedisLayer(RedisChannelLayer):  # type: ignore[misc]
         self.brpop_timeout = pop_timeout(
             [read_timeout(self.create_pool(i)) for i in range(self.ring_size)]
         )
+
+    def create_pool(self, index: int) -> Any:
+        return create_pool(with_reconnect(self.hosts[index]))
+
+
+def with_reconnect(host: dict[str, Any]) -> dict[str, Any]:
+    """``host`` whose connections retry a command once after a connection error.
+
+    Only connection errors: a read timeout (a hung server) is not retried, so
+    finding an outage takes no longer. A retry policy the host sets is kept.
+    """
+    if {"retry", "retry_on_error", "retry_on_timeout"} & host.keys():
+        return host
+    # redis-py 5 checks retry_on_error, later versions the Retry's own error list.
+    return {**host, "retry": Retry(NoBackoff(), 1, (RedisConnectionError,)),
+            "retry_on_error": [RedisConnectionError]}
 
 
 def read_timeout(pool: Any) -> float | None:

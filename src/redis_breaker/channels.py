@@ -402,11 +402,19 @@ def _weak_listener(layer: BreakerChannelLayer) -> Callable[[StateChange], None]:
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> None:
-    """Wait until ``event`` is set or ``timeout`` passes, whichever comes first."""
+    """Wait until ``event`` is set or ``timeout`` passes, whichever comes first.
+
+    Not ``asyncio.wait_for``: before Python 3.12 it returns normally when it is
+    cancelled just as the event is set, and a receive whose Redis side lost its
+    cancellation that way was awaited forever by ``receive`` and ``close``.
+    """
     if event.is_set():
         return
-    with contextlib.suppress(asyncio.TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout)
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait((waiter,), timeout=timeout)
+    finally:
+        waiter.cancel()
 
 
 # ------------------------------------------------------------------- shortcuts

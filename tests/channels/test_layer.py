@@ -104,6 +104,21 @@ async def test_open_general_channel_is_served_in_process(layer: BreakerChannelLa
     assert await asyncio.wait_for(layer.receive("thumbnails"), 2) == {"type": "make", "id": 7}
 
 
+async def test_connection_that_died_with_a_restarted_redis_does_not_divert_a_send(
+    layer: BreakerChannelLayer, redis_server: RedisServer
+) -> None:
+    """After Redis restarts while the layer is idle, the next send reaches Redis, not the local path."""
+    other = BreakerChannelLayer(hosts(redis_server), breaker=fast_breaker("other"))
+    elsewhere = await other.new_channel()
+    await layer.send(elsewhere, {"type": "before"})  # leaves an idle connection in the pool
+    assert await asyncio.wait_for(other.receive(elsewhere), 5) == {"type": "before"}
+    redis_server.restart(empty=True)
+    await layer.send(elsewhere, {"type": "after"})
+    assert (layer.dropped, layer.breaker.stats().fallback_calls) == (0, 0)
+    assert await asyncio.wait_for(other.receive(elsewhere), 5) == {"type": "after"}
+    await other.close()
+
+
 async def test_flush_clears_redis_and_local_state(
     layer: BreakerChannelLayer, redis_server: RedisServer
 ) -> None:

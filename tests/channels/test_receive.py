@@ -108,3 +108,25 @@ async def test_receive_failures_open_the_breaker_without_raising(redis_server: R
     await layer.close()
     breaker.reset()
 
+
+
+async def test_cancel_ends_receive_even_as_a_transition_wakes_it(redis_server: RedisServer) -> None:
+    """Cancelling a receive in any tick around a breaker transition ends it, instead of leaving it waiting forever."""
+    breaker = fast_breaker("recv-cancel")
+    layer = BreakerChannelLayer(hosts(redis_server), breaker=breaker)
+    channel = await layer.new_channel()
+    breaker.force_open("test: outage")
+    # The transition wakes the Redis side of receive through its loop a few ticks later;
+    # the cancellation lands in each of those ticks in turn.
+    for ticks in range(8):
+        receiving = asyncio.ensure_future(layer.receive(channel))
+        await asyncio.sleep(0.05)  # waiting for the breaker to change
+        breaker.force_open("test: another transition")
+        for _ in range(ticks):
+            await asyncio.sleep(0)
+        receiving.cancel()
+        done, _ = await asyncio.wait((receiving,), timeout=10)
+        assert done, f"receive ignored its cancellation {ticks} ticks after a transition"
+        assert receiving.cancelled()
+    breaker.reset()
+    await layer.close()
