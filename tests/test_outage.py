@@ -171,3 +171,51 @@ def test_breaker_created_before_fork_works_in_the_child(redis_server: RedisServe
     redis_server.start()
     _, status = os.waitpid(pid, 0)
     assert os.WEXITSTATUS(status) == 0
+
+
+def test_wrong_password_opens_the_breaker_and_says_why() -> None:
+    """A wrong password makes Redis unusable: counted, and logged once as a configuration error."""
+    with RedisServer(password="right") as server:
+        url = f"redis://:wrong@127.0.0.1:{server.port}/0"
+        breaker = Breaker("auth", BreakerConfig(url=url))
+        client = redis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT)
+        with capture_events() as events:
+            for _ in range(5):
+                with pytest.raises(redis.AuthenticationError):
+                    breaker.call(client.get, "k")
+        assert breaker.state is State.OPEN
+        loud = [e for e in events if e["event"] == "redis_misconfigured"]
+        assert len(loud) == 1
+        assert loud[0]["log_level"] == "error"
+        assert "check the password" in loud[0]["hint"]
+        opened = next(e for e in events if e["event"] == "breaker_state_changed")
+        assert "authentication failed" in opened["reason"]
+        assert "wrong" not in repr(events)
+
+
+def test_out_of_memory_is_not_an_outage(redis_server: RedisServer) -> None:
+    """OOM under maxmemory noeviction is Redis answering: the error propagates, nothing is counted."""
+    admin = redis_server.client()
+    admin.config_set("maxmemory", "1mb")
+    admin.config_set("maxmemory-policy", "noeviction")
+    breaker = Breaker("oom", BreakerConfig(url=redis_server.url, failure_threshold=1))
+    for _ in range(3):
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            breaker.call(admin.set, "big", "x" * 2_000_000)
+    assert breaker.state is State.CLOSED
+    assert breaker.stats().consecutive_failures == 0
+    admin.close()
+
+
+def test_readonly_reply_counts(redis_server: RedisServer) -> None:
+    """A replica's READONLY reply (after a failover) counts: this node cannot serve writes."""
+    with RedisServer() as primary:
+        replica = redis_server.client()
+        replica.replicaof("127.0.0.1", primary.port)
+        breaker = Breaker("ro", BreakerConfig(url=redis_server.url, failure_threshold=2))
+        for _ in range(2):
+            with pytest.raises(redis.exceptions.ReadOnlyError):
+                breaker.call(replica.set, "k", "v")
+        assert breaker.state is State.OPEN
+        replica.replicaof("no", "one")
+        replica.close()

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import pybreaker
 
-from ._classify import is_failure
+from ._classify import is_failure, is_misconfiguration
 from ._config import BreakerConfig
 from ._errors import BreakerOpenError
 from ._events import emit
@@ -143,6 +143,7 @@ class Breaker:
         self._fallback_warned: dict[str, float] = {}
         self._last_error: str | None = None
         self._last_change: StateChange | None = None
+        self._misconfig_logged_at = float("-inf")
         _ALL.add(self)
 
     def _init_runtime(self) -> None:
@@ -355,23 +356,34 @@ class Breaker:
 
     def _on_failure(self, ticket: int, exc: BaseException) -> None:
         error = describe_error(exc)
+        misconfigured = is_misconfiguration(exc)
+        loud = False
         with self._lock:
             self._last_error = error
             self._failures_total += 1
-            if ticket >> 1 != self._generation:
-                return
             now = self._now()
-            state = self._state
-            if ticket & 1:
-                self._trials -= 1
-                self._transition(State.OPEN, f"trial call failed: {error}", now)
-            elif state is State.CLOSED or state is State.DISABLED:
-                self._consecutive += 1
-                self._window.failure(now)
-                if state is State.CLOSED:
-                    reason = self._trip_reason(now)
-                    if reason:
-                        self._transition(State.OPEN, reason, now)
+            if misconfigured and now - self._misconfig_logged_at >= _FALLBACK_WARN_EVERY:
+                self._misconfig_logged_at = now
+                loud = True
+            if ticket >> 1 == self._generation:
+                state = self._state
+                if ticket & 1:
+                    self._trials -= 1
+                    self._transition(State.OPEN, f"trial call failed: {error}", now)
+                elif state is State.CLOSED or state is State.DISABLED:
+                    self._consecutive += 1
+                    self._window.failure(now)
+                    if state is State.CLOSED:
+                        reason = self._trip_reason(now)
+                        if reason:
+                            if misconfigured:
+                                reason += " (authentication failed: a configuration error)"
+                            self._transition(State.OPEN, reason, now)
+        if loud:
+            # Not an outage Redis will recover from by itself: say so, at most once a minute.
+            emit(logging.ERROR, "redis_misconfigured", breaker=self.name, error=error,
+                 hint="Redis refused the credentials: check the password (or ACL user) in "
+                      "the URL or client options. Fallbacks serve until it is fixed.")
         if self._pending:
             self._publish()
 

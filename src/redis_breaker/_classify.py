@@ -14,7 +14,7 @@ import sys
 
 import redis.exceptions as rex
 
-__all__ = ["is_failure"]
+__all__ = ["is_failure", "is_misconfiguration"]
 
 _NETWORK_ERRNOS = frozenset(
     getattr(errno, name)
@@ -72,3 +72,11 @@ def is_failure(
     if operational is not None and isinstance(exc, operational):
         return True
     return type(exc) is OSError and exc.errno in _NETWORK_ERRNOS
+
+
+_MISCONFIGURED = (rex.AuthenticationError, rex.AuthorizationError)
+
+
+def is_misconfiguration(exc: BaseException) -> bool:
+    """Redis answered but refused our credentials: counted (Redis is unusable to us), and loud."""
+    return isinstance(exc, _MISCONFIGURED)
