@@ -1,5 +1,5 @@
 """Sessions: `nox -s tests` (the test suite), `nox -s drill` (the outage drill),
-`nox -s bench` (micro-benchmarks), `nox -s matrix` (every supported Python x Django),
+`nox -s bench` (micro-benchmarks), `nox -s soak` (not in CI), `nox -s matrix` (every supported Python x Django),
 `nox -s lint`, `nox -s docs`.
 
 Each session installs what it needs, redis-server included (from Debian's
@@ -95,6 +95,14 @@ def drill(session: nox.Session) -> None:
     ensure_system_packages(session)
     install_project(session, "bench")
     session.run("python", "benchmarks/drill.py", *session.posargs)
+
+
+@nox.session
+def soak(session: nox.Session) -> None:
+    """Ten minutes of flapping Redis under load; memory, threads, journal and outbox stay flat."""
+    ensure_system_packages(session)
+    install_project(session, "bench")
+    session.run("python", "benchmarks/soak.py", *session.posargs)
 
 
 @nox.session
