@@ -28,7 +28,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from drill import LoopThread, Run, async_worker, start_worker, sync_worker, wait_until  # noqa: E402
-
 from redis_breaker.testing import RedisServer  # noqa: E402
 
 SAMPLE_EVERY = 5.0
@@ -88,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             Path(database + suffix).unlink(missing_ok=True)
         import django
         from django.conf import settings
+
         from drill_app.settings import build
 
         settings.configure(**build(server.url, database))
@@ -97,7 +97,6 @@ def main(argv: list[str] | None = None) -> int:
 
         call_command("migrate", verbosity=0)
         from drill_app import contestants as contestant_module
-
         from redis_breaker import get_breaker
         from redis_breaker.outbox import outbox_status
 
