@@ -314,8 +314,6 @@ def test_channel_layer_str_shows_no_password(locked: RedisServer) -> None:
     assert leaks(str(layer), repr(layer)) == []
 
 
-@pytest.mark.xfail(strict=True, reason="_config.py: BreakerConfig's dataclass repr shows url "
-                   "unmasked (and Breaker.config is public)")
 def test_breaker_config_repr_shows_no_password(locked: RedisServer) -> None:
     """repr() of a breaker's configuration masks the password of its URL."""
     config = BreakerConfig(url=url_with(locked, PASSWORD))

@@ -252,6 +252,15 @@ class BreakerConfig:
         object.__setattr__(self, "excluded",
                            tuple(_resolve_exception(e) for e in self.exclude_exceptions))
 
+    def __repr__(self) -> str:
+        from ._redact import redact
+
+        fields = ", ".join(
+            f"{spec.field}={getattr(self, spec.field)!r}" for spec in SETTINGS
+            if getattr(self, spec.field) != spec.default
+        )
+        return redact(f"BreakerConfig({fields})")
+
     @classmethod
     def from_settings(cls, values: Mapping[str, Any] | None) -> BreakerConfig:
         """Build a config from one ``REDIS_BREAKERS`` entry (upper-case keys)."""
