@@ -312,6 +312,23 @@ def test_manage_py_check_reports_integration_errors_and_warnings() -> None:
     assert SECRET not in output
 
 
+@pytest.mark.parametrize(
+    ("options", "check_id"),
+    [
+        ({"PRIMARY": "missing"}, "redis_breaker.E010"),
+        ({"PRIMARY": "redis", "FALLBACK": "missing"}, "redis_breaker.E012"),
+        ({"PRIMARY": "redis", "JOURNAL": 5}, "redis_breaker.E014"),
+        ({"PRIMARY": "redis", "JOURNAL_MAX_KEYS": 0}, "redis_breaker.E016"),
+    ],
+)
+def test_manage_py_check_reports_instead_of_crashing(options: dict[str, Any], check_id: str) -> None:
+    """Options that make the backend unusable are reported by `check`, not raised while Django builds caches."""
+    broken = {"redis": primary_entry("django", "redis://127.0.0.1:6390/0"),
+              "default": {"BACKEND": "redis_breaker.cache.BreakerCache", "OPTIONS": options}}
+    with override_settings(CACHES=broken), pytest.raises(SystemCheckError, match=check_id):
+        call_command("check")
+
+
 def test_test_settings_pass_every_check() -> None:
     """The suite's own settings, and the fixtures' cache and layer settings, pass every check."""
     from django.core.checks import run_checks

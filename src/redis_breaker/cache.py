@@ -62,42 +62,50 @@ class _Bound:
         self.journal = journal
 
 
+def _options_error(options: dict[str, Any]) -> str | None:
+    unknown = sorted(set(options) - _OPTIONS)
+    if unknown:
+        return f"BreakerCache: unknown OPTIONS {unknown}; expected some of {sorted(_OPTIONS)}."
+    primary = options.get("PRIMARY")
+    if not isinstance(primary, str) or primary not in settings.CACHES:
+        return f"BreakerCache: OPTIONS['PRIMARY'] must name a Redis cache in CACHES; got {primary!r}."
+    fallback = options.get("FALLBACK")
+    if fallback is not None and fallback not in settings.CACHES:
+        return f"BreakerCache: OPTIONS['FALLBACK'] {fallback!r} is not in CACHES."
+    max_keys = options.get("JOURNAL_MAX_KEYS", 10_000)
+    if not isinstance(max_keys, int) or isinstance(max_keys, bool) or max_keys < 1:
+        return "BreakerCache: OPTIONS['JOURNAL_MAX_KEYS'] must be an integer >= 1."
+    return None
+
+
 class BreakerCache(BaseCache):
     """Delegates to the PRIMARY cache alias through a breaker; FALLBACK while Redis is away."""
 
     def __init__(self, location: str, params: dict[str, Any]) -> None:
         super().__init__(params)
         options = dict(params.get("OPTIONS") or {})
-        unknown = sorted(set(options) - _OPTIONS)
-        if unknown:
-            raise ImproperlyConfigured(
-                f"BreakerCache: unknown OPTIONS {unknown}; expected some of {sorted(_OPTIONS)}."
-            )
+        # A bad configuration is raised on first use, not here: Django builds every
+        # cache while running its own checks, and ours (redis_breaker.E010-E017)
+        # must get the chance to report it with the key and the fix.
+        self._config_error = _options_error(options)
         primary = options.get("PRIMARY")
-        if not isinstance(primary, str) or primary not in settings.CACHES:
-            raise ImproperlyConfigured(
-                f"BreakerCache: OPTIONS['PRIMARY'] must name a Redis cache in CACHES; got {primary!r}."
-            )
-        self._primary_alias = primary
+        self._primary_alias = primary if isinstance(primary, str) else ""
         self._fallback_alias: str | None = options.get("FALLBACK")
-        if self._fallback_alias is not None and self._fallback_alias not in settings.CACHES:
-            raise ImproperlyConfigured(
-                f"BreakerCache: OPTIONS['FALLBACK'] {self._fallback_alias!r} is not in CACHES."
-            )
         self._breaker_name = str(options.get("BREAKER", "default"))
-        self._max_keys = int(options.get("JOURNAL_MAX_KEYS", 10_000))
-        if self._max_keys < 1:
-            raise ImproperlyConfigured("BreakerCache: OPTIONS['JOURNAL_MAX_KEYS'] must be >= 1.")
-        primary_entry = settings.CACHES[primary]
-        self._probe_url = _first_location(primary_entry)
+        max_keys = options.get("JOURNAL_MAX_KEYS", 10_000)
+        self._max_keys = max_keys if isinstance(max_keys, int) and max_keys >= 1 else 10_000
+        primary_entry = settings.CACHES.get(self._primary_alias, {})
+        self._probe_url = _first_location(primary_entry) if primary_entry else None
         self._fallback_timeout = params.get("TIMEOUT", primary_entry.get("TIMEOUT", 300))
         # Where the data lives: two BreakerCache aliases over the same stores share a journal.
-        self._identity = (primary, repr(sorted(primary_entry.items())), self._fallback_alias,
-                          self._breaker_name, self._max_keys)
+        self._identity = (self._primary_alias, repr(sorted(primary_entry.items())),
+                          self._fallback_alias, self._breaker_name, self._max_keys)
         self._bound: _Bound | None = None
 
     # ------------------------------------------------------------- resolving
     def _bind(self) -> _Bound:
+        if self._config_error is not None:
+            raise ImproperlyConfigured(self._config_error)
         breaker = get_breaker(self._breaker_name)
         bound = self._bound
         if bound is not None and bound.breaker is breaker:
