@@ -24,9 +24,9 @@ import copy
 import logging
 import threading
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import redis.exceptions as rex
 from asgiref.sync import async_to_sync
@@ -44,6 +44,7 @@ from ._state import State, StateChange
 __all__ = ["BreakerChannelLayer", "async_safe_group_send", "safe_group_send"]
 
 Message = dict[str, Any]
+T = TypeVar("T")
 _INTEGRATION = "channels"
 _PASSING = (State.CLOSED, State.DISABLED)
 # While Redis is unusable, receive re-checks the breaker at least this often:
@@ -62,6 +63,15 @@ class _LoopState:
     #: Redis receives carried over between ``receive`` calls, by channel.
     pending: dict[str, asyncio.Task[Message]] = field(default_factory=dict)
     resync: asyncio.Task[None] | None = None
+    #: Every task the layer started on this loop and that has not finished; a
+    #: Redis receive whose consumer gave up waiting for it is no longer pending.
+    running: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def start(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        task = asyncio.ensure_future(coro)
+        self.running.add(task)
+        task.add_done_callback(self.running.discard)
+        return task
 
 
 class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
@@ -93,6 +103,7 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self._loops_lock = threading.Lock()
         self._home: weakref.ref[asyncio.AbstractEventLoop] | None = None
         self._resync_wanted = False
+        self._closed = False
         self._listener = _weak_listener(self)
         self.breaker.add_listener(self._listener)
 
@@ -164,7 +175,7 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                 return message
             task = state.pending.get(channel)
             if task is None:
-                task = asyncio.ensure_future(self._receive_from_redis(channel, state))
+                task = state.start(self._receive_from_redis(channel, state))
                 state.pending[channel] = task
             if task.done():
                 del state.pending[channel]
@@ -284,11 +295,13 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     async def close(self) -> None:
         """Stop the work this layer runs on the current loop and close its Redis pools."""
+        # Transitions already on their way to a loop must not start work after this.
+        self._closed = True
         with contextlib.suppress(ValueError):
             self.breaker.remove_listener(self._listener)
         state = self._loops.get(asyncio.get_running_loop())
         if state is not None:
-            tasks = [*state.pending.values(), *([state.resync] if state.resync else [])]
+            tasks = list(state.running)
             state.pending.clear()
             for task in tasks:
                 task.cancel()
@@ -300,6 +313,10 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     def _loop_state(self, *, home: bool = False) -> _LoopState:
         """State for the running loop; ``home``: consumers live here, run recovery here."""
         loop = asyncio.get_running_loop()
+        if self._closed:
+            # Used again after close(): follow the breaker again.
+            self._closed = False
+            self.breaker.add_listener(self._listener)
         if home and (self._home is None or self._home() is not loop):
             self._home = weakref.ref(loop)
         state = self._loops.get(loop)
@@ -321,6 +338,8 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                 loop.call_soon_threadsafe(self._changed_on_loop, state, change, loop is home)
 
     def _changed_on_loop(self, state: _LoopState, change: StateChange, home: bool) -> None:
+        if self._closed:
+            return
         event, state.changed = state.changed, asyncio.Event()
         event.set()
         back = change.to_state is State.HALF_OPEN or (
@@ -331,8 +350,10 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             self._start_resync(state)
 
     def _start_resync(self, state: _LoopState) -> None:
+        if self._closed:
+            return
         if state.resync is None or state.resync.done():
-            state.resync = asyncio.ensure_future(self._resync(state))
+            state.resync = state.start(self._resync(state))
 
     async def _resync(self, state: _LoopState) -> None:
         """Re-apply this process's memberships (and unsent discards) to Redis."""

@@ -154,6 +154,21 @@ async def test_close_detaches_from_the_breaker(redis_server: RedisServer) -> Non
     breaker.reset()
 
 
+async def test_transition_queued_before_close_starts_no_work(redis_server: RedisServer) -> None:
+    """A breaker change already on its way to the loop when close() runs starts no resync afterwards."""
+    breaker = fast_breaker("close-race")
+    layer = BreakerChannelLayer(hosts(redis_server), breaker=breaker)
+    await layer.group_add("g", await layer.new_channel())
+    breaker.force_open()
+    breaker.reset()  # the layer hears of it on its loop, a tick later: after close()
+    await layer.close()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    names = [t.get_coro().__qualname__ for t in asyncio.all_tasks()]
+    assert not [n for n in names if n.startswith("BreakerChannelLayer.")], names
+    assert layer.mirror.groups  # nothing was forgotten, only no work started
+
+
 async def test_discard_during_outage_reaches_redis_on_recovery(
     layer: BreakerChannelLayer, redis_server: RedisServer
 ) -> None:
