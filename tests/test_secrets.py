@@ -306,8 +306,6 @@ async def test_channels_outage_shows_no_password(
                  *(described(e) for e in raised)) == []
 
 
-@pytest.mark.xfail(strict=True, reason="channels.py: BreakerChannelLayer.__str__ includes "
-                   "channels_redis's str, which prints the hosts with their passwords")
 def test_channel_layer_str_shows_no_password(locked: RedisServer) -> None:
     """str() of a BreakerChannelLayer (as logs and error pages show it) masks the password."""
     layer = _layer(locked, _fast("chat-str"), "url")

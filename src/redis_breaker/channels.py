@@ -37,7 +37,7 @@ from ._channels_local import GroupMirror, LocalQueues
 from ._channels_redis import RedisLayer, probe_url
 from ._errors import BreakerOpenError
 from ._events import emit
-from ._redact import describe_error
+from ._redact import describe_error, redact
 from ._registry import get_breaker
 from ._state import State, StateChange
 
@@ -108,7 +108,8 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self.breaker.add_listener(self._listener)
 
     def __str__(self) -> str:
-        return f"{type(self).__name__}(breaker={self.breaker.name!r}, redis={self.redis})"
+        # channels_redis's own str() lists its hosts with their passwords
+        return redact(f"{type(self).__name__}(breaker={self.breaker.name!r}, redis={self.redis})")
 
     # ------------------------------------------------------------------ sending
     async def send(self, channel: str, message: Message) -> None:
