@@ -217,6 +217,10 @@ INTEGRATION_CASES: list[tuple[str, Any, dict[str, Any], str, str, str]] = [
      "redis_breaker.E032", "CELERY_REDIS_BREAKER_TIMEOUT is int -1", "greater than 0"),
     ("celery-timeout-string", check_celery, {"CELERY_REDIS_BREAKER_TIMEOUT": "1s"},
      "redis_breaker.E032", "CELERY_REDIS_BREAKER_TIMEOUT is str", "seconds"),
+    ("celery-relay-interval-negative", check_celery, {"CELERY_REDIS_BREAKER_RELAY_INTERVAL": -5},
+     "redis_breaker.E033", "CELERY_REDIS_BREAKER_RELAY_INTERVAL is int -5", "0 turns it off"),
+    ("celery-relay-interval-bool", check_celery, {"CELERY_REDIS_BREAKER_RELAY_INTERVAL": True},
+     "redis_breaker.E033", "CELERY_REDIS_BREAKER_RELAY_INTERVAL is bool", "seconds"),
 ]
 
 

@@ -22,6 +22,7 @@ Ids are stable; each is documented in docs/configuration.md and asserted by a te
 - ``redis_breaker.E030``: ``CELERY_REDIS_BREAKER_FALLBACK`` is not a fallback policy.
 - ``redis_breaker.E031``: ``CELERY_REDIS_BREAKER_NAME`` is not a string.
 - ``redis_breaker.E032``: ``CELERY_REDIS_BREAKER_TIMEOUT`` is not a positive number.
+- ``redis_breaker.E033``: ``CELERY_REDIS_BREAKER_RELAY_INTERVAL`` is not a number of seconds.
 - ``redis_breaker.W001``: a ``BreakerCache`` primary without socket timeouts.
 - ``redis_breaker.W002``: a ``BreakerChannelLayer`` host without socket timeouts.
 """
@@ -408,5 +409,16 @@ def check_celery(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
             hint="Set CELERY_REDIS_BREAKER_TIMEOUT to the dispatch socket timeout in seconds "
                  "(greater than 0; default 1.0), or remove it.",
             id="redis_breaker.E032",
+        ))
+    interval = getattr(settings, "CELERY_REDIS_BREAKER_RELAY_INTERVAL", None)
+    if interval is not None and (not isinstance(interval, (int, float))
+                                 or isinstance(interval, bool) or interval < 0):
+        found.append(Error(
+            f"CELERY_REDIS_BREAKER_RELAY_INTERVAL is {_shown(interval)}, not a number of "
+            "seconds.",
+            hint="Set CELERY_REDIS_BREAKER_RELAY_INTERVAL to how often Celery workers relay "
+                 "outbox rows left behind, in seconds (default 10; 0 turns it off), or "
+                 "remove it.",
+            id="redis_breaker.E033",
         ))
     return found

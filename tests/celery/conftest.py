@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,6 +41,32 @@ def wait_for(predicate: Any, timeout: float = 20.0, what: str = "condition") -> 
             return
         time.sleep(0.02)
     pytest.fail(f"timed out after {timeout}s waiting for {what}")
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextlib.contextmanager
+def celery_worker(app_module: str, **env: str) -> Iterator[Path]:
+    """``celery -A app_module worker --pool=solo`` in a subprocess; yields its log file."""
+    log = Path(tempfile.mkdtemp(prefix="rb-worker-")) / "worker.log"
+    environ = dict(os.environ, **env,
+                   PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    environ.pop("DJANGO_SETTINGS_MODULE", None)
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", app_module, "worker", "--pool=solo",
+             "--loglevel=INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"],
+            cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield log
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 def join_relays() -> None:

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,11 +11,10 @@ import pytest
 from redis_breaker.models import OutboxMessage
 from redis_breaker.testing import RedisServer, capture_events
 
-from .conftest import join_relays, wait_for
+from .conftest import celery_worker, join_relays, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-ROOT = Path(__file__).resolve().parents[2]
 TOTAL = 500
 OUTAGE = (150, 350)  # dispatch indexes where the broker stops and comes back
 
@@ -46,24 +40,9 @@ def recorder() -> Iterator[RedisServer]:
 @pytest.fixture
 def worker(broker: RedisServer, recorder: RedisServer) -> Iterator[Path]:
     """``celery worker --pool=solo`` in a subprocess, consuming from ``broker``."""
-    log = Path(tempfile.mkdtemp(prefix="rb-worker-")) / "worker.log"
-    env = dict(os.environ, RB_BROKER_URL=broker.url, RB_RECORD_URL=recorder.url,
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    env.pop("DJANGO_SETTINGS_MODULE", None)
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tests.celery.app", "worker", "--pool=solo",
-             "--loglevel=INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
+    with celery_worker("tests.celery.app", RB_BROKER_URL=broker.url,
+                       RB_RECORD_URL=recorder.url) as log:
         yield log
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def test_500_tasks_across_an_outage_all_run_once(broker: RedisServer, recorder: RedisServer,

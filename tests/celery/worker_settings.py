@@ -1,0 +1,26 @@
+"""Django settings of the worker subprocess in test_worker_relay.py: the test's own database."""
+
+import os
+
+from tests.settings import *  # noqa: F403
+
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": os.environ["RB_DB_PATH"],
+        "OPTIONS": {"timeout": 20},
+    }
+}
+CELERY_BROKER_URL = os.environ["RB_BROKER_URL"]
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_REDIS_BREAKER_RELAY_INTERVAL = float(os.environ.get("RB_RELAY_INTERVAL", "0.5"))
+# The library's events on stderr, which the test reads back from the worker's log.
+LOGGING_CONFIG = "logging.config.dictConfig"
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"stderr": {"class": "logging.StreamHandler"}},
+    "loggers": {"redis_breaker": {"handlers": ["stderr"], "level": "INFO"}},
+}
