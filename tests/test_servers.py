@@ -1,0 +1,461 @@
+"""Multi-process servers serving the drill's project while Redis is cut, under HTTP load.
+
+Real servers as subprocesses on free ports, against a real redis-server:
+gunicorn with sync and with gthread workers, both ``--preload`` (the breaker,
+the cache, the channel layer and the Celery app are created in the master and
+the cache used once, before the workers are forked), and uvicorn with several
+worker processes (ASGI). Threads issue HTTP requests (cache read+write, task
+dispatch, group_send) across the workers while Redis is stopped, then frozen
+(SIGSTOP), each time restored.
+
+Each worker writes every transition of its ``drill`` breaker to a file of its
+own (``drill_app.views.prepare``); every response names the worker's pid and
+the breaker's state when the view started. Asserted, per server:
+
+- no request fails: HTTP 200 for every one, so no Redis exception reached a client;
+- every worker process trips on its own, in each outage;
+- once a worker has tripped, its views skip Redis (the breaker was open when
+  they started) and none takes more than a few socket timeouts (a hang
+  detector; speed belongs to the benchmarks);
+- probes work after fork: with no traffic at all after Redis is restored,
+  each worker's own probe thread half-opens its breaker and it closes;
+- nothing leaks: each worker's thread count and open file descriptors
+  (``/proc/<pid>``) come back to where they were before the outages;
+- no task is lost: every dispatched task id is in the broker's queue once the
+  outbox (a SQLite file shared by the workers, WAL) has drained, and no row failed;
+- no worker died or was replaced, and the server logged no traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import itertools
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from redis_breaker.testing import RedisServer, free_port
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+SOCKET_TIMEOUT = 0.5  # benchmarks/drill_app/settings.py: every client of the drill's Redis
+WORKERS = 2
+CLIENT_THREADS = 5
+# Requests per client thread, in order, round and round.
+MIX = ["cache", "task", "cache", "group_send", "cache", "task"]
+HANG = 5 * SOCKET_TIMEOUT  # no view that started after its worker's trip takes this long
+# Connection pools (cache, broker producers, channel layer) may hold a few more
+# sockets after an outage than after the warm-up; a leak grows with every outage.
+FD_SLACK = 10
+
+SERVERS: dict[str, Callable[[int], list[str]]] = {
+    "gunicorn-sync": lambda port: [
+        sys.executable, "-m", "gunicorn", "--preload", "--workers", str(WORKERS),
+        "--worker-class", "sync", "--bind", f"127.0.0.1:{port}", "--timeout", "60",
+        "--graceful-timeout", "3", "--no-control-socket", "--log-level", "warning",
+        "drill_app.wsgi:application"],
+    "gunicorn-gthread": lambda port: [
+        sys.executable, "-m", "gunicorn", "--preload", "--workers", str(WORKERS),
+        "--worker-class", "gthread", "--threads", "4", "--bind", f"127.0.0.1:{port}",
+        "--timeout", "60", "--graceful-timeout", "3", "--no-control-socket",
+        "--log-level", "warning", "drill_app.wsgi:application"],
+    "uvicorn": lambda port: [
+        sys.executable, "-m", "uvicorn", "drill_app.asgi:application", "--workers", str(WORKERS),
+        "--host", "127.0.0.1", "--port", str(port), "--lifespan", "off", "--no-access-log",
+        "--log-level", "warning", "--timeout-graceful-shutdown", "3"],
+}
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
+
+
+# ------------------------------------------------------------------ the server
+def _env(redis_url: str, database: Path, events: Path) -> dict[str, str]:
+    return dict(
+        os.environ,
+        DJANGO_SETTINGS_MODULE="drill_app.server_settings",
+        DRILL_REDIS_URL=redis_url,
+        DRILL_LEDGER_URL=redis_url,
+        DRILL_DATABASE=str(database),
+        DRILL_EVENTS_DIR=str(events),
+        PYTHONPATH=os.pathsep.join(p for p in (str(BENCHMARKS), os.environ.get("PYTHONPATH"))
+                                   if p),
+    )
+
+
+@pytest.fixture(scope="module")
+def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The drill's database with the outbox table, in WAL mode (workers write it concurrently)."""
+    folder = tmp_path_factory.mktemp("drill-db")
+    database = folder / "template.sqlite3"
+    subprocess.run(
+        [sys.executable, "-m", "django", "migrate", "--verbosity", "0"],
+        cwd=BENCHMARKS, env=_env("redis://127.0.0.1:1/0", database, folder),
+        check=True, timeout=120)
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        # Persistent in the file: readers never block the workers' writers.
+        assert db.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
+    return database
+
+
+class Server:
+    """One server process group; ``close()`` kills all of it."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], port: int, log: Path) -> None:
+        self.port = port
+        self.log = log
+        self._log_file = log.open("wb")
+        self.process = subprocess.Popen(argv, cwd=BENCHMARKS, env=env, stdout=self._log_file,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        def ready() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited ({self.process.returncode}):\n{self.output()}")
+            return request(self.port, "GET", "/process/", timeout=2.0)[0] == 200
+
+        assert wait_until(ready, timeout, 0.2), f"server not ready:\n{self.output()}"
+
+    def output(self) -> str:
+        self._log_file.flush()
+        return self.log.read_text(errors="replace")[-6000:]
+
+    def close(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(10)
+        # Workers left behind by a master that died first share its process group.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(10)
+        self._log_file.close()
+
+
+def request(port: int, method: str, path: str, timeout: float = 30.0
+            ) -> tuple[int | None, dict[str, Any] | None, str | None]:
+    """``(status, json body, error)`` of one request on a fresh connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path)
+        response = conn.getresponse()
+        raw = response.read()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return response.status, None, raw[:300].decode(errors="replace")
+        return response.status, body, None
+    except Exception as exc:
+        return None, None, f"{type(exc).__name__}: {exc}"
+    finally:
+        conn.close()
+
+
+# -------------------------------------------------------------------- the load
+@dataclass
+class Sample:
+    op: str
+    sent: float  # wall clock, comparable with the workers' times
+    latency: float
+    status: int | None
+    body: dict[str, Any] | None
+    error: str | None
+
+
+class Load:
+    """Client threads issuing requests round the MIX until stopped; ``pause()`` idles them."""
+
+    PATHS: ClassVar[dict[str, tuple[str, str]]] = {
+        "cache": ("GET", "/cache/?n={n}"), "task": ("POST", "/task/?n={n}"),
+        "group_send": ("POST", "/group-send/?n={n}")}
+
+    def __init__(self, port: int, threads: int = CLIENT_THREADS, pace: float = 0.01) -> None:
+        self.port = port
+        self.pace = pace
+        self.samples: list[Sample] = []
+        self._lock = threading.Lock()
+        self._running = threading.Event()
+        self._stopped = threading.Event()
+        self._idle = [threading.Event() for _ in range(threads)]
+        self._threads = [threading.Thread(target=self._work, args=(i,), daemon=True,
+                                          name=f"load-{i}") for i in range(threads)]
+
+    def start(self) -> Load:
+        self._running.set()
+        for t in self._threads:
+            t.start()
+        return self
+
+    def _work(self, index: int) -> None:
+        counter = itertools.count(index * 1_000_000)
+        ops = itertools.cycle(MIX[index % len(MIX):] + MIX[:index % len(MIX)])
+        idle = self._idle[index]
+        while not self._stopped.is_set():
+            if not self._running.is_set():
+                idle.set()
+                self._running.wait(0.1)
+                continue
+            idle.clear()
+            op = next(ops)
+            method, path = self.PATHS[op]
+            sent, t0 = time.time(), time.monotonic()
+            status, body, error = request(self.port, method, path.format(n=next(counter)))
+            sample = Sample(op, sent, time.monotonic() - t0, status, body, error)
+            with self._lock:
+                self.samples.append(sample)
+            time.sleep(self.pace)
+        idle.set()
+
+    def pause(self) -> float:
+        """Stop issuing requests; return once none is in flight (the wall time then)."""
+        self._running.clear()
+        assert wait_until(lambda: all(e.is_set() for e in self._idle), 60, 0.02), \
+            "a request is still in flight a minute after the load paused"
+        return time.time()
+
+    def resume(self) -> None:
+        self._running.set()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._running.set()
+        for t in self._threads:
+            t.join(60)
+
+    def snapshot(self) -> list[Sample]:
+        with self._lock:
+            return list(self.samples)
+
+
+# ------------------------------------------------------------ what the workers say
+def events(folder: Path) -> dict[int, list[dict[str, Any]]]:
+    """Every worker's breaker transitions, by pid."""
+    found: dict[int, list[dict[str, Any]]] = {}
+    for path in folder.glob("*.jsonl"):
+        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        found[int(path.stem)] = lines
+    return found
+
+
+def first(evts: list[dict[str, Any]], to: str, after: float) -> dict[str, Any] | None:
+    return next((e for e in evts if e["to"] == to and e["t"] >= after), None)
+
+
+def proc_stats(pid: int) -> tuple[int, int]:
+    """``(threads, open file descriptors)`` of a live process."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    threads = int(next(line.split()[1] for line in status.splitlines()
+                       if line.startswith("Threads:")))
+    return threads, len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def queued_task_ids(server: RedisServer) -> list[str]:
+    """Task ids of every message waiting in the broker's queues (nothing consumes them)."""
+    client = server.client()
+    ids: list[str] = []
+    try:
+        for key in client.scan_iter(match=b"drill*"):
+            if client.type(key) != b"list":
+                continue
+            for raw in client.lrange(key, 0, -1):
+                ids.append(json.loads(raw)["headers"]["id"])
+    finally:
+        client.close()
+    return ids
+
+
+def outbox_counts(database: Path) -> dict[str, int]:
+    with contextlib.closing(sqlite3.connect(database, timeout=30)) as db:
+        rows = db.execute("SELECT status, COUNT(*) FROM redis_breaker_outboxmessage "
+                          "GROUP BY status").fetchall()
+    return {str(status): int(n) for status, n in rows}
+
+
+# ------------------------------------------------------------------- the faults
+def cut(server: RedisServer, fault: str) -> None:
+    if fault == "refused":
+        server.stop(save=True)  # the queued tasks survive the restart
+    else:
+        server.freeze()
+
+
+def restore(server: RedisServer, fault: str) -> None:
+    if fault == "refused":
+        server.start()
+    else:
+        server.thaw()
+
+
+@dataclass
+class Outage:
+    fault: str
+    cut: float
+    trips: dict[int, float]
+    paused: float
+    restored: float
+    closed: dict[int, float]
+
+
+# -------------------------------------------------------------------- the test
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Callable[[list[str], dict[str, str], int], Server]]:
+    servers: list[Server] = []
+
+    def start(argv: list[str], env: dict[str, str], port: int) -> Server:
+        server = Server(argv, env, port, tmp_path / f"server-{len(servers)}.log")
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+@pytest.mark.parametrize("kind", list(SERVERS))
+def test_every_worker_rides_through_outages(
+    kind: str, redis_server: RedisServer, migrated_database: Path, tmp_path: Path,
+    server_factory: Callable[[list[str], dict[str, str], int], Server],
+) -> None:
+    database = tmp_path / "drill.sqlite3"
+    shutil.copyfile(migrated_database, database)
+    folder = tmp_path / "events"
+    folder.mkdir()
+    port = free_port()
+    server = server_factory(SERVERS[kind](port), _env(redis_server.url, database, folder), port)
+    server.wait_ready()
+    started = time.monotonic()
+
+    load = Load(port).start()
+    try:
+        # Warm up until every worker has served requests: these are the workers under test.
+        def workers_seen() -> set[int]:
+            return {s.body["pid"] for s in load.snapshot() if s.body and "pid" in s.body}
+
+        assert wait_until(lambda: len(workers_seen()) >= WORKERS and len(load.samples) >= 60, 60), \
+            f"only workers {workers_seen()} answered:\n{server.output()}"
+        time.sleep(1.0)
+        load.pause()
+        time.sleep(0.5)
+        pids = sorted(workers_seen())
+        assert len(pids) == WORKERS, f"{kind}: {len(pids)} workers answered, expected {WORKERS}"
+        baseline = {pid: proc_stats(pid) for pid in pids}
+        assert not events(folder), "a breaker changed state while Redis was healthy"
+        load.resume()
+
+        outages: list[Outage] = []
+        for fault in ("refused", "hung"):
+            t_cut = time.time()
+            cut(redis_server, fault)
+
+            def trips(after: float = t_cut) -> dict[int, float]:
+                evts = events(folder)
+                return {pid: e["t"] for pid in pids
+                        if (e := first(evts.get(pid, []), "open", after)) is not None}
+
+            assert wait_until(lambda: len(trips()) == WORKERS, 60), (
+                f"{kind}/{fault}: only workers {sorted(trips())} of {pids} tripped:\n"
+                f"{server.output()}")
+            tripped = trips()
+            time.sleep(2.0)  # load against open breakers
+            paused = load.pause()
+            # No traffic from here on: only each worker's own probe can find Redis again.
+            restore(redis_server, fault)
+            restored = time.time()
+
+            def closed(after: float = restored) -> dict[int, float]:
+                evts = events(folder)
+                return {pid: e["t"] for pid in pids
+                        if (e := first(evts.get(pid, []), "closed", after)) is not None}
+
+            assert wait_until(lambda: len(closed()) == WORKERS, 60), (
+                f"{kind}/{fault}: without traffic only workers {sorted(closed())} of {pids} "
+                f"closed again:\n{json.dumps(events(folder), indent=1)}")
+            all_events = events(folder)
+            for pid in pids:
+                half_open = first(all_events[pid], "half_open", restored)
+                assert half_open is not None, all_events[pid]
+                assert half_open["reason"] == "probe ok", half_open
+                assert half_open["thread"].startswith("redis-breaker-probe-"), half_open
+            outages.append(Outage(fault, t_cut, tripped, paused, restored, closed()))
+            load.resume()
+            time.sleep(1.5)  # healthy again, under load
+        load.pause()
+        # Nothing is in flight and every breaker is closed: what is left over now leaked.
+        final: dict[int, tuple[int, int]] = {}
+
+        def settled() -> bool:
+            for pid in pids:
+                final[pid] = proc_stats(pid)
+            return all(final[pid][0] <= baseline[pid][0] + 1
+                       and final[pid][1] <= baseline[pid][1] + FD_SLACK for pid in pids)
+
+        leaks_settled = wait_until(settled, 30, 0.5)
+        outbox_drained = wait_until(
+            lambda: outbox_counts(database).get("pending", 0) == 0, 60, 0.5)
+    finally:
+        load.stop()
+    samples = load.snapshot()
+
+    # -- figures (shown with -s)
+    print(f"\n{kind}: {len(samples)} requests in {time.monotonic() - started:.1f}s, "
+          f"{sum(1 for s in samples if s.status != 200)} failed; workers {pids}")
+    for o in outages:
+        trip_after = {pid: round(t - o.cut, 2) for pid, t in o.trips.items()}
+        close_after = {pid: round(t - o.restored, 2) for pid, t in o.closed.items()}
+        during = [s for s in samples if o.cut <= s.sent < o.paused]
+        print(f"  {o.fault}: {len(during)} requests during the outage, max latency "
+              f"{max((s.latency for s in during), default=0):.2f}s; tripped after {trip_after}s; "
+              f"closed {close_after}s after the restore with no traffic")
+    print(f"  threads/fds before {baseline} after {final}")
+
+    # -- no request failed
+    failures = [s for s in samples if s.status != 200 or s.body is None]
+    assert not failures, (f"{len(failures)} of {len(samples)} requests failed, e.g. "
+                          f"{failures[:5]}\n{server.output()}")
+    # -- the same workers served everything, and are still alive
+    assert {s.body["pid"] for s in samples if s.body} == set(pids)
+    for pid in pids:
+        assert Path(f"/proc/{pid}").exists(), f"worker {pid} is gone"
+    # -- after its trip, a worker's views skip Redis and none hangs
+    for o in outages:
+        for s in samples:
+            body = s.body
+            assert body is not None
+            if not o.trips[body["pid"]] < body["started"] < o.paused:
+                continue
+            assert body["breaker_before"] == "open", (o.fault, s)
+            assert body["elapsed"] < HANG, (o.fault, s)
+    # -- nothing leaked
+    assert leaks_settled, f"threads/fds per worker: before {baseline}, after {final}"
+    # -- no task lost
+    assert outbox_drained, f"outbox still holds {outbox_counts(database)}"
+    assert outbox_counts(database).get("failed", 0) == 0
+    dispatched = {s.body["task_id"] for s in samples if s.op == "task" and s.body}
+    queued = queued_task_ids(redis_server)
+    lost = dispatched - set(queued)
+    assert not lost, f"{len(lost)} of {len(dispatched)} tasks never reached the broker"
+    print(f"  tasks: {len(dispatched)} dispatched, all in the broker's queue "
+          f"({len(queued) - len(set(queued))} published twice)")
+    # -- nothing went wrong in the server that the responses could hide
+    assert "Traceback" not in server.output(), server.output()
