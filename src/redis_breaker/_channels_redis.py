@@ -26,7 +26,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-__all__ = ["RedisLayer", "probe_url"]
+from ._sentinel import sentinel_url
+
+__all__ = ["RedisLayer", "probe_url", "sentinel_probe_url"]
 
 _UPSTREAM_POP_TIMEOUT = 5.0
 
@@ -90,11 +92,34 @@ def probe_url(hosts: list[dict[str, Any]]) -> str | None:
     address = host.get("address")
     if isinstance(address, str):
         return address
-    if "master_name" in host or "host" not in host:
-        return None  # Sentinel or a socket path: the breaker needs its own URL setting.
+    if "master_name" in host:
+        return sentinel_probe_url(host)
+    if "host" not in host:
+        return None  # a socket path: the breaker needs its own URL setting.
     auth = ""
     if host.get("password"):
         user = quote(str(host.get("username") or ""), safe="")
         auth = f"{user}:{quote(str(host['password']), safe='')}@"
     scheme = "rediss" if host.get("ssl") else "redis"
     return f"{scheme}://{auth}{host['host']}:{int(host.get('port', 6379))}/{int(host.get('db', 0))}"
+
+
+def sentinel_probe_url(host: dict[str, Any]) -> str | None:
+    """``redis+sentinel://`` URL for a channels_redis Sentinel host, None if it cannot be built.
+
+    The host's ``sentinels`` and ``master_name``; its ``password``/``username``
+    are the master's, ``sentinel_kwargs``'s the sentinels' own.
+    """
+    sentinel_kwargs = host.get("sentinel_kwargs") or {}
+    master_name = host.get("master_name")
+    if not isinstance(sentinel_kwargs, dict) or not isinstance(master_name, str):
+        return None
+    try:
+        return sentinel_url(
+            host.get("sentinels") or (), master_name, db=int(host.get("db", 0)),
+            username=host.get("username"), password=host.get("password"),
+            sentinel_username=sentinel_kwargs.get("username"),
+            sentinel_password=sentinel_kwargs.get("password"),
+        )
+    except (TypeError, ValueError):
+        return None

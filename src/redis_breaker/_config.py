@@ -14,7 +14,9 @@ from urllib.parse import urlsplit
 
 __all__ = ["SETTINGS", "BreakerConfig", "Problem", "SettingSpec", "validate_settings"]
 
-URL_SCHEMES = ("redis", "rediss", "unix", "valkey", "valkeys")
+URL_SCHEMES = ("redis", "rediss", "unix", "valkey", "valkeys", "redis+sentinel")
+_URL_FIX = ("Set {key} to a redis://, rediss:// or unix:// URL, or for Redis Sentinel to "
+            "redis+sentinel://host:port,host:port/master_name.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +79,10 @@ _NUM = (int, float)
 #: reference in ``docs/`` is checked against this table by the test suite.
 SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("URL", None, (str,), "a Redis URL string", None,
-                "a redis://, rediss:// or unix:// URL",
-                "The Redis endpoint the probe PINGs while the breaker is open. "
+                "a redis://, rediss://, unix:// or redis+sentinel:// URL",
+                "The Redis endpoint the probe PINGs while the breaker is open; "
+                "redis+sentinel://host:port,host:port/master_name finds the current master "
+                "through Sentinel on every probe. "
                 "Integrations fill it from their own connection settings when it is not set.",
                 nullable=True),
     SettingSpec("FAILURE_THRESHOLD", 5, (int,), "an integer", _at_least_one, "1 or more",
@@ -126,6 +130,14 @@ def _check_url(url: str) -> str | None:
         return f"is not a valid URL ({exc})"
     if parts.scheme not in URL_SCHEMES:
         return f"has scheme {parts.scheme!r}; expected one of {', '.join(URL_SCHEMES)}"
+    if parts.scheme == "redis+sentinel":
+        from ._sentinel import parse_sentinel_url
+
+        try:
+            parse_sentinel_url(url)
+        except ValueError as exc:
+            return str(exc)
+        return None
     if parts.scheme != "unix" and not parts.hostname:
         return "has no host"
     return None
@@ -187,7 +199,7 @@ def validate_settings(values: Mapping[str, Any]) -> list[Problem]:
 
                 problems.append(Problem(spec.key, "value",
                                         "{key} " + _braces(f"{redact(value)!r} {why}"),
-                                        "Set {key} to a redis://, rediss:// or unix:// URL."))
+                                        _URL_FIX))
         if spec.key in ("COUNT_EXCEPTIONS", "EXCLUDE_EXCEPTIONS"):
             for item in value:
                 try:

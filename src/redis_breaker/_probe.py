@@ -11,6 +11,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from ._sentinel import is_sentinel_url, ping_sentinel
+
 if TYPE_CHECKING:
     from ._breaker import Breaker
 
@@ -20,7 +22,14 @@ _RUNNING: weakref.WeakSet[Probe] = weakref.WeakSet()
 
 
 def ping_url(url: str, timeout: float) -> None:
-    """PING ``url`` on a fresh connection, no retries; raise on any failure."""
+    """PING ``url`` on a fresh connection, no retries; raise on any failure.
+
+    A ``redis+sentinel://`` URL is resolved through its sentinels on every
+    call, and the master they name must answer as a master (see ``_sentinel``).
+    """
+    if is_sentinel_url(url):
+        ping_sentinel(url, timeout)
+        return
     client = redis.Redis.from_url(
         url,
         socket_timeout=timeout,

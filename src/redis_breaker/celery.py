@@ -31,6 +31,7 @@ __all__ = [
     "dispatch",
     "execute_task_sync",
     "publish_outboxed",
+    "sentinel_probe_url",
 ]
 
 FALLBACKS = ("outbox", "sync", "raise")
@@ -74,7 +75,7 @@ def bounded_transport_options(app: Celery) -> dict[str, Any]:
     # The breaker is the retry policy: one connection attempt per dispatch.
     options["max_retries"] = 0
     url = str(app.conf.broker_write_url or app.conf.broker_url or "")
-    if url.startswith(_REDIS_SCHEMES):
+    if url.startswith((*_REDIS_SCHEMES, "sentinel://")):
         timeout = float(_conf(app, "redis_breaker_timeout", DEFAULT_TIMEOUT))
         options.setdefault("socket_connect_timeout", timeout)
         options.setdefault("socket_timeout", timeout)
@@ -110,7 +111,40 @@ def breaker_for(app: Celery, name: str) -> Breaker:
     url = str(app.conf.broker_write_url or app.conf.broker_url or "")
     if url.startswith(("redis://", "rediss://", "unix://")):
         breaker.adopt_url(url)
+    elif url.startswith("sentinel://"):
+        breaker.adopt_url(sentinel_probe_url(url, app.conf.broker_transport_options or {}))
     return breaker
+
+
+def sentinel_probe_url(broker_url: str, transport_options: Mapping[str, Any]) -> str | None:
+    """``redis+sentinel://`` URL for kombu's ``sentinel://h:p;sentinel://h:p`` broker URL.
+
+    The master group is ``broker_transport_options["master_name"]``; the
+    password in the first URL is the master's, ``sentinel_kwargs``'s the
+    sentinels' own. None when it cannot be built (no ``master_name``).
+    """
+    from urllib.parse import unquote, urlsplit
+
+    from ._sentinel import DEFAULT_SENTINEL_PORT, sentinel_url
+
+    master_name = transport_options.get("master_name")
+    sentinel_kwargs = transport_options.get("sentinel_kwargs") or {}
+    if not isinstance(master_name, str) or not isinstance(sentinel_kwargs, Mapping):
+        return None
+    try:
+        parts = [urlsplit(u.strip()) for u in broker_url.split(";") if u.strip()]
+        sentinels = [(p.hostname or "", p.port or DEFAULT_SENTINEL_PORT) for p in parts]
+        first = parts[0]
+        db_text = first.path.strip("/") or "0"
+        return sentinel_url(
+            sentinels, master_name, db=int(db_text) if db_text.isdigit() else 0,
+            username=unquote(first.username) if first.username else None,
+            password=unquote(first.password) if first.password else None,
+            sentinel_username=sentinel_kwargs.get("username"),
+            sentinel_password=sentinel_kwargs.get("password"),
+        )
+    except (IndexError, TypeError, ValueError):
+        return None
 
 
 # ------------------------------------------------------------------ publishing

@@ -17,8 +17,10 @@ Ids are stable; each is documented in docs/configuration.md and asserted by a te
 - ``redis_breaker.E015``: a ``BreakerCache`` ``BREAKER`` that is not a string.
 - ``redis_breaker.E016``: a ``BreakerCache`` ``JOURNAL_MAX_KEYS`` that is not a positive integer.
 - ``redis_breaker.E017``: a django-redis ``PRIMARY`` that ignores exceptions.
+- ``redis_breaker.E018``: a Sentinel ``PRIMARY`` from which no probe URL can be built, and no ``URL``.
 - ``redis_breaker.E020``: a ``BreakerChannelLayer`` ``breaker`` that is not a breaker name.
 - ``redis_breaker.E021``: a ``BreakerChannelLayer`` ``CONFIG`` without usable ``hosts``.
+- ``redis_breaker.E022``: a Sentinel host from which no probe URL can be built, and no ``URL``.
 - ``redis_breaker.E030``: ``CELERY_REDIS_BREAKER_FALLBACK`` is not a fallback policy.
 - ``redis_breaker.E031``: ``CELERY_REDIS_BREAKER_NAME`` is not a string.
 - ``redis_breaker.E032``: ``CELERY_REDIS_BREAKER_TIMEOUT`` is not a positive number.
@@ -212,6 +214,7 @@ def _check_breaker_cache(alias: str, entry: Mapping[str, Any],
         primary = None
     else:
         found += _check_primary(primary, caches[primary])
+        found += _check_sentinel_primary(alias, options, primary, caches[primary])
     found += _check_fallback(alias, options, primary, caches)
     breaker = options.get("BREAKER")
     if "BREAKER" in options and not isinstance(breaker, str):
@@ -273,6 +276,35 @@ def _check_primary(alias: str, entry: Mapping[str, Any]) -> list[CheckMessage]:
             id="redis_breaker.W001",
         ))
     return found
+
+
+def _breaker_has_url(name: Any) -> bool:
+    breakers = conf.REDIS_BREAKERS
+    entry = breakers.get(name) if isinstance(breakers, dict) and isinstance(name, str) else None
+    return isinstance(entry, dict) and bool(entry.get("URL"))
+
+
+_SENTINEL_URL_EXAMPLE = "redis+sentinel://127.0.0.1:26379,127.0.0.1:26380/mymaster/0"
+
+
+def _check_sentinel_primary(alias: str, options: Mapping[str, Any], primary: str,
+                            entry: Mapping[str, Any]) -> list[CheckMessage]:
+    """A Sentinel primary whose sentinels the probe cannot be pointed at (E018)."""
+    from .cache import sentinel_location, uses_sentinel
+
+    name = options.get("BREAKER", "default")
+    if not uses_sentinel(entry) or sentinel_location(entry) or _breaker_has_url(name):
+        return []
+    where = _path("CACHES", primary)
+    return [Error(
+        f"{where} finds its master through Redis Sentinel, but no probe URL can be built "
+        f"from it (OPTIONS[\"SENTINELS\"] must be (host, port) pairs and LOCATION "
+        f"redis://<master group>/<db>), and REDIS_BREAKERS[\"{name}\"] sets no URL: the "
+        "breaker could not find the master again after a failover.",
+        hint=f'Set REDIS_BREAKERS["{name}"]["URL"] = "{_SENTINEL_URL_EXAMPLE}" (your '
+             f"sentinels and master group), or fix {where}[\"OPTIONS\"][\"SENTINELS\"].",
+        id="redis_breaker.E018",
+    )]
 
 
 def _check_fallback(alias: str, options: Mapping[str, Any], primary: str | None,
@@ -347,7 +379,32 @@ def _check_layer(alias: str, entry: Mapping[str, Any]) -> list[CheckMessage]:
         return found
     for i, host in enumerate(hosts):
         found += _check_host(_path("CHANNEL_LAYERS", alias, "CONFIG", "hosts", i), host, example)
+    found += _check_sentinel_host(alias, breaker, hosts[0])
     return found
+
+
+def _check_sentinel_host(alias: str, breaker: Any, host: Any) -> list[CheckMessage]:
+    """A Sentinel first host whose sentinels the probe cannot be pointed at (E022)."""
+    from ._channels_redis import sentinel_probe_url
+
+    if not isinstance(host, Mapping) or "master_name" not in host:
+        return []
+    name = breaker if isinstance(breaker, str) else getattr(breaker, "name", None)
+    if isinstance(breaker, str) and _breaker_has_url(name):
+        return []
+    if not isinstance(breaker, str) and getattr(breaker, "url", None):
+        return []
+    if sentinel_probe_url(dict(host)):
+        return []
+    path = _path("CHANNEL_LAYERS", alias, "CONFIG", "hosts", 0)
+    return [Error(
+        f"{path} finds its master through Redis Sentinel, but no probe URL can be built from "
+        f"it (\"sentinels\" must be (host, port) pairs and \"master_name\" a string), and the "
+        f"breaker {name!r} has no URL: it could not find the master again after a failover.",
+        hint=f'Set REDIS_BREAKERS["{name}"]["URL"] = "{_SENTINEL_URL_EXAMPLE}" (your '
+             f'sentinels and master group), or fix {path}["sentinels"].',
+        id="redis_breaker.E022",
+    )]
 
 
 def _check_host(path: str, host: Any, example: str) -> list[CheckMessage]:
