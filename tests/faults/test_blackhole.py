@@ -1,0 +1,41 @@
+"""Blackhole: every packet to Redis dropped (host down, partition). Connects hang.
+
+Needs root, ``ip`` and ``iptables``: the server runs in a network namespace of
+its own and the DROP rule lives there. Skipped elsewhere, with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from redis_breaker.testing import RedisServer
+
+from .conftest import Stack, build_stack, new_server
+
+CAN, WHY = RedisServer.can_blackhole()
+pytestmark = pytest.mark.skipif(not CAN, reason=WHY)
+
+
+@pytest.fixture
+def stack(settings: Any, clock: Any, transactional_db: None) -> Iterator[Stack]:
+    server = new_server(netns=True)
+    try:
+        server.start()
+        yield from build_stack(settings, server, clock)
+    finally:
+        server.close()
+
+
+def test_blackhole(stack: Stack) -> None:
+    """Partitioned: calls that discover it wait one socket timeout; healed: handed back."""
+    stack.warm_up()
+    stack.fault_begins()
+    stack.server.blackhole()
+    stack.discover()
+    stack.assert_open_skips_redis()
+    stack.server.unblackhole()
+    stack.recover()
+    stack.assert_kept()
