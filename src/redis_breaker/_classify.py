@@ -70,6 +70,11 @@ def is_failure(
         return True
     operational = _kombu_operational()
     if operational is not None and isinstance(exc, operational):
+        # kombu re-raises every Redis error as OperationalError, Redis's refusals
+        # too (an OOM refusing the publish): judge by the Redis error it wraps.
+        cause = exc.__cause__
+        if isinstance(cause, rex.RedisError):
+            return is_failure(cause, counted, excluded)
         return True
     return type(exc) is OSError and exc.errno in _NETWORK_ERRNOS
 
@@ -79,4 +84,7 @@ _MISCONFIGURED = (rex.AuthenticationError, rex.AuthorizationError)
 
 def is_misconfiguration(exc: BaseException) -> bool:
     """Redis answered but refused our credentials: counted (Redis is unusable to us), and loud."""
+    operational = _kombu_operational()
+    if operational is not None and isinstance(exc, operational):
+        exc = exc.__cause__ or exc  # kombu wraps the Redis error
     return isinstance(exc, _MISCONFIGURED)
