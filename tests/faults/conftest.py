@@ -34,7 +34,7 @@ import freezegun
 import freezegun.config
 from freezegun import freeze_time
 
-from redis_breaker import Breaker, State, get_breaker, outbox
+from redis_breaker import Breaker, State, _cache_journal, get_breaker, outbox
 from redis_breaker.cache import BreakerCache
 from redis_breaker.celery import BreakerTask
 from redis_breaker.channels import BreakerChannelLayer
@@ -93,9 +93,9 @@ def queued_ids(server: RedisServer, queue: str = QUEUE) -> list[str]:
     return [json.loads(item)["headers"]["id"] for item in reversed(raw)]
 
 
-def stack_settings(settings: Any, url: str) -> None:
+def stack_settings(settings: Any, url: str, **breaker: Any) -> None:
     """One Django settings override building all three integrations on ``url``, one breaker."""
-    settings.REDIS_BREAKERS = {"default": {"URL": url, **BREAKER}}
+    settings.REDIS_BREAKERS = {"default": {"URL": url, **BREAKER, **breaker}}
     settings.CACHES = {
         "redis": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url,
                   "OPTIONS": {"socket_timeout": SOCKET_TIMEOUT,
@@ -362,7 +362,15 @@ def _micro(seconds: float) -> float:
 
 @pytest.fixture
 def clock() -> Iterator[Any]:
+    """Frozen engine time (see ``frozen_clock``)."""
+    yield from frozen_clock()
+
+
+def frozen_clock(*, tick: bool = False) -> Iterator[Any]:
     """Frozen engine time, in every thread; asyncio keeps real time, so socket timeouts fire.
+
+    ``tick=True``: the clock also runs at real speed from where it was frozen
+    (for faults judged by how long calls take, and for load that runs a while).
 
     freezegun gives real time to code called from the ``threading`` module by
     default, which is every background thread (the probe among them): the
@@ -372,17 +380,18 @@ def clock() -> Iterator[Any]:
     saved = list(freezegun.config.settings.default_ignore_list)
     freezegun.configure(default_ignore_list=[m for m in saved if m != "threading"])
     try:
-        with freeze_time(real_asyncio=True) as frozen:
+        with freeze_time(real_asyncio=True, tick=tick) as frozen:
             yield frozen
     finally:
         freezegun.configure(default_ignore_list=saved)
 
 
-def build_stack(settings: Any, server: RedisServer, clock: Any, url: str | None = None
-                ) -> Iterator[Stack]:
-    """Configure and build the three integrations on ``server`` (``url`` overrides its URL)."""
+def build_stack(settings: Any, server: RedisServer, clock: Any, url: str | None = None,
+                **breaker: Any) -> Iterator[Stack]:
+    """Configure and build the three integrations on ``server`` (``url`` overrides its URL,
+    ``breaker`` adds to the breaker's settings)."""
     url = url or server.url
-    stack_settings(settings, url)
+    stack_settings(settings, url, **breaker)
     loop = LoopThread()
     app = Celery("faults", task_cls=BreakerTask, set_as_current=False)
     app.config_from_object("django.conf:settings", namespace="CELERY")
@@ -404,6 +413,9 @@ def build_stack(settings: Any, server: RedisServer, clock: Any, url: str | None 
     finally:
         if server.frozen:
             server.thaw()
+        for journal in _cache_journal._journals.get(breaker, {}).values():
+            # Nor a journal replay once the test's CACHES are gone.
+            breaker.remove_listener(journal._on_change)
         relay = outbox._relays.pop(breaker, None)
         if relay is not None:
             # The registry's reset after the test must not start a relay without a database.
