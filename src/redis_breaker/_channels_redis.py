@@ -12,10 +12,15 @@ though Redis is back (redis-py 8 with RESP3 no longer checks a pooled
 connection for EOF before handing it out). That one error would send a
 message down the in-process path and lose it for other processes; here a
 command that meets a dead connection is sent once more on a fresh one.
+
+With Sentinel hosts, channels_redis closes its pools but never the
+connections its ``Sentinel`` managers opened to the sentinels themselves;
+``close_pools`` here closes those too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from typing import Any
 from urllib.parse import quote
@@ -38,12 +43,28 @@ class RedisLayer(RedisChannelLayer):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        #: Sentinel managers of the pools made so far: channels_redis closes the
+        #: pools but never the connections to the sentinels themselves.
+        self._sentinel_managers: list[Any] = []
         self.brpop_timeout = pop_timeout(
             [read_timeout(self.create_pool(i)) for i in range(self.ring_size)]
         )
+        self._sentinel_managers.clear()  # those pools only told the timeouts, never connected
 
     def create_pool(self, index: int) -> Any:
-        return create_pool(with_reconnect(self.hosts[index]))
+        pool = create_pool(with_reconnect(self.hosts[index]))
+        manager = getattr(pool, "sentinel_manager", None)
+        if manager is not None:
+            self._sentinel_managers.append(manager)
+        return pool
+
+    async def close_pools(self) -> None:
+        await super().close_pools()
+        managers, self._sentinel_managers = self._sentinel_managers, []
+        for manager in managers:
+            # A manager whose loop has closed cannot close its sockets any more.
+            with contextlib.suppress(Exception):
+                await manager.aclose()
 
 
 def with_reconnect(host: dict[str, Any]) -> dict[str, Any]:

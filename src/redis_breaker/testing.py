@@ -387,11 +387,13 @@ class RedisSentinelCluster:
         self.password = password
         self.sentinel_password = sentinel_password
         self._dir = Path(tempfile.mkdtemp(prefix="redis-breaker-sentinel-"))
-        auth = ("--masterauth", password) if password else ()
-        first = RedisServer(password=password, extra_args=auth)
+        # Replicas sync at once (the default waits 5 s for more replicas to join).
+        common = ("--repl-diskless-sync-delay", "0",
+                  *(("--masterauth", password) if password else ()))
+        first = RedisServer(password=password, extra_args=common)
         self.servers: list[RedisServer] = [first] + [
             RedisServer(password=password,
-                        extra_args=(*auth, "--replicaof", "127.0.0.1", str(first.port)))
+                        extra_args=(*common, "--replicaof", "127.0.0.1", str(first.port)))
             for _ in range(replicas)
         ]
         self.sentinel_ports: list[int] = [free_port() for _ in range(sentinels)]
