@@ -3,10 +3,13 @@
 Real servers as subprocesses on free ports, against a real redis-server:
 gunicorn with sync and with gthread workers, both ``--preload`` (the breaker,
 the cache, the channel layer and the Celery app are created in the master and
-the cache used once, before the workers are forked), and uvicorn with several
-worker processes (ASGI). Threads issue HTTP requests (cache read+write, task
-dispatch, group_send) across the workers while Redis is stopped, then frozen
-(SIGSTOP), each time restored.
+the cache used once, before the workers are forked), gunicorn with uvicorn's
+ASGI workers (``--preload`` too: event loops that start after fork) and
+uvicorn's own multi-process supervisor (spawned workers). Threads issue HTTP
+requests (cache read+write, task dispatch, group_send) across the workers
+while Redis is stopped, then frozen (SIGSTOP), each time restored. A last test
+keeps WebSockets open on two daphne processes while Redis is killed and comes
+back empty.
 
 Each worker writes every transition of its ``drill`` breaker to a file of its
 own (``drill_app.views.prepare``); every response names the worker's pid and
