@@ -27,12 +27,12 @@ from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import freezegun
+import freezegun.config
 import pytest
 from celery import Celery
 from channels.layers import get_channel_layer
 from django.core.cache import caches
-import freezegun
-import freezegun.config
 from freezegun import freeze_time
 
 from redis_breaker import Breaker, State, _cache_journal, get_breaker, outbox
@@ -421,7 +421,8 @@ def build_stack(settings: Any, server: RedisServer, clock: Any, url: str | None 
     layer = get_channel_layer()
     assert isinstance(layer, BreakerChannelLayer)
     breaker = get_breaker("default")
-    assert cache.breaker is breaker and layer.breaker is breaker
+    assert cache.breaker is breaker
+    assert layer.breaker is breaker
     stack = Stack(server=server, breaker=breaker, cache=cache, layer=layer, app=app, loop=loop,
                   clock=clock)
     try:
