@@ -11,7 +11,10 @@ connection that died with a restarted server fails its next command even
 though Redis is back (redis-py 8 with RESP3 no longer checks a pooled
 connection for EOF before handing it out). That one error would send a
 message down the in-process path and lose it for other processes; here a
-command that meets a dead connection is sent once more on a fresh one.
+command that meets a dead connection is sent once more on a fresh one, and
+the layer hears of it (``on_reconnect``): Redis may have restarted empty
+without anyone seeing an error, and the group memberships of this process
+must be written again.
 
 With Sentinel hosts, channels_redis closes its pools but never the
 connections its ``Sentinel`` managers opened to the sentinels themselves;
@@ -22,7 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from typing import Any
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from channels_redis.core import RedisChannelLayer
@@ -36,6 +41,38 @@ from ._sentinel import sentinel_url
 __all__ = ["RedisLayer", "probe_url", "sentinel_probe_url"]
 
 _UPSTREAM_POP_TIMEOUT = 5.0
+T = TypeVar("T")
+
+
+class NoticingRetry(Retry):
+    """A ``Retry`` that tells its layer when a command went through only on a new connection.
+
+    redis-py deep-copies the retry into every connection; a weak reference is
+    copied as it is, so every copy still points at the one layer.
+    """
+
+    def __init__(self, *args: Any, layer: weakref.ref[RedisLayer] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._layer = layer
+
+    async def call_with_retry(self, do: Callable[[], Awaitable[T]], fail: Callable[..., Any],
+                              *args: Any, **kwargs: Any) -> T:
+        failed = False
+
+        async def noting(*fail_args: Any) -> None:
+            nonlocal failed
+            failed = True
+            result = fail(*fail_args)
+            if inspect.isawaitable(result):
+                await result
+
+        result: T = await super().call_with_retry(do, noting, *args, **kwargs)
+        if failed:
+            layer = self._layer() if self._layer is not None else None
+            if layer is not None:
+                layer.reconnected()
+        return result
 
 
 class RedisLayer(RedisChannelLayer):  # type: ignore[misc]
@@ -46,17 +83,24 @@ class RedisLayer(RedisChannelLayer):  # type: ignore[misc]
         #: Sentinel managers of the pools made so far: channels_redis closes the
         #: pools but never the connections to the sentinels themselves.
         self._sentinel_managers: list[Any] = []
+        #: Called (on the event loop) when a command succeeded only after reconnecting.
+        self.on_reconnect: Callable[[], None] | None = None
         self.brpop_timeout = pop_timeout(
             [read_timeout(self.create_pool(i)) for i in range(self.ring_size)]
         )
         self._sentinel_managers.clear()  # those pools only told the timeouts, never connected
 
     def create_pool(self, index: int) -> Any:
-        pool = create_pool(with_reconnect(self.hosts[index]))
+        pool = create_pool(with_reconnect(self.hosts[index], self))
         manager = getattr(pool, "sentinel_manager", None)
         if manager is not None:
             self._sentinel_managers.append(manager)
         return pool
+
+    def reconnected(self) -> None:
+        callback = self.on_reconnect
+        if callback is not None:
+            callback()
 
     async def close_pools(self) -> None:
         await super().close_pools()
@@ -67,17 +111,19 @@ class RedisLayer(RedisChannelLayer):  # type: ignore[misc]
                 await manager.aclose()
 
 
-def with_reconnect(host: dict[str, Any]) -> dict[str, Any]:
+def with_reconnect(host: dict[str, Any], layer: RedisLayer | None = None) -> dict[str, Any]:
     """``host`` whose connections retry a command once after a connection error.
 
     Only connection errors: a read timeout (a hung server) is not retried, so
-    finding an outage takes no longer. A retry policy the host sets is kept.
+    finding an outage takes no longer. A retry policy the host sets is kept
+    (and then the layer is not told of reconnections).
     """
     if {"retry", "retry_on_error", "retry_on_timeout"} & host.keys():
         return host
+    retry = NoticingRetry(NoBackoff(), 1, (RedisConnectionError,),
+                          layer=None if layer is None else weakref.ref(layer))
     # redis-py 5 checks retry_on_error, later versions the Retry's own error list.
-    return {**host, "retry": Retry(NoBackoff(), 1, (RedisConnectionError,)),
-            "retry_on_error": [RedisConnectionError]}
+    return {**host, "retry": retry, "retry_on_error": [RedisConnectionError]}
 
 
 def read_timeout(pool: Any) -> float | None:

@@ -106,6 +106,9 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self._closed = False
         self._listener = _weak_listener(self)
         self.breaker.add_listener(self._listener)
+        # A command that went through only on a new connection: Redis may have
+        # restarted empty with no error and no transition to tell.
+        self.redis.on_reconnect = _weak_reconnect(self)
 
     def __str__(self) -> str:
         # channels_redis's own str() lists its hosts with their passwords
@@ -421,6 +424,18 @@ def _weak_listener(layer: BreakerChannelLayer) -> Callable[[StateChange], None]:
         target._on_change(change)
 
     return listener
+
+
+def _weak_reconnect(layer: BreakerChannelLayer) -> Callable[[], None]:
+    """``layer._redis_behind`` without keeping the layer alive from its own RedisLayer."""
+    ref = weakref.ref(layer)
+
+    def reconnected() -> None:
+        target = ref()
+        if target is not None and not target._closed:
+            target._redis_behind()
+
+    return reconnected
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> None:

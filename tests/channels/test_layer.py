@@ -119,6 +119,36 @@ async def test_connection_that_died_with_a_restarted_redis_does_not_divert_a_sen
     await other.close()
 
 
+async def test_idle_consumer_rejoins_its_groups_after_an_unnoticed_empty_restart(
+    layer: BreakerChannelLayer, redis_server: RedisServer
+) -> None:
+    """Redis restarts empty while a consumer waits in receive: no error, no transition, yet
+    the consumer's blocking pop reconnects, the layer re-writes its group memberships, and a
+    group_send from another process reaches it again."""
+    other = BreakerChannelLayer(hosts(redis_server), breaker=fast_breaker("other"))
+    mine = await layer.new_channel()
+    await layer.group_add("room", mine)
+    waiting = asyncio.ensure_future(layer.receive(mine))
+    await asyncio.sleep(0.1)  # the pop is blocked in Redis
+    with capture_events() as events:
+        redis_server.restart(empty=True)
+        client = redis_server.client()
+        try:
+            key = layer.redis._group_key("room")
+            for _ in range(200):  # the reconnect and the re-write run on this loop
+                if client.zscore(key, mine) is not None:
+                    break
+                await asyncio.sleep(0.02)
+            assert client.zscore(key, mine) is not None
+        finally:
+            client.close()
+    assert layer.breaker.state.value == "closed"
+    assert [e["event"] for e in events if e["event"] == "channels_groups_resynced"]
+    await other.group_send("room", {"type": "after.restart"})
+    assert await asyncio.wait_for(waiting, 5) == {"type": "after.restart"}
+    await other.close()
+
+
 async def test_flush_clears_redis_and_local_state(
     layer: BreakerChannelLayer, redis_server: RedisServer
 ) -> None:
