@@ -14,7 +14,7 @@ import sys
 
 import redis.exceptions as rex
 
-__all__ = ["is_failure", "is_misconfiguration"]
+__all__ = ["is_failure", "is_misconfiguration", "is_full"]
 
 _NETWORK_ERRNOS = frozenset(
     getattr(errno, name)
@@ -88,3 +88,15 @@ def is_misconfiguration(exc: BaseException) -> bool:
     if operational is not None and isinstance(exc, operational):
         exc = exc.__cause__ or exc  # kombu wraps the Redis error
     return isinstance(exc, _MISCONFIGURED)
+
+
+def is_full(exc: BaseException) -> bool:
+    """Redis refused a write because it is out of memory (``maxmemory`` with ``noeviction``).
+
+    Not an outage (nothing is counted), but not the message's fault either: a
+    relay keeps such rows pending and tries again later.
+    """
+    operational = _kombu_operational()
+    if operational is not None and isinstance(exc, operational):
+        exc = exc.__cause__ or exc
+    return isinstance(exc, rex.OutOfMemoryError)

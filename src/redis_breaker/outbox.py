@@ -30,6 +30,7 @@ from django.utils import timezone
 from kombu.utils import json as kombu_json
 
 from ._breaker import Breaker
+from ._classify import is_full
 from ._errors import BreakerOpenError
 from ._events import emit
 from ._redact import describe_error
@@ -244,6 +245,14 @@ def drain_breaker(
             except Exception as exc:
                 if breaker.counts(exc):
                     stop = describe_error(exc)
+                    break
+                if is_full(exc):
+                    # Redis is up but out of memory: not this row's fault, and the
+                    # rows behind it would meet the same. Keep them all pending.
+                    stop = describe_error(exc)
+                    emit(logging.WARNING, "outbox_relay_paused", breaker=breaker.name,
+                         reason="redis out of memory", error=stop,
+                         pending_from_task_id=row.task_id)
                     break
                 # A message the broker refuses for itself (bad routing, an
                 # option kombu rejects) must not block the rows behind it.

@@ -90,6 +90,35 @@ def test_unknown_task_is_marked_failed_and_does_not_block(celery_app: Celery,
     assert drain(app=celery_app)["published"] == 0  # failed rows are not retried forever
 
 
+def test_full_redis_keeps_rows_pending_until_it_has_room(celery_app: Celery,
+                                                         redis_server: RedisServer) -> None:
+    """Redis out of memory (noeviction) refuses the publishes: not counted, and not the rows'
+    fault, so they stay pending (not failed) and all go out, in order, once there is room."""
+    for task_id in ("a", "b", "c"):
+        _row(task_id=task_id)
+    client = redis_server.client()
+    try:
+        client.set("filler", "x" * 1_500_000)
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", "1mb")
+        with capture_events() as events:
+            result = drain(app=celery_app)
+        assert (result["published"], result["failed"]) == (0, 0)
+        assert "maxmemory" in result["stopped"]
+        assert get_breaker().state is State.CLOSED
+        assert list(OutboxMessage.objects.values_list("status", flat=True)) == ["pending"] * 3
+        assert OutboxMessage.objects.exclude(claimed_by="").count() == 0
+        paused = [e for e in events if e["event"] == "outbox_relay_paused"]
+        assert [(e["reason"], e["pending_from_task_id"]) for e in paused] == [
+            ("redis out of memory", "a")]
+        client.delete("filler")
+        client.config_set("maxmemory", "0")
+    finally:
+        client.close()
+    assert drain(app=celery_app)["published"] == 3
+    assert [m["id"] for m in queued(redis_server)] == ["a", "b", "c"]
+
+
 def test_concurrent_relays_never_publish_a_row_twice(celery_app: Celery,
                                                      redis_server: RedisServer) -> None:
     """Four relays draining one outbox at once publish each of its 300 rows exactly once."""
