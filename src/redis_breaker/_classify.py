@@ -14,7 +14,7 @@ import sys
 
 import redis.exceptions as rex
 
-__all__ = ["is_failure", "is_misconfiguration", "is_full"]
+__all__ = ["is_failure", "is_full", "is_misconfiguration"]
 
 _NETWORK_ERRNOS = frozenset(
     getattr(errno, name)
