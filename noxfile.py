@@ -1,5 +1,6 @@
 """Sessions: `nox -s tests` (the test suite), `nox -s drill` (the outage drill),
 `nox -s bench` (micro-benchmarks), `nox -s soak` (not in CI), `nox -s matrix` (every supported Python x Django),
+`nox -s oldest` (the oldest supported release of every dependency),
 `nox -s lint`, `nox -s docs`.
 
 Each session installs what it needs, redis-server included (from Debian's
@@ -86,6 +87,22 @@ def matrix(session: nox.Session, django: str) -> None:
     ensure_system_packages(session)
     install_project(session, "test")
     session.install(f"Django~={django}.0")
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+# The floor of every runtime dependency that pyproject.toml admits.
+OLDEST = ["Django==4.2.*", "redis==5.0.*", "celery==5.3.*", "kombu==5.3.*", "channels==4.0.*",
+          "channels-redis==4.0.*", "pybreaker==1.0.*", "structlog==23.1.*",
+          "django-redis==5.4.*", "prometheus-client==0.17.*"]
+
+
+@nox.session(python=PYTHONS[0])
+def oldest(session: nox.Session) -> None:
+    """The test suite on the oldest Python with the oldest supported releases of each dependency."""
+    ensure_system_packages(session)
+    install_project(session, "test")
+    session.install(*OLDEST)
+    session.run("python", "-m", "pip", "freeze", silent=False)
     session.run("python", "-m", "pytest", *session.posargs)
 
 

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 from channels_redis.core import RedisChannelLayer
-from channels_redis.utils import create_pool
+from redis import asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -91,7 +91,7 @@ class RedisLayer(RedisChannelLayer):  # type: ignore[misc]
         self._sentinel_managers.clear()  # those pools only told the timeouts, never connected
 
     def create_pool(self, index: int) -> Any:
-        pool = create_pool(with_reconnect(self.hosts[index], self))
+        pool = _create_pool(with_reconnect(self.hosts[index], self))
         manager = getattr(pool, "sentinel_manager", None)
         if manager is not None:
             self._sentinel_managers.append(manager)
@@ -109,6 +109,33 @@ class RedisLayer(RedisChannelLayer):  # type: ignore[misc]
             # A manager whose loop has closed cannot close its sockets any more.
             with contextlib.suppress(Exception):
                 await manager.aclose()
+
+
+def _create_pool(host: dict[str, Any]) -> Any:
+    """The connection pool for one hosts entry, every key of the entry applied.
+
+    channels_redis 4.1+ has this as ``channels_redis.utils.create_pool``;
+    channels_redis 4.0 builds an ``address`` entry's pool from the URL alone,
+    dropping the socket timeouts (a blackholed Redis then holds a call for
+    minutes) and the reconnect retry.
+    """
+    try:
+        from channels_redis.utils import create_pool
+    except ImportError:
+        pass
+    else:
+        return create_pool(host)
+    options = dict(host)
+    if "address" in options:
+        return aioredis.ConnectionPool.from_url(options.pop("address"), **options)
+    master_name = options.pop("master_name", None)
+    if master_name is not None:
+        sentinels = options.pop("sentinels")
+        sentinel = aioredis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            sentinels, sentinel_kwargs=options.pop("sentinel_kwargs", None))
+        return aioredis.sentinel.SentinelConnectionPool(  # type: ignore[no-untyped-call]
+            master_name, sentinel, **options)
+    return aioredis.ConnectionPool(**options)
 
 
 def with_reconnect(host: dict[str, Any], layer: RedisLayer | None = None) -> dict[str, Any]:

@@ -83,6 +83,13 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     extensions: ClassVar[list[str]] = ["groups", "flush"]
 
+    if not hasattr(BaseChannelLayer, "require_valid_channel_name"):  # channels 4.0
+        def require_valid_channel_name(self, name: str, receive: bool = False) -> bool:
+            return bool(self.valid_channel_name(name, receive))
+
+        def require_valid_group_name(self, name: str) -> bool:
+            return bool(self.valid_group_name(name))
+
     def __init__(self, hosts: Any = None, *, breaker: str | Breaker = "default",
                  **config: Any) -> None:
         self.redis = RedisLayer(hosts=hosts, **config)
