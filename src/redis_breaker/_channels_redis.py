@@ -23,7 +23,6 @@ connections its ``Sentinel`` managers opened to the sentinels themselves;
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import weakref
 from collections.abc import Awaitable, Callable
@@ -36,7 +35,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from ._sentinel import sentinel_url
+from ._sentinel import aclose_sentinel, sentinel_url
 
 __all__ = ["RedisLayer", "probe_url", "sentinel_probe_url"]
 
@@ -106,9 +105,7 @@ class RedisLayer(RedisChannelLayer):  # type: ignore[misc]
         await super().close_pools()
         managers, self._sentinel_managers = self._sentinel_managers, []
         for manager in managers:
-            # A manager whose loop has closed cannot close its sockets any more.
-            with contextlib.suppress(Exception):
-                await manager.aclose()
+            await aclose_sentinel(manager)  # redis-py 5.0's Sentinel has no aclose()
 
 
 def _create_pool(host: dict[str, Any]) -> Any:

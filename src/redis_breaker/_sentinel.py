@@ -19,6 +19,7 @@ replica (mid-failover) is not a healthy master: the probe fails.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ __all__ = [
     "DEFAULT_SENTINEL_PORT",
     "SENTINEL_SCHEME",
     "SentinelTarget",
+    "aclose_sentinel",
     "is_sentinel_url",
     "parse_sentinel_url",
     "ping_sentinel",
@@ -191,8 +193,34 @@ def resolve_master(url: str, timeout: float) -> tuple[str, int]:
     try:
         host, port = sentinel.discover_master(target.master_name)  # type: ignore[no-untyped-call]
     finally:
-        sentinel.close()
+        _close_sentinel(sentinel)
     return str(host), int(port)
+
+
+def _close_sentinel(sentinel: Any) -> None:
+    """Close the connections ``sentinel`` (a ``redis.sentinel.Sentinel``) opened to the sentinels.
+
+    ``Sentinel.close()`` is recent (redis-py 5.0 has none); closing each client
+    in ``sentinel.sentinels`` does the same on every version. Best effort: an
+    error closing must not hide the answer (or the error) of the sentinels.
+    """
+    for client in sentinel.sentinels:
+        with contextlib.suppress(Exception):
+            client.close()
+
+
+async def aclose_sentinel(sentinel: Any) -> None:
+    """Close the connections a ``redis.asyncio.sentinel.Sentinel`` opened to the sentinels.
+
+    ``Sentinel.aclose()`` is recent (redis-py 5.0 has none, and its clients
+    have ``aclose()`` only from 5.0.1, ``close()`` before); each client is
+    closed on its own, best effort: a client whose event loop has closed
+    cannot close its sockets any more.
+    """
+    for client in sentinel.sentinels:
+        close = getattr(client, "aclose", None) or client.close
+        with contextlib.suppress(Exception):
+            await close()
 
 
 def ping_sentinel(url: str, timeout: float) -> tuple[str, int]:
