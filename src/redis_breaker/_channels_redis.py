@@ -11,10 +11,18 @@ connection that died with a restarted server fails its next command even
 though Redis is back (redis-py 8 with RESP3 no longer checks a pooled
 connection for EOF before handing it out). That one error would send a
 message down the in-process path and lose it for other processes; here a
-command that meets a dead connection is sent once more on a fresh one, and
-the layer hears of it (``on_reconnect``): Redis may have restarted empty
-without anyone seeing an error, and the group memberships of this process
-must be written again.
+command that meets a dead connection is sent once more on a fresh one.
+Either way (redis-py 5 reconnects a dead pooled connection before the
+command, silently; later versions retry the command) the layer hears of it
+(``on_reconnect``) from the connection's own connect callback: Redis may have
+restarted empty without anyone seeing an error, and the group memberships of
+this process must be written again.
+
+Pools are kept per event loop and closed with their loop, whatever the
+channels_redis release: channels_redis 4.0 keeps only the last loop's pools,
+dropping the previous loop's unclosed (every ``async_to_sync`` call of a sync
+view runs on a loop of its own, closed after it), and threads that take turns
+(gthread workers) could even get a pool of another thread's, closed, loop.
 
 With Sentinel hosts, channels_redis closes its pools but never the
 connections its ``Sentinel`` managers opened to the sentinels themselves;
@@ -23,10 +31,14 @@ connections its ``Sentinel`` managers opened to the sentinels themselves;
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
+import threading
+import types
 import weakref
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any
 from urllib.parse import quote
 
 from channels_redis.core import RedisChannelLayer
@@ -37,41 +49,60 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ._sentinel import aclose_sentinel, sentinel_url
 
-__all__ = ["RedisLayer", "probe_url", "sentinel_probe_url"]
+__all__ = ["RedisLayer", "close_with_loop", "probe_url", "sentinel_probe_url"]
 
 _UPSTREAM_POP_TIMEOUT = 5.0
-T = TypeVar("T")
 
 
-class NoticingRetry(Retry):
-    """A ``Retry`` that tells its layer when a command went through only on a new connection.
+class _ReconnectWatch:
+    """Tells the layer when a connection of its pools connects again (it had died or was dropped).
 
-    redis-py deep-copies the retry into every connection; a weak reference is
-    copied as it is, so every copy still points at the one layer.
+    A connection's connect callbacks run on its first connect and on every
+    reconnection, in every redis-py release; the first is not news.
     """
 
-    def __init__(self, *args: Any, layer: weakref.ref[RedisLayer] | None = None,
-                 **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._layer = layer
+    def __init__(self, layer: RedisLayer) -> None:
+        self._layer = weakref.ref(layer)
+        self._connected: weakref.WeakSet[Any] = weakref.WeakSet()
 
-    async def call_with_retry(self, do: Callable[[], Awaitable[T]], fail: Callable[..., Any],
-                              *args: Any, **kwargs: Any) -> T:
-        failed = False
+    def watch(self, pool: Any) -> None:
+        """Register with every connection ``pool`` makes from now on."""
+        make = getattr(pool, "make_connection", None)
+        if make is None:
+            return
 
-        async def noting(*fail_args: Any) -> None:
-            nonlocal failed
-            failed = True
-            result = fail(*fail_args)
-            if inspect.isawaitable(result):
-                await result
+        def make_connection() -> Any:
+            connection = make()
+            register = getattr(connection, "register_connect_callback", None)
+            if register is not None:
+                register(self.connected)  # held weakly: this watch lives with the layer
+            return connection
 
-        result: T = await super().call_with_retry(do, noting, *args, **kwargs)
-        if failed:
-            layer = self._layer() if self._layer is not None else None
-            if layer is not None:
-                layer.reconnected()
-        return result
+        pool.make_connection = make_connection
+
+    def connected(self, connection: Any) -> None:
+        if connection not in self._connected:
+            self._connected.add(connection)
+            return
+        layer = self._layer()
+        if layer is not None:
+            layer.reconnected()
+
+
+class _LoopPools:
+    """The pools (and Sentinel managers) a layer made on one event loop."""
+
+    def __init__(self) -> None:
+        self.pools: dict[int, Any] = {}
+        self.sentinel_managers: list[Any] = []
+
+    async def close(self) -> None:
+        pools, self.pools = self.pools, {}
+        managers, self.sentinel_managers = self.sentinel_managers, []
+        for pool in pools.values():
+            await pool.disconnect()
+        for manager in managers:
+            await aclose_sentinel(manager)  # redis-py 5.0's Sentinel has no aclose()
 
 
 class RedisLayer(RedisChannelLayer):  # type: ignore[misc]
@@ -79,22 +110,43 @@ class RedisLayer(RedisChannelLayer):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        #: Sentinel managers of the pools made so far: channels_redis closes the
-        #: pools but never the connections to the sentinels themselves.
-        self._sentinel_managers: list[Any] = []
-        #: Called (on the event loop) when a command succeeded only after reconnecting.
+        #: Called (on the event loop) when a command went through only on a new connection.
         self.on_reconnect: Callable[[], None] | None = None
-        self.brpop_timeout = pop_timeout(
-            [read_timeout(self.create_pool(i)) for i in range(self.ring_size)]
+        self._watch = _ReconnectWatch(self)
+        self._loop_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopPools] = (
+            weakref.WeakKeyDictionary()
         )
-        self._sentinel_managers.clear()  # those pools only told the timeouts, never connected
+        self._loop_pools_lock = threading.Lock()
+        # These pools only tell the timeouts: they never connect.
+        self.brpop_timeout = pop_timeout(
+            [read_timeout(_create_pool(with_reconnect(host))) for host in self.hosts]
+        )
 
     def create_pool(self, index: int) -> Any:
-        pool = _create_pool(with_reconnect(self.hosts[index], self))
-        manager = getattr(pool, "sentinel_manager", None)
-        if manager is not None:
-            self._sentinel_managers.append(manager)
+        pool = _create_pool(with_reconnect(self.hosts[index]))
+        self._watch.watch(pool)
         return pool
+
+    def connection(self, index: int) -> Any:
+        """A client on this loop's pool for host ``index`` (the pool made on first use)."""
+        if not 0 <= index < self.ring_size:
+            raise ValueError(f"There are only {self.ring_size} hosts - you asked for {index}!")
+        loop_pools = self._pools_of(asyncio.get_running_loop())
+        pool = loop_pools.pools.get(index)
+        if pool is None:
+            pool = loop_pools.pools[index] = self.create_pool(index)
+            manager = getattr(pool, "sentinel_manager", None)
+            if manager is not None:
+                loop_pools.sentinel_managers.append(manager)
+        return aioredis.Redis(connection_pool=pool)
+
+    def _pools_of(self, loop: asyncio.AbstractEventLoop) -> _LoopPools:
+        with self._loop_pools_lock:
+            loop_pools = self._loop_pools.get(loop)
+            if loop_pools is None:
+                loop_pools = self._loop_pools[loop] = _LoopPools()
+                close_with_loop(loop, _closing(loop_pools))
+            return loop_pools
 
     def reconnected(self) -> None:
         callback = self.on_reconnect
@@ -102,10 +154,44 @@ class RedisLayer(RedisChannelLayer):  # type: ignore[misc]
             callback()
 
     async def close_pools(self) -> None:
-        await super().close_pools()
-        managers, self._sentinel_managers = self._sentinel_managers, []
-        for manager in managers:
-            await aclose_sentinel(manager)  # redis-py 5.0's Sentinel has no aclose()
+        """Close this loop's pools (and Sentinel connections); others close with their loops."""
+        await self.wait_received()
+        with self._loop_pools_lock:
+            loop_pools = self._loop_pools.get(asyncio.get_running_loop())
+        if loop_pools is not None:
+            await loop_pools.close()
+
+
+def close_with_loop(loop: asyncio.AbstractEventLoop,
+                    closing: Callable[[], Coroutine[Any, Any, None] | None]) -> None:
+    """Run ``closing()``'s work on ``loop`` when it closes: connections are bound to their loop.
+
+    As channels_redis 4.1+ does for its own pools, ``loop.close`` is wrapped:
+    an ``async_to_sync`` loop closes right after the call, and what is not
+    closed before that can only be left to the garbage collector.
+    """
+    original = loop.close
+
+    def close(self: asyncio.AbstractEventLoop) -> None:
+        self.close = original  # type: ignore[method-assign]
+        if not self.is_running() and not self.is_closed():
+            work = closing()
+            if work is not None:
+                with contextlib.suppress(Exception):
+                    self.run_until_complete(work)
+        original()
+
+    loop.close = types.MethodType(close, loop)  # type: ignore[method-assign]
+
+
+def _closing(loop_pools: _LoopPools) -> Callable[[], Coroutine[Any, Any, None] | None]:
+    ref = weakref.ref(loop_pools)
+
+    def closing() -> Coroutine[Any, Any, None] | None:
+        target = ref()
+        return target.close() if target is not None and target.pools else None
+
+    return closing
 
 
 def _create_pool(host: dict[str, Any]) -> Any:
@@ -135,17 +221,15 @@ def _create_pool(host: dict[str, Any]) -> Any:
     return aioredis.ConnectionPool(**options)
 
 
-def with_reconnect(host: dict[str, Any], layer: RedisLayer | None = None) -> dict[str, Any]:
+def with_reconnect(host: dict[str, Any]) -> dict[str, Any]:
     """``host`` whose connections retry a command once after a connection error.
 
     Only connection errors: a read timeout (a hung server) is not retried, so
-    finding an outage takes no longer. A retry policy the host sets is kept
-    (and then the layer is not told of reconnections).
+    finding an outage takes no longer. A retry policy the host sets is kept.
     """
     if {"retry", "retry_on_error", "retry_on_timeout"} & host.keys():
         return host
-    retry = NoticingRetry(NoBackoff(), 1, (RedisConnectionError,),
-                          layer=None if layer is None else weakref.ref(layer))
+    retry = Retry(NoBackoff(), 1, (RedisConnectionError,))
     # redis-py 5 checks retry_on_error, later versions the Retry's own error list.
     return {**host, "retry": retry, "retry_on_error": [RedisConnectionError]}
 

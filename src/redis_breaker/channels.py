@@ -34,7 +34,7 @@ from channels.layers import DEFAULT_CHANNEL_LAYER, BaseChannelLayer, get_channel
 
 from ._breaker import Breaker
 from ._channels_local import GroupMirror, LocalQueues
-from ._channels_redis import RedisLayer, probe_url
+from ._channels_redis import RedisLayer, close_with_loop, probe_url
 from ._errors import BreakerOpenError
 from ._events import emit
 from ._redact import describe_error, redact
@@ -482,11 +482,49 @@ async def async_safe_group_send(group: str, message: Message, *,
         await layer.group_send(group, message)
         return True
 
-    return await guard.acall_with_fallback(send, _not_sent, integration=_INTEGRATION)
+    try:
+        return await guard.acall_with_fallback(send, _not_sent, integration=_INTEGRATION)
+    finally:
+        _close_pools_with_loop(layer)
 
 
 def _not_sent() -> bool:
     return False
+
+
+_pools_closing: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, weakref.WeakSet[Any]] = (
+    weakref.WeakKeyDictionary()
+)
+_pools_closing_lock = threading.Lock()
+
+
+def _close_pools_with_loop(layer: Any) -> None:
+    """Have a plain layer that keeps one loop's pools close them when that loop closes.
+
+    channels_redis 4.0 keeps the pools of the last loop only (``pools_loop``)
+    and drops them unclosed when a call comes on another loop: every
+    ``safe_group_send`` (an ``async_to_sync`` loop of its own) would leave a
+    connection to the garbage collector. Later releases close their pools
+    with their loop, and have no ``pools_loop``.
+    """
+    loop = asyncio.get_running_loop()
+    if getattr(layer, "pools_loop", None) is not loop:
+        return
+    with _pools_closing_lock:
+        layers = _pools_closing.setdefault(loop, weakref.WeakSet())
+        if layer in layers:
+            return
+        layers.add(layer)
+    ref = weakref.ref(layer)
+
+    def closing() -> Coroutine[Any, Any, None] | None:
+        target = ref()
+        if target is None or getattr(target, "pools_loop", None) is not loop:
+            return None  # another loop's pools by now: this loop's were dropped already
+        result: Coroutine[Any, Any, None] = target.close_pools()
+        return result
+
+    close_with_loop(loop, closing)
 
 
 def safe_group_send(group: str, message: Message, *, alias: str = DEFAULT_CHANNEL_LAYER,

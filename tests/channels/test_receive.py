@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 import redis.exceptions as rex
 from channels_redis.core import RedisChannelLayer
 
+from redis_breaker._channels_redis import read_timeout
 from redis_breaker.channels import BreakerChannelLayer
 from redis_breaker.testing import RedisServer
 
@@ -17,12 +19,38 @@ READ_TIMEOUT = 1.0
 IDLE_S = 2.5  # longer than the socket read timeout
 
 
-async def test_plain_channels_redis_idle_receive_times_out(redis_server: RedisServer) -> None:
-    """The hazard itself: channels_redis's 5 s blocking pop on a 1 s read timeout raises on a healthy, idle Redis."""
-    layer = RedisChannelLayer(hosts=hosts(redis_server, READ_TIMEOUT))
+def _address_entry(server: RedisServer) -> dict[str, object]:
+    return hosts(server, READ_TIMEOUT)[0]
+
+
+def _host_port_entry(server: RedisServer) -> dict[str, object]:
+    return {"host": server.host, "port": server.port, "socket_timeout": READ_TIMEOUT,
+            "socket_connect_timeout": READ_TIMEOUT}
+
+
+@pytest.mark.parametrize("entry", [_address_entry, _host_port_entry], ids=["address", "host-port"])
+async def test_plain_channels_redis_idle_receive_times_out(
+    redis_server: RedisServer, entry: Callable[[RedisServer], dict[str, object]]
+) -> None:
+    """The hazard itself: channels_redis's 5 s blocking pop on a 1 s read timeout raises on a healthy, idle Redis.
+
+    Only where channels_redis applies the entry's read timeout to its pool:
+    channels_redis 4.0 builds an ``address`` entry's pool from the URL alone
+    (redis-py's default read timeout: none in redis-py 5), so there the
+    idle receive just waits, with no error (and no timeout at all if Redis hangs).
+    """
+    layer = RedisChannelLayer(hosts=[entry(redis_server)])
+    applied = read_timeout(layer.create_pool(0))
     channel = await layer.new_channel()
-    with pytest.raises(rex.TimeoutError):
-        await asyncio.wait_for(layer.receive(channel), IDLE_S + 2)
+    receiving = asyncio.ensure_future(layer.receive(channel))
+    if applied is not None and applied < layer.brpop_timeout:
+        with pytest.raises(rex.TimeoutError):
+            await asyncio.wait_for(receiving, IDLE_S + 2)
+    else:
+        done, _ = await asyncio.wait((receiving,), timeout=IDLE_S)
+        assert not done, receiving.result() if done else None
+        receiving.cancel()
+        await asyncio.wait((receiving,))
     await layer.close_pools()
 
 
