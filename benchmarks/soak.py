@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import subprocess
 import sys
 import threading
@@ -55,27 +54,6 @@ def rss_kib() -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return -1
-
-
-def flap(server: RedisServer, stop: threading.Event, log: list[tuple[float, str]]) -> None:
-    """Down and up every 1-2 s: stopped (data kept) or frozen, in turn."""
-    rng = random.Random(7)
-    kind = 0
-    while not stop.is_set():
-        stop.wait(rng.uniform(1.0, 2.0))
-        fault = ("refused", "hung")[kind % 2]
-        kind += 1
-        if fault == "refused":
-            server.stop(save=True)
-        else:
-            server.freeze()
-        log.append((time.monotonic(), fault))
-        stop.wait(rng.uniform(1.0, 2.0))
-        if fault == "refused":
-            server.start()
-        else:
-            server.thaw()
-        log.append((time.monotonic(), "up"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
             return len(bound.journal._keys)
 
         faults: list[tuple[float, str]] = []
-        flapper = threading.Thread(target=flap, args=(server, flapping, faults), daemon=True)
+        flapper = threading.Thread(
+            target=server.flap, args=(flapping, lambda e: faults.append((time.monotonic(), e))),
+            daemon=True)
         flapper.start()
         samples: list[dict[str, Any]] = []
         end = time.monotonic() + args.minutes * 60

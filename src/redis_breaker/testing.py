@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -247,6 +249,35 @@ class RedisServer:
         if self._netns is not None and self.blackholed:
             self._netns.iptables("-D", "INPUT", "-p", "tcp", "--dport", str(self.port), "-j", "DROP")
             self.blackholed = False
+
+    def flap(self, stop: threading.Event, on_change: Callable[[str], object] | None = None, *,
+             period: tuple[float, float] = (1.0, 2.0), seed: int = 7) -> None:
+        """Take the server down and up until ``stop`` is set (run it in a thread).
+
+        Each cycle waits a random time in ``period`` (seconds), then either
+        stops the server (data kept: ``"refused"``) or freezes it (``"hung"``),
+        in turn, waits again, and brings it back (``"up"``). ``on_change`` gets
+        each of those words as it happens. The server is up when this returns.
+        """
+        rng = random.Random(seed)
+        cycle = 0
+        while not stop.is_set():
+            stop.wait(rng.uniform(*period))
+            fault = ("refused", "hung")[cycle % 2]
+            cycle += 1
+            if fault == "refused":
+                self.stop(save=True)
+            else:
+                self.freeze()
+            if on_change is not None:
+                on_change(fault)
+            stop.wait(rng.uniform(*period))
+            if fault == "refused":
+                self.start()
+            else:
+                self.thaw()
+            if on_change is not None:
+                on_change("up")
 
     def restart(self, *, empty: bool = False) -> RedisServer:
         """Stop and start again on the same port; ``empty`` loses every key."""

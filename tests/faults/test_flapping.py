@@ -37,25 +37,6 @@ def stack(settings: Any, redis_server: RedisServer, clock: Any, transactional_db
     yield from build_stack(settings, redis_server, clock)
 
 
-def flap(server: RedisServer, stop: threading.Event, faults: list[str]) -> None:
-    rng = random.Random(7)
-    kind = 0
-    while not stop.is_set():
-        stop.wait(rng.uniform(1.0, 2.0))
-        fault = ("refused", "hung")[kind % 2]
-        kind += 1
-        if fault == "refused":
-            server.stop(save=True)
-        else:
-            server.freeze()
-        faults.append(fault)
-        stop.wait(rng.uniform(1.0, 2.0))
-        if fault == "refused":
-            server.start()
-        else:
-            server.thaw()
-
-
 def test_flapping_under_load(stack: Stack) -> None:
     """About 40 s of flapping under four threads: no error, no stale read, no task lost."""
     stack.warm_up()
@@ -97,7 +78,9 @@ def test_flapping_under_load(stack: Stack) -> None:
             connections.close_all()
 
     faults: list[str] = []
-    flapper = threading.Thread(target=flap, args=(stack.server, stop, faults), daemon=True)
+    flapper = threading.Thread(
+        target=stack.server.flap, args=(stop, lambda e: faults.append(e) if e != "up" else None),
+        daemon=True)
     threads = [threading.Thread(target=run_worker, args=(i,)) for i in range(THREADS)]
     for t in [flapper, *threads]:
         t.start()
