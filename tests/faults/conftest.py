@@ -472,3 +472,12 @@ def new_server(**kwargs: Any) -> RedisServer:
         return RedisServer(**kwargs)
     except RedisNotInstalled as exc:
         pytest.fail(str(exc), pytrace=False)
+
+
+def running_server(**kwargs: Any) -> Iterator[RedisServer]:
+    """For a fixture: ``yield from running_server(...)``, a started server closed afterwards."""
+    server = new_server(**kwargs)
+    try:
+        yield server.start()
+    finally:
+        server.close()

@@ -19,7 +19,7 @@ import redis
 
 from redis_breaker.testing import RedisServer
 
-from .conftest import Stack, build_stack, new_server, wait_for
+from .conftest import Stack, build_stack, running_server, wait_for
 
 KEYS = 60_000
 DELAY_US = 100  # per key: about six seconds of LOADING
@@ -27,12 +27,8 @@ DELAY_US = 100  # per key: about six seconds of LOADING
 
 @pytest.fixture
 def server() -> Iterator[RedisServer]:
-    server = new_server(extra_args=("--enable-debug-command", "local",
-                                    "--loading-process-events-interval-bytes", "1024"))
-    try:
-        yield server.start()
-    finally:
-        server.close()
+    yield from running_server(extra_args=("--enable-debug-command", "local",
+                                          "--loading-process-events-interval-bytes", "1024"))
 
 
 @pytest.fixture

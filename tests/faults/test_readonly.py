@@ -15,16 +15,12 @@ import redis
 
 from redis_breaker.testing import RedisServer
 
-from .conftest import STALE_KEY, Stack, new_server, wait_for
+from .conftest import STALE_KEY, Stack, running_server, wait_for
 
 
 @pytest.fixture
 def other() -> Iterator[RedisServer]:
-    server = new_server()
-    try:
-        yield server.start()
-    finally:
-        server.close()
+    yield from running_server()
 
 
 def synced(replica: redis.Redis) -> bool:

@@ -15,7 +15,7 @@ import pytest
 
 from redis_breaker.testing import RedisServer
 
-from .conftest import Stack, build_stack, frozen_clock, new_server
+from .conftest import Stack, build_stack, frozen_clock, running_server
 
 THRESHOLD = 0.03
 SLEEP = 0.2  # a call waits one sleep at most: well under the 0.5 s socket timeout
@@ -28,11 +28,7 @@ def clock() -> Iterator[Any]:
 
 @pytest.fixture
 def server() -> Iterator[RedisServer]:
-    server = new_server(extra_args=("--enable-debug-command", "local"))
-    try:
-        yield server.start()
-    finally:
-        server.close()
+    yield from running_server(extra_args=("--enable-debug-command", "local"))
 
 
 @pytest.fixture

@@ -16,16 +16,12 @@ import pytest
 
 from redis_breaker.testing import RedisServer, capture_events
 
-from .conftest import TASK, Stack, build_stack, new_server
+from .conftest import TASK, Stack, build_stack, running_server
 
 
 @pytest.fixture
 def server() -> Iterator[RedisServer]:
-    server = new_server(password="right")
-    try:
-        yield server.start()
-    finally:
-        server.close()
+    yield from running_server(password="right")
 
 
 @pytest.fixture
