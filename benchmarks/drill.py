@@ -26,7 +26,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from redis_breaker.testing import RedisServer  # noqa: E402
+from redis_breaker.testing import RedisServer, wait_until  # noqa: E402
 
 FAULTS = ("refused", "hung", "blackhole")
 PHASES = ("healthy", "outage", "recovery")
@@ -159,15 +158,6 @@ def start_worker(env: dict[str, str], out: Path) -> subprocess.Popen[bytes]:
         cwd=HERE, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
-
-
 # ---------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
@@ -231,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         worker = start_worker(env, out)
         warmup = plain.delay(-1).id
         ledger_client = ledger.client()
-        if not wait_until(lambda: ledger_client.hexists("executed:celery", warmup), 60):
+        if not wait_until(lambda: ledger_client.hexists("executed:celery", warmup), 60, 0.2):
             raise RuntimeError(f"the Celery worker did not start; see {out / 'celery-worker.log'}")
         ledger_client.delete("executed:celery")
 
@@ -294,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         log("waiting for the outbox to drain and the worker to run every task")
         from redis_breaker.outbox import outbox_status
 
-        wait_until(lambda: (outbox_status().get("pending") or 0) == 0, 120)
+        wait_until(lambda: (outbox_status().get("pending") or 0) == 0, 120, 0.2)
         names = {"redis-breaker": "redis-breaker", "celery": "celery", "pybreaker": "pybreaker"}
         expected = {c.name: set(c.task_ids) for c in players if c.name in names}
 

@@ -27,8 +27,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from drill import LoopThread, Run, async_worker, start_worker, sync_worker, wait_until  # noqa: E402
-from redis_breaker.testing import RedisServer  # noqa: E402
+from drill import LoopThread, Run, async_worker, start_worker, sync_worker  # noqa: E402
+from redis_breaker.testing import RedisServer, wait_until  # noqa: E402
 
 SAMPLE_EVERY = 5.0
 DISTINCT_KEYS = 200  # drill_app.contestants writes user:0 .. user:199
@@ -143,9 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         run.stop.set()
         for t in threads:
             t.join(60)
-        wait_until(lambda: (outbox_status().get("pending") or 0) == 0, 120)
+        wait_until(lambda: (outbox_status().get("pending") or 0) == 0, 120, 0.2)
         # Redis is steady now: the journal must be replayed and emptied.
-        wait_until(lambda: breaker.state.value == "closed" and journal_keys() == 0, 120)
+        wait_until(lambda: breaker.state.value == "closed" and journal_keys() == 0, 120, 0.2)
 
         per_minute = max(1, int(60 / SAMPLE_EVERY))
         first, last = samples[per_minute:2 * per_minute] or samples[:1], samples[-per_minute:]

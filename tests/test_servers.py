@@ -54,7 +54,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from redis_breaker.testing import RedisServer, free_port
+from redis_breaker.testing import RedisServer, free_port, wait_until
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 SOCKET_TIMEOUT = 0.5  # benchmarks/drill_app/settings.py: every client of the drill's Redis
@@ -91,15 +91,6 @@ SERVERS: dict[str, Callable[[int], list[str]]] = {
 }
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 # ------------------------------------------------------------------ the server

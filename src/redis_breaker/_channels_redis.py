@@ -47,6 +47,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+try:
+    from channels_redis.utils import create_pool as _upstream_create_pool
+except ImportError:  # channels_redis 4.0
+    _upstream_create_pool = None
+
 from ._sentinel import aclose_sentinel, sentinel_url
 
 __all__ = ["RedisLayer", "close_with_loop", "probe_url", "sentinel_probe_url"]
@@ -202,12 +207,8 @@ def _create_pool(host: dict[str, Any]) -> Any:
     dropping the socket timeouts (a blackholed Redis then holds a call for
     minutes) and the reconnect retry.
     """
-    try:
-        from channels_redis.utils import create_pool
-    except ImportError:
-        pass
-    else:
-        return create_pool(host)
+    if _upstream_create_pool is not None:
+        return _upstream_create_pool(host)
     options = dict(host)
     if "address" in options:
         return aioredis.ConnectionPool.from_url(options.pop("address"), **options)

@@ -54,6 +54,14 @@ def _kombu_operational() -> type[BaseException] | None:
     return getattr(module, "OperationalError", None) if module is not None else None
 
 
+def _unwrapped(exc: BaseException) -> BaseException:
+    """The Redis error a kombu ``OperationalError`` wraps, else ``exc`` itself."""
+    operational = _kombu_operational()
+    if operational is not None and isinstance(exc, operational):
+        return exc.__cause__ or exc
+    return exc
+
+
 def is_failure(
     exc: BaseException,
     counted: tuple[type[BaseException], ...] = (),
@@ -84,10 +92,7 @@ _MISCONFIGURED = (rex.AuthenticationError, rex.AuthorizationError)
 
 def is_misconfiguration(exc: BaseException) -> bool:
     """Redis answered but refused our credentials: counted (Redis is unusable to us), and loud."""
-    operational = _kombu_operational()
-    if operational is not None and isinstance(exc, operational):
-        exc = exc.__cause__ or exc  # kombu wraps the Redis error
-    return isinstance(exc, _MISCONFIGURED)
+    return isinstance(_unwrapped(exc), _MISCONFIGURED)
 
 
 def is_full(exc: BaseException) -> bool:
@@ -96,7 +101,4 @@ def is_full(exc: BaseException) -> bool:
     Not an outage (nothing is counted), but not the message's fault either: a
     relay keeps such rows pending and tries again later.
     """
-    operational = _kombu_operational()
-    if operational is not None and isinstance(exc, operational):
-        exc = exc.__cause__ or exc
-    return isinstance(exc, rex.OutOfMemoryError)
+    return isinstance(_unwrapped(exc), rex.OutOfMemoryError)

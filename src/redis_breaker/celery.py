@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from celery import Celery, Task
 from celery.result import AsyncResult, EagerResult
@@ -24,6 +25,7 @@ from kombu.pools import ProducerPool
 
 from ._breaker import Breaker
 from ._registry import get_breaker
+from ._sentinel import DEFAULT_SENTINEL_PORT, sentinel_url
 
 __all__ = [
     "FALLBACKS",
@@ -123,10 +125,6 @@ def sentinel_probe_url(broker_url: str, transport_options: Mapping[str, Any]) ->
     password in the first URL is the master's, ``sentinel_kwargs``'s the
     sentinels' own. None when it cannot be built (no ``master_name``).
     """
-    from urllib.parse import unquote, urlsplit
-
-    from ._sentinel import DEFAULT_SENTINEL_PORT, sentinel_url
-
     master_name = transport_options.get("master_name")
     sentinel_kwargs = transport_options.get("sentinel_kwargs") or {}
     if not isinstance(master_name, str) or not isinstance(sentinel_kwargs, Mapping):

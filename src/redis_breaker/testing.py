@@ -35,6 +35,7 @@ __all__ = [
     "forced_open",
     "free_port",
     "reset_breakers",
+    "wait_until",
 ]
 
 INSTALL_HINT = (
@@ -322,6 +323,17 @@ def _real_now() -> float:
     if hasattr(time, "clock_gettime"):
         return time.clock_gettime(time.CLOCK_MONOTONIC)
     return time.monotonic()  # pragma: no cover - not Unix
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.1) -> bool:
+    """Poll ``predicate`` every ``step`` s for up to ``timeout`` s (real time, even under
+    freezegun); return its last answer."""
+    deadline = _real_now() + timeout
+    while _real_now() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
 
 
 def _pairs(reply: Any) -> dict[str, str]:

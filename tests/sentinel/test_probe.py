@@ -11,13 +11,25 @@ from redis.retry import Retry
 from redis_breaker import Breaker, BreakerConfig, State
 from redis_breaker._probe import ping_url
 from redis_breaker._sentinel import ping_sentinel
-from redis_breaker.testing import RedisSentinelCluster, capture_events, free_port
+from redis_breaker.testing import RedisSentinelCluster, RedisServer, capture_events, free_port
 
 from .conftest import wait_for
 
 
 def _direct(server_client: redis.Redis) -> None:
     server_client.ping()
+
+
+def _kill_master_under(breaker: Breaker, cluster: RedisSentinelCluster) -> RedisServer:
+    """Kill the master and fail one call to it through ``breaker``; return the dead master."""
+    old = cluster.kill_master()
+    client = old.client(retry=Retry(NoBackoff(), 0))
+    try:
+        with pytest.raises(redis.ConnectionError):
+            breaker.call(_direct, client)
+    finally:
+        client.close()
+    return old
 
 
 def test_the_probe_follows_the_master_through_a_failover(
@@ -80,13 +92,7 @@ def test_engine_steps_through_a_failover_on_a_frozen_clock(
                                                   failure_threshold=1, failure_rate=None,
                                                   reset_timeout=1.0, probe_timeout=0.5),
                           rng=lambda: 1.0)
-        old = cluster.kill_master()
-        client = old.client(retry=Retry(NoBackoff(), 0))
-        try:
-            with pytest.raises(redis.ConnectionError):
-                breaker.call(_direct, client)
-        finally:
-            client.close()
+        old = _kill_master_under(breaker, cluster)
         assert breaker.state is State.OPEN
         before = breaker.stats().retry_in_s
         assert not breaker.probe_now()
@@ -119,13 +125,7 @@ def test_the_probe_thread_alone_closes_the_breaker_on_the_new_master(
     breaker = Breaker("thread", BreakerConfig(url=cluster.url, failure_threshold=1,
                                               failure_rate=None, reset_timeout=0.05,
                                               max_reset_timeout=0.5, probe_timeout=0.5))
-    old = cluster.kill_master()
-    client = old.client(retry=Retry(NoBackoff(), 0))
-    try:
-        with pytest.raises(redis.ConnectionError):
-            breaker.call(_direct, client)
-    finally:
-        client.close()
+    old = _kill_master_under(breaker, cluster)
     assert breaker.state is State.OPEN
     cluster.wait_for_failover(old)
     wait_for(lambda: breaker.state is State.CLOSED, what="the probe to close the breaker")
