@@ -2,7 +2,7 @@
 
     python benchmarks/bench_cache.py [--quick] [--json PATH]
 
-Starts its own redis-server(s) (redis_breaker.testing.RedisServer), configures
+Starts its own redis-server(s) (the harness's RedisServer), configures
 Django in-process, and prints side-by-side tables with ratios, all measured in
 this one run:
 
@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from redis_breaker.testing import RedisServer
+from _harness import RedisServer
 
 TIMEOUT = 0.5
 
@@ -164,7 +164,6 @@ def bench_outage(server: RedisServer, kind: str, suffix: str, slow_n: int,
 
     from redis_breaker import get_breaker
     from redis_breaker.testing import reset_breakers
-
     django_cache, ignoring, wrapped = (caches["dj" + suffix], caches["dr_ignore" + suffix],
                                        caches["bc_dj" + suffix])
     for c in (django_cache, ignoring, wrapped):
@@ -232,7 +231,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ns_server: RedisServer | None = None
     blackhole_skip: str | None = None
     if not hasattr(RedisServer, "blackhole"):
-        blackhole_skip = "this redis_breaker.testing has no blackhole helper"
+        blackhole_skip = "the harness has no blackhole helper"
     else:
         ok, why = RedisServer.can_blackhole()
         if ok:

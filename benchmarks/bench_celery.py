@@ -135,8 +135,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", type=Path, help="write the figures to this file")
     args = parser.parse_args(argv)
 
-    from redis_breaker.testing import RedisServer
-
+    from _harness import RedisServer
     calls = 200 if args.quick else 2000
     plain_calls = 3
     cap = 15.0 if args.quick else 150.0
@@ -148,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     faults.append(("refused", local, local.stop, local.start))
     faults.append(("hung", local, local.freeze, local.thaw))
     ok, why = (RedisServer.can_blackhole() if hasattr(RedisServer, "blackhole")
-               else (False, "redis_breaker.testing has no blackhole helper"))
+               else (False, "the harness has no blackhole helper"))
     remote = None
     if ok:
         remote = RedisServer(netns=True).start()

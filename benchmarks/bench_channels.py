@@ -31,9 +31,9 @@ from channels_redis.core import RedisChannelLayer
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import percentiles, print_table, progress
+from _harness import RedisServer
 from redis_breaker import Breaker, BreakerConfig
 from redis_breaker.channels import BreakerChannelLayer
-from redis_breaker.testing import RedisServer
 
 GROUP = "bench"
 MEMBERS = 10
@@ -191,7 +191,7 @@ async def run(quick: bool) -> dict[str, Any]:
         report["delivery"] = await rates(server, timeout, 500 if quick else 5_000)
 
     can, why = RedisServer.can_blackhole() if hasattr(RedisServer, "blackhole") else (
-        False, "this redis_breaker.testing has no blackhole helper")
+        False, "the harness has no blackhole helper")
     if can:
         progress("outage: blackhole")
         with RedisServer(netns=True) as server:

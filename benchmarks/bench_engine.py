@@ -27,8 +27,8 @@ from redis.retry import Retry
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import median_ns_per_call, print_table, progress
+from _harness import RedisServer, free_port
 from redis_breaker import Breaker, BreakerConfig, BreakerOpenError
-from redis_breaker.testing import RedisServer, free_port
 
 SOCKET_TIMEOUT = 0.5
 

@@ -33,7 +33,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from redis_breaker.testing import RedisServer, wait_until  # noqa: E402
+from _harness import RedisServer, wait_until  # noqa: E402
 
 FAULTS = ("refused", "hung", "blackhole")
 PHASES = ("healthy", "outage", "recovery")

@@ -27,8 +27,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from _harness import RedisServer, wait_until  # noqa: E402
 from drill import LoopThread, Run, async_worker, start_worker, sync_worker  # noqa: E402
-from redis_breaker.testing import RedisServer, wait_until  # noqa: E402
 
 SAMPLE_EVERY = 5.0
 DISTINCT_KEYS = 200  # drill_app.contestants writes user:0 .. user:199

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from redis_breaker import _registry
-from redis_breaker.testing import RedisNotInstalled, RedisServer
+from tests.harness import RedisNotInstalled, RedisServer
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-from redis_breaker.testing import RedisServer, free_port
+from tests.harness import RedisServer, free_port
 
 
 def run_python(code: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:

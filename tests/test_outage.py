@@ -11,7 +11,8 @@ import pytest
 import redis
 
 from redis_breaker import Breaker, BreakerConfig, BreakerOpenError, State
-from redis_breaker.testing import RedisServer, capture_events
+from redis_breaker.testing import capture_events
+from tests.harness import RedisServer
 
 SOCKET_TIMEOUT = 0.5
 

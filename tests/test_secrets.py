@@ -32,7 +32,8 @@ from redis_breaker.health import check_redis_health, get_redis_status
 from redis_breaker.models import OutboxMessage
 from redis_breaker.outbox import drain
 from redis_breaker.prometheus import BreakerCollector
-from redis_breaker.testing import RedisServer, capture_events
+from redis_breaker.testing import capture_events
+from tests.harness import RedisServer
 
 from .cache.conftest import caches_for, primary_entry, wait_for
 
@@ -115,7 +116,7 @@ def celery_app(locked: RedisServer) -> Iterator[Celery]:
 
 
 def _join_relays() -> None:
-    from redis_breaker import outbox
+    from redis_breaker.celery import outbox
 
     for relay in list(outbox._relays.values()):
         thread = relay._thread

@@ -54,7 +54,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from redis_breaker.testing import RedisServer, free_port, wait_until
+from tests.harness import RedisServer, free_port, wait_until
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 SOCKET_TIMEOUT = 0.5  # benchmarks/drill_app/settings.py: every client of the drill's Redis

@@ -8,6 +8,7 @@ in order, by whichever thread gets there first.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import inspect
 import itertools
@@ -34,7 +35,14 @@ from ._redact import describe_error, redact
 from ._state import State, StateChange, Stats
 from ._window import Window, count_value
 
-__all__ = ["Breaker", "Listener", "Totals", "add_global_listener", "remove_global_listener"]
+__all__ = [
+    "TRIAL_WAIT_S",
+    "Breaker",
+    "Listener",
+    "Totals",
+    "add_global_listener",
+    "remove_global_listener",
+]
 
 T = TypeVar("T")
 Listener = Callable[[StateChange], object]
@@ -46,6 +54,8 @@ _BLOCKS: contextvars.ContextVar[tuple[tuple[Breaker, int, float], ...]] = contex
     "redis_breaker_blocks", default=()
 )
 _FALLBACK_WARN_EVERY = 60.0
+#: How often recovery work looks again for a half-open trial slot taken by another caller.
+TRIAL_WAIT_S = 0.02
 # Listeners of every breaker (the Django signal, metrics).
 _GLOBAL_LISTENERS: list[GlobalListener] = []
 _CLOSED, _OPEN, _DISABLED, _FORCED_OPEN = State.CLOSED, State.OPEN, State.DISABLED, State.FORCED_OPEN
@@ -740,6 +750,38 @@ class Breaker:
             return fallen
         self._on_success(ticket, started)
         return result
+
+    def call_as_trial(self, fn: Callable[..., T], /, *args: Any, deadline: float | None = None,
+                      **kwargs: Any) -> T:
+        """Like ``call``, but wait for a half-open trial slot instead of being rejected.
+
+        Recovery work (the journal replay, the outbox relay) runs while the
+        breaker is half-open, where every trial slot may be taken by another
+        caller: it tries again every ``TRIAL_WAIT_S`` until ``deadline``
+        (``time.monotonic()``). Raises ``BreakerOpenError`` at once when the
+        breaker is open, and once the deadline has passed.
+        """
+        while True:
+            try:
+                return self.call(fn, *args, **kwargs)
+            except BreakerOpenError:
+                if not self._waits_for_trial(deadline):
+                    raise
+            time.sleep(TRIAL_WAIT_S)
+
+    async def acall_as_trial(self, fn: Callable[..., Awaitable[T]], /, *args: Any,
+                             deadline: float | None = None, **kwargs: Any) -> T:
+        """Async form of ``call_as_trial``."""
+        while True:
+            try:
+                return await self.acall(fn, *args, **kwargs)
+            except BreakerOpenError:
+                if not self._waits_for_trial(deadline):
+                    raise
+            await asyncio.sleep(TRIAL_WAIT_S)
+
+    def _waits_for_trial(self, deadline: float | None) -> bool:
+        return self._state is State.HALF_OPEN and (deadline is None or time.monotonic() < deadline)
 
     def __enter__(self) -> Breaker:
         ticket = self._admit()

@@ -28,7 +28,7 @@ class RedisBreakerConfig(AppConfig):
         setting_changed.connect(_on_setting_changed, dispatch_uid="redis_breaker_settings")
         add_global_listener(send_state_changed)
         try:
-            from ._worker_relay import connect
+            from .celery.worker_relay import connect
         except ImportError:  # Celery is not installed
             pass
         else:

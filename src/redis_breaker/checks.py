@@ -36,7 +36,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, register
 from django.core.checks import Warning as CheckWarning
 from django.utils.module_loading import import_string
@@ -164,7 +163,7 @@ def _suggest(key: Any, valid: Iterable[str]) -> str:
 @register(Tags.caches)
 def check_caches(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """Every ``BreakerCache`` in ``CACHES``: its OPTIONS and the primary it protects."""
-    caches = getattr(settings, "CACHES", None)
+    caches = conf.CACHES
     if not isinstance(caches, Mapping):
         return []
     found: list[CheckMessage] = []
@@ -243,7 +242,7 @@ def _check_primary(alias: str, entry: Mapping[str, Any]) -> list[CheckMessage]:
     django_redis = _is_subclass(entry.get("BACKEND"), (_DJANGO_REDIS,))
     if django_redis:
         ignoring = options.get("IGNORE_EXCEPTIONS",
-                               getattr(settings, "DJANGO_REDIS_IGNORE_EXCEPTIONS", False))
+                               conf.DJANGO_REDIS_IGNORE_EXCEPTIONS)
         if ignoring:
             source = (f'{where}["IGNORE_EXCEPTIONS"]' if "IGNORE_EXCEPTIONS" in options
                       else "DJANGO_REDIS_IGNORE_EXCEPTIONS")
@@ -290,7 +289,7 @@ _SENTINEL_URL_EXAMPLE = "redis+sentinel://127.0.0.1:26379,127.0.0.1:26380/mymast
 def _check_sentinel_primary(alias: str, options: Mapping[str, Any], primary: str,
                             entry: Mapping[str, Any]) -> list[CheckMessage]:
     """A Sentinel primary whose sentinels the probe cannot be pointed at (E018)."""
-    from .cache import sentinel_location, uses_sentinel
+    from .cache.backend import sentinel_location, uses_sentinel
 
     name = options.get("BREAKER", "default")
     if not uses_sentinel(entry) or sentinel_location(entry) or _breaker_has_url(name):
@@ -339,7 +338,7 @@ def _check_fallback(alias: str, options: Mapping[str, Any], primary: str | None,
 @register()
 def check_channel_layers(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """Every ``BreakerChannelLayer`` in ``CHANNEL_LAYERS``: its breaker and hosts."""
-    layers = getattr(settings, "CHANNEL_LAYERS", None)
+    layers = conf.CHANNEL_LAYERS
     if not isinstance(layers, Mapping):
         return []
     found: list[CheckMessage] = []
@@ -385,7 +384,7 @@ def _check_layer(alias: str, entry: Mapping[str, Any]) -> list[CheckMessage]:
 
 def _check_sentinel_host(alias: str, breaker: Any, host: Any) -> list[CheckMessage]:
     """A Sentinel first host whose sentinels the probe cannot be pointed at (E022)."""
-    from ._channels_redis import sentinel_probe_url
+    from .channels.remote import sentinel_probe_url
 
     if not isinstance(host, Mapping) or "master_name" not in host:
         return []
@@ -442,7 +441,7 @@ def check_celery(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     except ImportError:  # Celery is not installed: the settings mean nothing
         return []
     found: list[CheckMessage] = []
-    fallback = getattr(settings, "CELERY_REDIS_BREAKER_FALLBACK", None)
+    fallback = conf.CELERY_REDIS_BREAKER_FALLBACK
     if fallback is not None and fallback not in FALLBACKS:
         found.append(Error(
             f"CELERY_REDIS_BREAKER_FALLBACK is {_shown(fallback)}, not a fallback policy.",
@@ -450,7 +449,7 @@ def check_celery(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
                  f"{', '.join(repr(f) for f in FALLBACKS)} (default 'outbox').",
             id="redis_breaker.E030",
         ))
-    name = getattr(settings, "CELERY_REDIS_BREAKER_NAME", None)
+    name = conf.CELERY_REDIS_BREAKER_NAME
     if name is not None and not isinstance(name, str):
         found.append(Error(
             f"CELERY_REDIS_BREAKER_NAME is {_shown(name)}, not a breaker name.",
@@ -458,7 +457,7 @@ def check_celery(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
                  '"default", a key of REDIS_BREAKERS).',
             id="redis_breaker.E031",
         ))
-    timeout = getattr(settings, "CELERY_REDIS_BREAKER_TIMEOUT", None)
+    timeout = conf.CELERY_REDIS_BREAKER_TIMEOUT
     if timeout is not None and (not isinstance(timeout, (int, float))
                                 or isinstance(timeout, bool) or timeout <= 0):
         found.append(Error(
@@ -467,7 +466,7 @@ def check_celery(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
                  "(greater than 0; default 1.0), or remove it.",
             id="redis_breaker.E032",
         ))
-    interval = getattr(settings, "CELERY_REDIS_BREAKER_RELAY_INTERVAL", None)
+    interval = conf.CELERY_REDIS_BREAKER_RELAY_INTERVAL
     if interval is not None and (not isinstance(interval, (int, float))
                                  or isinstance(interval, bool) or interval < 0):
         found.append(Error(

@@ -50,7 +50,7 @@ def check_redis_health(breaker: str = "default", timeout: float = 0.2) -> bool:
 def outbox_status() -> dict[str, Any] | None:
     """The Celery outbox's counts when the outbox is installed and its table exists."""
     try:
-        from .outbox import outbox_status as status  # type: ignore[import-not-found,unused-ignore]
+        from .celery.outbox import outbox_status as status  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         return None
     from django.db import DatabaseError

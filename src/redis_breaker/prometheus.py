@@ -45,7 +45,7 @@ def _every_breaker() -> list[Breaker]:
 
 def _outbox_counts() -> dict[str, int] | None:
     try:
-        from .outbox import outbox_status
+        from .celery.outbox import outbox_status
     except ImportError:
         return None
     try:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hmac
 
-from django.conf import settings
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from ._registry import all_breakers
+from .conf import conf
 from .health import get_redis_status
 
 __all__ = ["status"]
@@ -24,7 +24,7 @@ def _may_see_details(request: HttpRequest) -> bool:
     user = getattr(request, "user", None)
     if user is not None and getattr(user, "is_staff", False) and user.is_active:
         return True
-    token = getattr(settings, "REDIS_BREAKER_STATUS_TOKEN", None)
+    token = conf.REDIS_BREAKER_STATUS_TOKEN
     if not token:
         return False
     given = request.headers.get("X-Redis-Breaker-Token", "")

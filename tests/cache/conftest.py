@@ -12,7 +12,7 @@ from django.core.cache import caches
 
 from redis_breaker import Breaker, get_breaker
 from redis_breaker.cache import BreakerCache
-from redis_breaker.testing import RedisServer
+from tests.harness import RedisServer
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 

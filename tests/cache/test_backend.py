@@ -9,7 +9,8 @@ from django.core.cache import caches
 
 from redis_breaker import Breaker
 from redis_breaker.cache import BreakerCache
-from redis_breaker.testing import RedisServer, capture_events, forced_open
+from redis_breaker.testing import capture_events, forced_open
+from tests.harness import RedisServer
 
 from .conftest import caches_for, primary_entry, recovered, wait_for
 

@@ -8,7 +8,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
-from redis_breaker.testing import RedisServer
+from tests.harness import RedisServer
 
 from . import urls
 from .conftest import TEMPLATES_DIR, caches_for

@@ -14,7 +14,8 @@ from django.test import Client
 
 from redis_breaker import get_breaker
 from redis_breaker.health import check_redis_health, get_redis_status
-from redis_breaker.testing import RedisServer, forced_open
+from redis_breaker.testing import forced_open
+from tests.harness import RedisServer
 
 from .conftest import caches_for
 

@@ -12,7 +12,8 @@ from freezegun import freeze_time
 
 from redis_breaker import Breaker, State
 from redis_breaker.cache import BreakerCache
-from redis_breaker.testing import RedisServer, capture_events, forced_open
+from redis_breaker.testing import capture_events, forced_open
+from tests.harness import RedisServer
 
 from .conftest import caches_for, recovered, wait_for
 
@@ -165,8 +166,7 @@ def test_reads_never_reach_redis_before_the_replay_succeeds(
         breaker_cache: BreakerCache, breaker: Breaker, redis_server: RedisServer) -> None:
     """Redis demoted to a read-only replica: reads work, the replay's DEL fails, and
     journaled keys keep coming from the fallback, never from Redis's stale copy."""
-    from redis_breaker.testing import free_port
-
+    from tests.harness import free_port
     cache = breaker_cache
     cache.set_many({"k": "v1", "same": "s"})
     client = redis_server.client()

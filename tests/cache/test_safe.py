@@ -6,7 +6,8 @@ from typing import Any
 
 from redis_breaker import get_breaker
 from redis_breaker.shortcuts import safe_cache_delete, safe_cache_get, safe_cache_set
-from redis_breaker.testing import RedisServer, capture_events
+from redis_breaker.testing import capture_events
+from tests.harness import RedisServer
 
 from .conftest import caches_for, primary_entry, wait_for
 

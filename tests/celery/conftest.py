@@ -17,9 +17,8 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from redis_breaker import outbox
-from redis_breaker.celery import BreakerTask
-from redis_breaker.testing import RedisServer
+from redis_breaker.celery import BreakerTask, outbox
+from tests.harness import RedisServer
 
 
 def queued(server: RedisServer, queue: str = "celery") -> list[dict[str, Any]]:

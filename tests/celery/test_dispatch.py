@@ -15,7 +15,8 @@ from redis_breaker import BreakerOpenError, State, get_breaker
 from redis_breaker.celery import BreakerTask, bounded_transport_options, execute_task_sync
 from redis_breaker.models import OutboxMessage
 from redis_breaker.outbox import OutboxSerializationError
-from redis_breaker.testing import RedisServer, capture_events, forced_open
+from redis_breaker.testing import capture_events, forced_open
+from tests.harness import RedisServer
 
 from .conftest import queued, wait_for
 

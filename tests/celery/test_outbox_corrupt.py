@@ -15,7 +15,8 @@ from django.db import connection
 
 from redis_breaker.models import OutboxMessage
 from redis_breaker.outbox import drain, outbox_status, write_message
-from redis_breaker.testing import RedisServer, capture_events
+from redis_breaker.testing import capture_events
+from tests.harness import RedisServer
 
 from .conftest import queued
 

@@ -12,7 +12,8 @@ from celery import Celery
 from redis_breaker import State, get_breaker
 from redis_breaker.models import OutboxMessage
 from redis_breaker.outbox import drain, outbox_status, write_message
-from redis_breaker.testing import RedisServer, capture_events, forced_open
+from redis_breaker.testing import capture_events, forced_open
+from tests.harness import RedisServer
 
 from .conftest import join_relays, queued, wait_for
 

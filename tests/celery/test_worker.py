@@ -10,7 +10,7 @@ import pytest
 
 from redis_breaker import State, get_breaker
 from redis_breaker.models import OutboxMessage
-from redis_breaker.testing import RedisServer
+from tests.harness import RedisServer
 
 from .conftest import celery_worker, join_relays, wait_for
 

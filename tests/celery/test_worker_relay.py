@@ -8,9 +8,10 @@ import pytest
 from celery import Celery
 from django.db import connection
 
-from redis_breaker import _worker_relay, get_breaker
+from redis_breaker import get_breaker
+from redis_breaker.celery import worker_relay as _worker_relay
 from redis_breaker.models import OutboxMessage
-from redis_breaker.testing import RedisServer
+from tests.harness import RedisServer
 
 from .conftest import celery_worker, join_relays, wait_for
 
@@ -85,7 +86,6 @@ def test_failing_pass_is_logged_once_and_retried(redis_server: RedisServer) -> N
     """A relay pass that fails (the outbox table missing) logs one error per distinct cause
     and keeps going; once the cause is gone the next pass works."""
     from redis_breaker.testing import capture_events
-
     app = Celery("rb-relay-fail", broker=redis_server.url, set_as_current=False)
     relay = _worker_relay.WorkerRelay(app, interval=0.01)
     with connection.cursor() as cursor:

@@ -10,7 +10,7 @@ from channels.layers import channel_layers
 
 from redis_breaker import Breaker, BreakerConfig
 from redis_breaker.channels import BreakerChannelLayer
-from redis_breaker.testing import RedisServer
+from tests.harness import RedisServer
 
 # Short timeouts so that a hung (SIGSTOP) Redis is found in well under a second.
 SOCKET_TIMEOUT = 0.5

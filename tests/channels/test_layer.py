@@ -13,7 +13,8 @@ from freezegun import freeze_time
 
 from redis_breaker import Breaker, BreakerOpenError
 from redis_breaker.channels import BreakerChannelLayer
-from redis_breaker.testing import RedisServer, capture_events
+from redis_breaker.testing import capture_events
+from tests.harness import RedisServer
 
 from .conftest import fast_breaker, hosts
 

@@ -9,9 +9,9 @@ import pytest
 import redis.exceptions as rex
 from channels_redis.core import RedisChannelLayer
 
-from redis_breaker._channels_redis import read_timeout
 from redis_breaker.channels import BreakerChannelLayer
-from redis_breaker.testing import RedisServer
+from redis_breaker.channels.remote import read_timeout
+from tests.harness import RedisServer
 
 from .conftest import fast_breaker, hosts
 

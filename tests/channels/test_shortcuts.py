@@ -11,7 +11,7 @@ from django.test import override_settings
 
 from redis_breaker import get_breaker
 from redis_breaker.shortcuts import async_safe_group_send, safe_group_send
-from redis_breaker.testing import RedisServer
+from tests.harness import RedisServer
 
 from .conftest import hosts
 

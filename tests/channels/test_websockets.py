@@ -10,7 +10,7 @@ import pytest
 from channels.testing import WebsocketCommunicator
 
 from redis_breaker import State
-from redis_breaker.testing import RedisServer
+from tests.harness import RedisServer
 
 from .conftest import Process
 from .consumers import ROOM, app_for

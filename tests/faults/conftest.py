@@ -35,12 +35,13 @@ from channels.layers import get_channel_layer
 from django.core.cache import caches
 from freezegun import freeze_time
 
-from redis_breaker import Breaker, State, _cache_journal, get_breaker, outbox
+from redis_breaker import Breaker, State, get_breaker
 from redis_breaker.cache import BreakerCache
-from redis_breaker.celery import BreakerTask
+from redis_breaker.cache import journal as _cache_journal
+from redis_breaker.celery import BreakerTask, outbox
 from redis_breaker.channels import BreakerChannelLayer
 from redis_breaker.models import OutboxMessage
-from redis_breaker.testing import RedisNotInstalled, RedisServer
+from tests.harness import RedisNotInstalled, RedisServer
 
 T = TypeVar("T")
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from redis_breaker.testing import RedisServer
+from tests.harness import RedisServer
 
 from .conftest import Stack, build_stack, new_server
 

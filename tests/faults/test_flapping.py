@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from redis_breaker import State
-from redis_breaker.testing import RedisServer
+from tests.harness import RedisServer
 
 from .conftest import GROUP, TASK, Stack, build_stack, frozen_clock, queued_ids
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import redis
 
-from redis_breaker.testing import RedisServer
+from tests.harness import RedisServer
 
 from .conftest import Stack, build_stack, running_server, wait_for
 

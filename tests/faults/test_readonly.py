@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from redis_breaker.testing import RedisServer
+from tests.harness import RedisServer
 
 from .conftest import STALE_KEY, Stack, running_server, wait_for
 

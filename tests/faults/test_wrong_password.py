@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from redis_breaker.testing import RedisServer, capture_events
+from redis_breaker.testing import capture_events
+from tests.harness import RedisServer
 
 from .conftest import TASK, Stack, build_stack, running_server
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from redis_breaker.testing import RedisNotInstalled, RedisSentinelCluster
+from tests.harness import RedisNotInstalled, RedisSentinelCluster
 
 #: Fast breakers: probe every 50 ms up to 0.5 s, no rate tripping, so recovery
 #: follows the failover closely.

@@ -9,11 +9,11 @@ from django.core.checks import Error
 from django.test import override_settings
 
 from redis_breaker import BreakerConfig
-from redis_breaker._channels_redis import probe_url
 from redis_breaker._config import validate_settings
 from redis_breaker._sentinel import SentinelTarget, parse_sentinel_url, sentinel_url
-from redis_breaker.cache import _first_location, uses_sentinel
+from redis_breaker.cache.backend import _first_location, uses_sentinel
 from redis_breaker.celery import sentinel_probe_url
+from redis_breaker.channels.remote import probe_url
 from redis_breaker.checks import check_breakers, check_caches, check_channel_layers
 
 SECRET = "s3cr3t-pw"

@@ -11,7 +11,7 @@ import time
 from redis_breaker import Breaker, BreakerConfig
 from redis_breaker._sentinel import ping_sentinel, resolve_master
 from redis_breaker.channels import BreakerChannelLayer
-from redis_breaker.testing import RedisSentinelCluster
+from tests.harness import RedisSentinelCluster
 
 from .conftest import SOCKET_TIMEOUT
 

@@ -28,7 +28,8 @@ from redis_breaker._sentinel import parse_sentinel_url
 from redis_breaker.cache import BreakerCache
 from redis_breaker.celery import BreakerTask
 from redis_breaker.channels import BreakerChannelLayer
-from redis_breaker.testing import RedisSentinelCluster, RedisServer, capture_events
+from redis_breaker.testing import capture_events
+from tests.harness import RedisSentinelCluster, RedisServer
 
 from .conftest import FAST, SOCKET_TIMEOUT, wait_for
 
@@ -232,7 +233,7 @@ def sentinel_celery(settings: Any, sentinel_cluster: RedisSentinelCluster) -> It
     def add(x: int, y: int) -> int:
         return x + y
 
-    from redis_breaker import outbox
+    from redis_breaker.celery import outbox
 
     try:
         yield app

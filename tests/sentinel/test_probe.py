@@ -11,7 +11,8 @@ from redis.retry import Retry
 from redis_breaker import Breaker, BreakerConfig, State
 from redis_breaker._probe import ping_url
 from redis_breaker._sentinel import ping_sentinel
-from redis_breaker.testing import RedisSentinelCluster, RedisServer, capture_events, free_port
+from redis_breaker.testing import capture_events
+from tests.harness import RedisSentinelCluster, RedisServer, free_port
 
 from .conftest import wait_for
 

@@ -54,7 +54,7 @@ class RedisBreakerCheck(HealthCheck):  # type: ignore[misc]
 
 def _failed_outbox_rows() -> int:
     try:
-        from redis_breaker.outbox import outbox_status
+        from redis_breaker.celery.outbox import outbox_status
     except ImportError:  # Celery is not installed
         return 0
     return int(outbox_status().get("failed") or 0)

@@ -59,7 +59,7 @@ class Command(BaseCommand):
 
     def _drain(self, options: dict[str, Any]) -> None:
         try:
-            from redis_breaker.outbox import drain  # type: ignore[import-not-found,unused-ignore]
+            from redis_breaker.celery.outbox import drain  # type: ignore[import-not-found,unused-ignore]
         except ImportError as exc:
             raise CommandError(
                 "drain needs the Celery outbox (redis_breaker.outbox, Celery installed)."

@@ -23,18 +23,19 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from asgiref.sync import sync_to_async
-from django.conf import settings
 from django.core.cache import caches
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 from django.core.cache.backends.locmem import LocMemCache
 from django.core.exceptions import ImproperlyConfigured
 
-from ._breaker import Breaker
-from ._cache_journal import Journal, journal_for
-from ._registry import get_breaker
-from ._sentinel import sentinel_url
+from redis_breaker._breaker import Breaker
+from redis_breaker._registry import get_breaker
+from redis_breaker._sentinel import sentinel_url
+from redis_breaker.conf import conf
 
-__all__ = ["BreakerCache", "safe_cache_delete", "safe_cache_get", "safe_cache_set"]
+from .journal import Journal, journal_for
+
+__all__ = ["BreakerCache"]
 
 _OPTIONS = frozenset({"PRIMARY", "FALLBACK", "BREAKER", "JOURNAL_MAX_KEYS"})
 _INTEGRATION = "cache"
@@ -75,7 +76,7 @@ def uses_sentinel(entry: Mapping[str, Any]) -> bool:
         return False
     names = (options.get("CLIENT_CLASS"), options.get("CONNECTION_FACTORY"),
              options.get("CONNECTION_POOL_CLASS"),
-             getattr(settings, "DJANGO_REDIS_CONNECTION_FACTORY", None))
+             conf.DJANGO_REDIS_CONNECTION_FACTORY)
     return any(isinstance(n, str) and "sentinel" in n.lower() for n in names)
 
 
@@ -128,10 +129,10 @@ def _options_error(options: dict[str, Any]) -> str | None:
     if unknown:
         return f"BreakerCache: unknown OPTIONS {unknown}; expected some of {sorted(_OPTIONS)}."
     primary = options.get("PRIMARY")
-    if not isinstance(primary, str) or primary not in settings.CACHES:
+    if not isinstance(primary, str) or primary not in conf.CACHES:
         return f"BreakerCache: OPTIONS['PRIMARY'] must name a Redis cache in CACHES; got {primary!r}."
     fallback = options.get("FALLBACK")
-    if fallback is not None and fallback not in settings.CACHES:
+    if fallback is not None and fallback not in conf.CACHES:
         return f"BreakerCache: OPTIONS['FALLBACK'] {fallback!r} is not in CACHES."
     max_keys = options.get("JOURNAL_MAX_KEYS", 10_000)
     if not isinstance(max_keys, int) or isinstance(max_keys, bool) or max_keys < 1:
@@ -155,7 +156,7 @@ class BreakerCache(BaseCache):
         self._breaker_name = str(options.get("BREAKER", "default"))
         max_keys = options.get("JOURNAL_MAX_KEYS", 10_000)
         self._max_keys = max_keys if isinstance(max_keys, int) and max_keys >= 1 else 10_000
-        primary_entry = settings.CACHES.get(self._primary_alias, {})
+        primary_entry = conf.CACHES.get(self._primary_alias, {})
         self._probe_url = _first_location(primary_entry) if primary_entry else None
         self._fallback_timeout = params.get("TIMEOUT", primary_entry.get("TIMEOUT", 300))
         # Where the data lives: two BreakerCache aliases over the same stores share a journal.
@@ -474,5 +475,3 @@ def _fallback_incr_version(cache: BaseCache, key: Any, delta: int, version: int)
     cache.delete(key, version=version)
     return version + delta
 
-
-from ._cache_safe import safe_cache_delete, safe_cache_get, safe_cache_set  # noqa: E402

@@ -20,8 +20,8 @@ from typing import Any
 from celery import Celery, signals
 from django.db import connections
 
-from ._events import emit
-from ._redact import describe_error
+from redis_breaker._events import emit
+from redis_breaker._redact import describe_error
 
 __all__ = ["DEFAULT_INTERVAL", "WorkerRelay", "connect"]
 

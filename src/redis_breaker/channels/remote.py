@@ -52,7 +52,7 @@ try:
 except ImportError:  # channels_redis 4.0
     _upstream_create_pool = None
 
-from ._sentinel import aclose_sentinel, sentinel_url
+from redis_breaker._sentinel import aclose_sentinel, sentinel_url
 
 __all__ = ["RedisLayer", "close_with_loop", "probe_url", "sentinel_probe_url"]
 

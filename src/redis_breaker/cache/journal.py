@@ -28,15 +28,15 @@ import weakref
 from collections.abc import Callable, Hashable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._errors import BreakerOpenError
-from ._events import emit
-from ._redact import describe_error
-from ._state import State, StateChange
+from redis_breaker._errors import BreakerOpenError
+from redis_breaker._events import emit
+from redis_breaker._redact import describe_error
+from redis_breaker._state import State, StateChange
 
 if TYPE_CHECKING:
     from django.core.cache.backends.base import BaseCache
 
-    from ._breaker import Breaker
+    from redis_breaker._breaker import Breaker
 
 __all__ = ["Journal", "journal_for"]
 

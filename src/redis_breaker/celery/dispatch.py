@@ -23,9 +23,9 @@ from celery import Celery, Task
 from celery.result import AsyncResult, EagerResult
 from kombu.pools import ProducerPool
 
-from ._breaker import Breaker
-from ._registry import get_breaker
-from ._sentinel import DEFAULT_SENTINEL_PORT, sentinel_url
+from redis_breaker._breaker import Breaker
+from redis_breaker._registry import get_breaker
+from redis_breaker._sentinel import DEFAULT_SENTINEL_PORT, sentinel_url
 
 __all__ = [
     "FALLBACKS",

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
 from django.core.cache import caches
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 
-from ._breaker import Breaker
-from ._cache_journal import Journal, journal_for
-from ._registry import get_breaker
+from redis_breaker._breaker import Breaker
+from redis_breaker._registry import get_breaker
+from redis_breaker.conf import conf
+
+from .backend import BreakerCache, _first_location
+from .journal import Journal, journal_for
 
 __all__ = ["safe_cache_delete", "safe_cache_get", "safe_cache_set"]
 
@@ -25,13 +27,11 @@ _MAX_KEYS = 10_000
 
 
 def _resolve(alias: str, breaker: str) -> tuple[BaseCache, Breaker | None, Journal | None]:
-    from .cache import BreakerCache, _first_location
-
     cache = caches[alias]
     if isinstance(cache, BreakerCache):
         return cache, None, None
     b = get_breaker(breaker)
-    entry = settings.CACHES.get(alias, {})
+    entry = conf.CACHES.get(alias, {})
     b.adopt_url(_first_location(entry))
     journal = journal_for(b, ("safe_cache", alias, repr(sorted(entry.items()))), alias, None,
                           lambda: caches.create_connection(alias), _MAX_KEYS)

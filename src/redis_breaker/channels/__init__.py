@@ -1,0 +1,12 @@
+"""Django Channels through the breaker: ``BreakerChannelLayer`` and ``safe_group_send``.
+
+``layer`` is the channel layer, ``remote`` its Redis side (channels_redis),
+``local`` its in-process side, ``safe`` the helpers for code outside consumers.
+"""
+
+from __future__ import annotations
+
+from .layer import BreakerChannelLayer
+from .safe import async_safe_group_send, safe_group_send
+
+__all__ = ["BreakerChannelLayer", "async_safe_group_send", "safe_group_send"]
