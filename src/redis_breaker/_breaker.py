@@ -11,29 +11,29 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
-import itertools
 import logging
 import os
 import random
 import threading
 import time
 import weakref
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, TypeVar
 
 import pybreaker
 
 from ._classify import is_failure, is_misconfiguration
 from ._config import BreakerConfig
+from ._counter import Counter
 from ._errors import BreakerOpenError
 from ._events import emit
+from ._ledger import FALLBACK_WARN_EVERY, FallbackLedger
 from ._probe import Probe, ping_url
+from ._publish import Listener, Publisher, add_global_listener, remove_global_listener
 from ._redact import describe_error, redact
 from ._state import State, StateChange, Stats
-from ._window import Window, count_value
+from ._window import Window
 
 __all__ = [
     "TRIAL_WAIT_S",
@@ -45,43 +45,15 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-Listener = Callable[[StateChange], object]
-GlobalListener = Callable[["Breaker", StateChange], object]
 
 _ALL: weakref.WeakSet[Breaker] = weakref.WeakSet()
 # Stack of (breaker, ticket, started) for ``with breaker:`` blocks, per thread / task.
 _BLOCKS: contextvars.ContextVar[tuple[tuple[Breaker, int, float], ...]] = contextvars.ContextVar(
     "redis_breaker_blocks", default=()
 )
-_FALLBACK_WARN_EVERY = 60.0
 #: How often recovery work looks again for a half-open trial slot taken by another caller.
 TRIAL_WAIT_S = 0.02
-# Listeners of every breaker (the Django signal, metrics).
-_GLOBAL_LISTENERS: list[GlobalListener] = []
 _CLOSED, _OPEN, _DISABLED, _FORCED_OPEN = State.CLOSED, State.OPEN, State.DISABLED, State.FORCED_OPEN
-
-_PB_DRIVE = {
-    State.OPEN: "open",
-    State.FORCED_OPEN: "open",
-    State.HALF_OPEN: "half_open",
-    State.CLOSED: "close",
-    State.DISABLED: "close",
-}
-_LEVEL = {
-    State.OPEN: logging.ERROR,
-    State.FORCED_OPEN: logging.ERROR,
-    State.HALF_OPEN: logging.INFO,
-    State.CLOSED: logging.INFO,
-    State.DISABLED: logging.WARNING,
-}
-
-
-@dataclass(frozen=True, slots=True)
-class _Summary:
-    """Fallback use per integration over one outage, logged once when it ends."""
-
-    counts: tuple[tuple[str, int], ...]
-    open_for_s: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,8 +99,7 @@ class Breaker:
         self._random = rng or random.random
         self._probe_fn = probe
         self._adopted_url: str | None = None
-        self._listeners: list[Listener] = []
-        self._pb = pybreaker.CircuitBreaker(name=name)
+        self._events = Publisher(name)
         self._init_runtime()
         self._state = State.CLOSED
         self._generation = 0
@@ -141,16 +112,12 @@ class Breaker:
         self._open_until = 0.0
         self._backoff_step = 0
         self._left_closed_at: float | None = None
-        # itertools.count: next() is atomic in CPython, so the hot paths need no lock.
-        self._rejected = itertools.count()
-        self._successes = itertools.count()
+        # Stepped without a lock on the hot paths; read under the lock.
+        self._rejected = Counter()
+        self._successes = Counter()
         self._failures_total = 0
-        # Fallback calls per integration in the current outage; folded into
-        # ``_fallback_done`` when the outage ends (for the summary and the totals).
-        self._fallback_by: dict[str, itertools.count[int]] = {}
-        self._fallback_done: dict[str, int] = {}
+        self._ledger = FallbackLedger()
         self._transitions: dict[tuple[str, str], int] = {}
-        self._fallback_warned: dict[str, float] = {}
         self._last_error: str | None = None
         self._last_change: StateChange | None = None
         self._misconfig_logged_at = float("-inf")
@@ -159,8 +126,7 @@ class Breaker:
     def _init_runtime(self) -> None:
         """Locks, queues and threads: everything that must be fresh after ``fork``."""
         self._lock = threading.Lock()
-        self._publish_lock = threading.Lock()
-        self._pending: deque[StateChange | _Summary] = deque()
+        self._events.init_runtime()
         self._probe: Probe | None = None
         #: True while a probe thread is running: rejections then need no lock.
         self._probe_running = False
@@ -195,21 +161,15 @@ class Breaker:
 
     def add_listener(self, listener: Listener | pybreaker.CircuitBreakerListener) -> None:
         """Call ``listener(StateChange)`` on every transition; pybreaker listeners work too."""
-        if isinstance(listener, pybreaker.CircuitBreakerListener):
-            self._pb.add_listener(listener)
-        else:
-            self._listeners.append(listener)
+        self._events.add_listener(listener)
 
     def remove_listener(self, listener: Listener | pybreaker.CircuitBreakerListener) -> None:
-        if isinstance(listener, pybreaker.CircuitBreakerListener):
-            self._pb.remove_listener(listener)
-        else:
-            self._listeners.remove(listener)
+        self._events.remove_listener(listener)
 
     @property
     def pybreaker(self) -> pybreaker.CircuitBreaker:
         """The ``pybreaker.CircuitBreaker`` this engine drives (state holder, event bus)."""
-        return self._pb
+        return self._events.pybreaker
 
     # ------------------------------------------------------------------ state
     def _now(self) -> float:
@@ -263,8 +223,8 @@ class Breaker:
                 consecutive_failures=self._consecutive,
                 window_calls=calls,
                 window_failures=failures,
-                rejected=count_value(self._rejected),
-                fallback_calls=self._fallback_total(),
+                rejected=self._rejected.value,
+                fallback_calls=self._ledger.current_total(),
                 last_error=self._last_error,
                 retry_in_s=retry_in,
                 url=redact(self.url) if self.url else None,
@@ -273,21 +233,18 @@ class Breaker:
     # -------------------------------------------------------------- admission
     def _admit(self) -> int:
         """Return a ticket, or raise ``BreakerOpenError`` without touching Redis."""
-        state = self._state
-        if state is _CLOSED or state is _DISABLED:
-            return self._generation << 1
         ticket = self._try_admit()
         if ticket < 0:
             raise self._rejection()
         return ticket
 
     def _try_admit(self) -> int:
-        """Like ``_admit`` but returns -1 instead of raising."""
+        """A ticket, or -1 when the call is rejected. Closed: one attribute read, no lock."""
         state = self._state
         if state is _CLOSED or state is _DISABLED:
             return self._generation << 1
         if state is _FORCED_OPEN or (state is _OPEN and self._probe_running):
-            next(self._rejected)
+            self._rejected.step()
             return -1
         return self._admit_slow()
 
@@ -300,10 +257,10 @@ class Breaker:
                 now = self._now()
                 if self._probing():
                     self._start_probe()
-                    next(self._rejected)
+                    self._rejected.step()
                     return -1
                 if now < self._open_until:
-                    next(self._rejected)
+                    self._rejected.step()
                     return -1
                 self._transition(State.HALF_OPEN, "open interval elapsed", now)
                 state = State.HALF_OPEN
@@ -311,9 +268,9 @@ class Breaker:
                 self._trials += 1
                 ticket = (self._generation << 1) | 1
             else:
-                next(self._rejected)
+                self._rejected.step()
                 ticket = -1
-        if self._pending:
+        if self._events.pending:
             self._publish()
         return ticket
 
@@ -329,14 +286,24 @@ class Breaker:
     # --------------------------------------------------------------- outcomes
     def _on_success(self, ticket: int, started: float) -> None:
         threshold = self._slow_threshold
-        if threshold is not None:
+        if threshold is None:
+            window = self._window
+            if ticket == self._generation << 1 and started < window.bucket_end:
+                # A normal call while closed, in the window's live bucket: record it
+                # without the lock (each step is atomic), as ``call`` does inline.
+                window.current.step()
+                self._successes.step()
+                if self._consecutive:
+                    self._consecutive = 0
+                return
+        else:
             now = self._now()
             if now - started >= threshold:
                 self._on_failure(ticket, SlowCallError(
                     f"call took {now - started:.3f}s (slow-call threshold {threshold:g}s)"
                 ))
                 return
-        next(self._successes)
+        self._successes.step()
         with self._lock:
             if ticket >> 1 != self._generation:
                 return
@@ -350,7 +317,7 @@ class Breaker:
             else:
                 self._consecutive = 0
                 self._window.success(started)
-        if self._pending:
+        if self._events.pending:
             self._publish()
 
     def _on_error(self, ticket: int, started: float, exc: BaseException) -> bool:
@@ -372,7 +339,7 @@ class Breaker:
             self._last_error = error
             self._failures_total += 1
             now = self._now()
-            if misconfigured and now - self._misconfig_logged_at >= _FALLBACK_WARN_EVERY:
+            if misconfigured and now - self._misconfig_logged_at >= FALLBACK_WARN_EVERY:
                 self._misconfig_logged_at = now
                 loud = True
             if ticket >> 1 == self._generation:
@@ -394,7 +361,7 @@ class Breaker:
             emit(logging.ERROR, "redis_misconfigured", breaker=self.name, error=error,
                  hint="Redis refused the credentials: check the password (or ACL user) in "
                       "the URL or client options. Fallbacks serve until it is fixed.")
-        if self._pending:
+        if self._events.pending:
             self._publish()
 
     def _trip_reason(self, now: float) -> str | None:
@@ -430,7 +397,7 @@ class Breaker:
             self._open_until = now + self._backoff(self._backoff_step)
         if previous in (State.CLOSED, State.DISABLED) and to not in (State.CLOSED, State.DISABLED):
             self._left_closed_at = now
-            self._fold_fallbacks()
+            self._ledger.start_outage()
         if to is State.HALF_OPEN:
             self._trials = 0
             self._trial_successes = 0
@@ -442,7 +409,6 @@ class Breaker:
             self._consecutive = 0
             self._window.clear()
             self._backoff_step = 0
-            self._fallback_warned = {}
         change = StateChange(
             breaker=self.name,
             from_state=previous,
@@ -452,64 +418,30 @@ class Breaker:
             failures=self._consecutive,
             last_error=self._last_error,
             open_for_s=open_for,
-            fallback_calls=self._fallback_total(),
+            fallback_calls=self._ledger.current_total(),
         )
         key = (previous.value, to.value)
         self._transitions[key] = self._transitions.get(key, 0) + 1
         self._state = to
         self._since = now
         self._generation += 1
-        self._pending.append(change)
+        self._events.pending.append(change)
         self._last_change = change
         if to in (State.CLOSED, State.DISABLED):
-            summary = [(k, count_value(v)) for k, v in self._fallback_by.items()]
-            self._fold_fallbacks()
-            if summary:
-                self._pending.append(_Summary(tuple(summary), open_for))
+            summary = self._ledger.end_outage(open_for)
+            if summary is not None:
+                self._events.pending.append(summary)
 
     def _publish(self) -> None:
-        """Deliver queued transitions in order; re-entrant calls leave it to the current drainer."""
-        while self._pending:
-            if not self._publish_lock.acquire(blocking=False):
-                return
-            try:
-                while self._pending:
-                    try:
-                        change = self._pending.popleft()
-                    except IndexError:
-                        break
-                    self._deliver(change)
-            finally:
-                self._publish_lock.release()
+        """Deliver queued transitions (pybreaker, log, probe, listeners) outside the lock."""
+        self._events.publish(self, self._after_transition)
 
-    def _deliver(self, change: StateChange | _Summary) -> None:
-        if isinstance(change, _Summary):
-            for integration, count in change.counts:
-                emit(logging.INFO, "fallback_summary", breaker=self.name, integration=integration,
-                     fallback_calls=count,
-                     open_for_s=None if change.open_for_s is None else round(change.open_for_s, 3))
-            return
-        getattr(self._pb, _PB_DRIVE[change.to_state])()
-        level = _LEVEL[change.to_state]
-        emit(level, "breaker_state_changed", breaker=change.breaker,
-             from_state=change.from_state.value, to_state=change.to_state.value,
-             reason=change.reason, failures=change.failures, last_error=change.last_error,
-             open_for_s=None if change.open_for_s is None else round(change.open_for_s, 3),
-             fallback_calls=change.fallback_calls)
+    def _after_transition(self, change: StateChange) -> None:
         if change.to_state is State.OPEN:
             with self._lock:
                 self._start_probe()
         else:
             self._wake_probe()
-        listeners: list[Listener] = [*self._listeners,
-                                     *(partial(g, self) for g in _GLOBAL_LISTENERS)]
-        for listener in listeners:
-            try:
-                listener(change)
-            except Exception as exc:
-                emit(logging.ERROR, "listener_failed", breaker=self.name,
-                     listener=getattr(listener, "__qualname__", repr(listener)),
-                     error=describe_error(exc))
 
     def counts(self, exc: BaseException) -> bool:
         """True when ``exc`` is the kind of error this breaker counts (Redis unavailable)."""
@@ -518,50 +450,24 @@ class Breaker:
     # -------------------------------------------------------------- fallbacks
     def note_fallback(self, integration: str, error: BaseException | None = None) -> None:
         """Count one call served by a fallback; warn once per outage per integration."""
-        counter = self._fallback_by.get(integration)
-        if counter is not None and self._state is not _CLOSED:
-            next(counter)
+        if self._state is not _CLOSED and self._ledger.step(integration):
             return
-        now = self._now()
         with self._lock:
-            counter = self._fallback_by.get(integration)
-            if counter is None:
-                counter = self._fallback_by[integration] = itertools.count()
-            next(counter)
-            last = self._fallback_warned.get(integration)
-            # Once per outage; while closed (failures below the threshold), once a minute.
-            warn = last is None or now - last >= _FALLBACK_WARN_EVERY
-            if warn:
-                self._fallback_warned[integration] = now
+            warn = self._ledger.count(integration, self._now())
             state = self._state
         if warn:
             emit(logging.WARNING, "fallback_used", breaker=self.name, integration=integration,
                  state=state.value,
                  last_error=describe_error(error) if error is not None else self._last_error)
 
-    def _fallback_total(self) -> int:
-        """Fallback calls in the current outage."""
-        return sum(count_value(c) for c in list(self._fallback_by.values()))
-
-    def _fold_fallbacks(self) -> None:
-        """End the current outage's fallback counts; caller holds the lock."""
-        for integration, counter in self._fallback_by.items():
-            self._fallback_done[integration] = (
-                self._fallback_done.get(integration, 0) + count_value(counter)
-            )
-        self._fallback_by = {}
-
     def totals(self) -> Totals:
         """Counters since the breaker was created, for metrics (they never go down)."""
         with self._lock:
-            fallbacks = dict(self._fallback_done)
-            for integration, counter in self._fallback_by.items():
-                fallbacks[integration] = fallbacks.get(integration, 0) + count_value(counter)
             return Totals(
-                successes=count_value(self._successes),
+                successes=self._successes.value,
                 failures=self._failures_total,
-                rejected=count_value(self._rejected),
-                fallbacks=fallbacks,
+                rejected=self._rejected.value,
+                fallbacks=self._ledger.totals(),
                 transitions=dict(self._transitions),
             )
 
@@ -636,8 +542,12 @@ class Breaker:
         self._publish()
         return True
 
-    def _probe_plan(self) -> float | None:
-        """Seconds until the probe should act (0: now), or None when it should stop."""
+    def probe_plan(self) -> float | None:
+        """Seconds until the probe should act (0: now), or None when it should stop.
+
+        Called by the probe thread between steps; a None ends the thread and
+        lets the next trip start a fresh one.
+        """
         with self._lock:
             state = self._state
             if state is State.OPEN:
@@ -652,30 +562,18 @@ class Breaker:
             self._probe_running = False
             return None
 
+    def probe_ended(self, probe: Probe) -> None:
+        """The probe thread ``probe`` has stopped (called from it as it exits)."""
+        with self._lock:
+            if self._probe is probe:
+                self._probe_running = False
+
     # ------------------------------------------------------------ call paths
-    def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """Run ``fn(*args, **kwargs)`` through the breaker; raise ``BreakerOpenError`` when open."""
-        if self._state is _CLOSED:
-            # The hot path, inlined: admission is one attribute read, a success one
-            # atomic counter step (the window's current bucket), no lock.
-            ticket = self._generation << 1
-            clock = self._clock
-            started = clock() if clock is not None else time.monotonic()
-            try:
-                result = fn(*args, **kwargs)
-            except BaseException as exc:
-                self._on_error(ticket, started, exc)
-                raise
-            window = self._window
-            if self._slow_threshold is None and started < window.bucket_end:
-                next(window.current)
-                next(self._successes)
-                if self._consecutive:
-                    self._consecutive = 0
-            else:
-                self._on_success(ticket, started)
-            return result
-        ticket = self._admit()
+    # Every entry point is admit -> run -> record: ``_try_admit``/``_admit``,
+    # then ``_run``/``_arun`` (which record the outcome), and for ``with``
+    # blocks ``__enter__``/``__exit__``. Only ``call`` inlines its closed path.
+    def _run(self, ticket: int, fn: Callable[..., T], args: tuple[Any, ...],
+             kwargs: Mapping[str, Any]) -> T:
         started = self._now()
         try:
             result = fn(*args, **kwargs)
@@ -685,9 +583,8 @@ class Breaker:
         self._on_success(ticket, started)
         return result
 
-    async def acall(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
-        """``await fn(*args, **kwargs)`` through the breaker."""
-        ticket = self._admit()
+    async def _arun(self, ticket: int, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...],
+                    kwargs: Mapping[str, Any]) -> T:
         started = self._now()
         try:
             result = await fn(*args, **kwargs)
@@ -696,6 +593,34 @@ class Breaker:
             raise
         self._on_success(ticket, started)
         return result
+
+    def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(*args, **kwargs)`` through the breaker; raise ``BreakerOpenError`` when open."""
+        if self._state is not _CLOSED:
+            return self._run(self._admit(), fn, args, kwargs)
+        # The hot path, inlined: admission is one attribute read, a success one
+        # atomic counter step (the window's current bucket), no lock.
+        ticket = self._generation << 1
+        clock = self._clock
+        started = clock() if clock is not None else time.monotonic()
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            self._on_error(ticket, started, exc)
+            raise
+        window = self._window
+        if self._slow_threshold is None and started < window.bucket_end:
+            window.current.step()
+            self._successes.step()
+            if self._consecutive:
+                self._consecutive = 0
+        else:
+            self._on_success(ticket, started)
+        return result
+
+    async def acall(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
+        """``await fn(*args, **kwargs)`` through the breaker."""
+        return await self._arun(self._admit(), fn, args, kwargs)
 
     def call_with_fallback(
         self,
@@ -712,16 +637,13 @@ class Breaker:
         if ticket < 0:
             self.note_fallback(integration)
             return fallback(*args, **kwargs)
-        started = self._now()
         try:
-            result = fn(*args, **kwargs)
+            return self._run(ticket, fn, args, kwargs)
         except BaseException as exc:
-            if not self._on_error(ticket, started, exc):
+            if not self.counts(exc):
                 raise
             self.note_fallback(integration, exc)
-            return fallback(*args, **kwargs)
-        self._on_success(ticket, started)
-        return result
+        return fallback(*args, **kwargs)
 
     async def acall_with_fallback(
         self,
@@ -737,19 +659,15 @@ class Breaker:
         ticket = self._try_admit()
         if ticket < 0:
             self.note_fallback(integration)
-            fallen: T = await _maybe_await(fallback(*args, **kwargs))
-            return fallen
-        started = self._now()
-        try:
-            result = await fn(*args, **kwargs)
-        except BaseException as exc:
-            if not self._on_error(ticket, started, exc):
-                raise
-            self.note_fallback(integration, exc)
-            fallen = await _maybe_await(fallback(*args, **kwargs))
-            return fallen
-        self._on_success(ticket, started)
-        return result
+        else:
+            try:
+                return await self._arun(ticket, fn, args, kwargs)
+            except BaseException as exc:
+                if not self.counts(exc):
+                    raise
+                self.note_fallback(integration, exc)
+        fallen: T = await _maybe_await(fallback(*args, **kwargs))
+        return fallen
 
     def call_as_trial(self, fn: Callable[..., T], /, *args: Any, deadline: float | None = None,
                       **kwargs: Any) -> T:
@@ -816,17 +734,6 @@ async def _maybe_await(value: Any) -> Any:
     if inspect.isawaitable(value):
         return await value
     return value
-
-
-def add_global_listener(listener: GlobalListener) -> None:
-    """Call ``listener(breaker, StateChange)`` on every transition of every breaker."""
-    if listener not in _GLOBAL_LISTENERS:
-        _GLOBAL_LISTENERS.append(listener)
-
-
-def remove_global_listener(listener: GlobalListener) -> None:
-    if listener in _GLOBAL_LISTENERS:
-        _GLOBAL_LISTENERS.remove(listener)
 
 
 def _after_fork_in_child() -> None:

@@ -70,7 +70,7 @@ class Probe(threading.Thread):
                 breaker = self._breaker()
                 if breaker is None:
                     return
-                delay = breaker._probe_plan()
+                delay = breaker.probe_plan()
                 if delay is None:
                     return
                 if delay > 0:
@@ -85,9 +85,7 @@ class Probe(threading.Thread):
             self._stopped.set()
             breaker = self._breaker()
             if breaker is not None:
-                with breaker._lock:
-                    if breaker._probe is self:
-                        breaker._probe_running = False
+                breaker.probe_ended(self)
 
 
 @atexit.register

@@ -58,13 +58,6 @@ def get_breaker(name: str = "default") -> Breaker:
         return breaker
 
 
-def register_breaker(breaker: Breaker) -> Breaker:
-    """Make ``breaker`` the shared instance for its name (replaces any existing one)."""
-    with _lock:
-        _breakers[breaker.name] = breaker
-    return breaker
-
-
 def all_breakers() -> dict[str, Breaker]:
     """Every breaker in use, plus every one named in ``REDIS_BREAKERS``."""
     for name in configured_names():

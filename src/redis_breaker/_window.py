@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import itertools
+from ._counter import Counter
 
-__all__ = ["Window", "count_value"]
-
-
-def count_value(counter: itertools.count[int]) -> int:
-    """How many times ``next()`` was called on a counter started at 0."""
-    return int(repr(counter)[6:-1])
+__all__ = ["Window"]
 
 
 class Window:
     """Counts over the last ``length`` seconds, kept in ``buckets`` slots.
 
     Successes are the hot path: while the current bucket is live, recording one
-    is ``next(window.current)`` on an ``itertools.count`` (atomic in CPython),
-    with no lock. Everything else (rotation, failures, totals) runs under the
+    is ``window.current.step()`` (atomic in CPython), with no lock. Everything
+    else (rotation, failures, totals) runs under the
     breaker's lock.
     """
 
@@ -29,7 +24,7 @@ class Window:
         self.clear()
 
     def clear(self) -> None:
-        self._succ = [itertools.count() for _ in range(self._slots)]
+        self._succ = [Counter() for _ in range(self._slots)]
         self._fail = [0] * self._slots
         self._index = [-(2**62)] * self._slots
         self.current = self._succ[0]
@@ -41,7 +36,7 @@ class Window:
         slot = index % self._slots
         held = self._index[slot]
         if held < index:
-            self._succ[slot] = itertools.count()
+            self._succ[slot] = Counter()
             self._fail[slot] = 0
             self._index[slot] = index
         elif held > index:
@@ -53,7 +48,7 @@ class Window:
         return slot
 
     def success(self, now: float) -> None:
-        next(self.current if now < self.bucket_end else self._succ[self._rotate(now)])
+        (self.current if now < self.bucket_end else self._succ[self._rotate(now)]).step()
 
     def failure(self, now: float) -> None:
         self._fail[self._rotate(now)] += 1
@@ -65,6 +60,6 @@ class Window:
         for slot in range(self._slots):
             if 0 <= newest - self._index[slot] < self._slots:
                 failed = self._fail[slot]
-                calls += count_value(self._succ[slot]) + failed
+                calls += self._succ[slot].value + failed
                 failures += failed
         return calls, failures

@@ -10,6 +10,7 @@ from ._breaker import Breaker
 from ._errors import BreakerOpenError
 from ._probe import ping_url
 from ._registry import all_breakers, get_breaker
+from ._state import State
 
 __all__ = ["check_redis_health", "get_redis_status", "outbox_status"]
 
@@ -43,7 +44,7 @@ def check_redis_health(breaker: str = "default", timeout: float = 0.2) -> bool:
     if b.is_open:
         return False
     if b.url is None:
-        return b.state.value in ("closed", "disabled")
+        return b.state in (State.CLOSED, State.DISABLED)
     return _ping(b, timeout) is not None
 
 
@@ -93,7 +94,7 @@ def get_redis_status(timeout: float = 0.2, *, ping: bool = True) -> dict[str, An
             },
         }
     status: dict[str, Any] = {
-        "healthy": not any(v["state"] in ("open", "forced_open") for v in breakers.values()),
+        "healthy": not any(State(v["state"]).rejects for v in breakers.values()),
         "breakers": breakers,
     }
     outbox = outbox_status()

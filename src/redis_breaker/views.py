@@ -41,9 +41,9 @@ def status(request: HttpRequest) -> JsonResponse:
     if _may_see_details(request):
         body = get_redis_status()
     else:
-        states = {name: b.state.value for name, b in sorted(all_breakers().items())}
+        states = {name: b.state for name, b in sorted(all_breakers().items())}
         body = {
-            "healthy": not any(s in ("open", "forced_open") for s in states.values()),
-            "breakers": {name: {"state": s} for name, s in states.items()},
+            "healthy": not any(s.rejects for s in states.values()),
+            "breakers": {name: {"state": s.value} for name, s in states.items()},
         }
     return JsonResponse(body, status=200 if body["healthy"] else 503)
