@@ -89,6 +89,11 @@ class Publisher:
         else:
             self._listeners.remove(listener)
 
+    @property
+    def listeners(self) -> tuple[Listener, ...]:
+        """The breaker's own listeners (not pybreaker's, not the global ones)."""
+        return tuple(self._listeners)
+
     def publish(self, breaker: Breaker, after_log: Callable[[StateChange], object]) -> None:
         """Deliver what is queued, in order; ``after_log(change)`` runs before the listeners."""
         pending = self.pending

@@ -180,7 +180,7 @@ async def test_close_detaches_from_the_breaker(redis_server: RedisServer) -> Non
     await layer.send(channel, {"type": "m"})
     assert await layer.receive(channel) == {"type": "m"}
     await layer.close()
-    assert layer._listener not in breaker._listeners
+    assert layer._listener not in breaker._events.listeners
     breaker.force_open()
     breaker.reset()
 
