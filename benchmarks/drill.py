@@ -267,11 +267,15 @@ def main(argv: list[str] | None = None) -> int:
         for fault in faults:
             log(f"\n== {fault}")
             phase(fault, "healthy")
+            # Both sides of each fault action are stamped: stopping a server that
+            # saves its data takes a while, and the breaker may open before it returns.
+            began = run.now()
             inject(server, fault)
-            run.phases.append({"fault": fault, "phase": "cut", "start": run.now(), "end": run.now()})
+            run.phases.append({"fault": fault, "phase": "cut", "start": began, "end": run.now()})
             phase(fault, "outage")
+            began = run.now()
             restore(server, fault)
-            run.phases.append({"fault": fault, "phase": "restored", "start": run.now(),
+            run.phases.append({"fault": fault, "phase": "restored", "start": began,
                                "end": run.now()})
             phase(fault, "recovery")
 

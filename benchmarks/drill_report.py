@@ -23,6 +23,31 @@ def _phase(run: Any, fault: str, name: str) -> dict[str, Any]:
     return next(p for p in run.phases if p["fault"] == fault and p["phase"] == name)
 
 
+def breaker_timing(run: Any, fault: str) -> dict[str, Any]:
+    """When the breaker opened after the cut began and closed after the restore began.
+
+    Each fault action is stamped on both sides (``start`` before it, ``end``
+    after it returned): an opening while the action was still running (a
+    server saving its data on the way down) belongs to this fault. Only this
+    fault's own transitions count: an opening is looked for up to the restore,
+    a closing up to the end of the recovery phase, never in the next fault.
+    """
+    cut = _phase(run, fault, "cut")
+    back = _phase(run, fault, "restored")
+    recovery_end = _phase(run, fault, "recovery")["end"]
+    opened = next((t for t, s in run.transitions
+                   if cut["start"] <= t < back["start"] and s == "open"), None)
+    closed = next((t for t, s in run.transitions
+                   if back["start"] <= t <= recovery_end and s == "closed"), None)
+    return {
+        "fault": fault,
+        "cut_took_s": round(cut["end"] - cut["start"], 3),
+        "open_after_cut_s": None if opened is None else round(opened - cut["start"], 3),
+        "restore_took_s": round(back["end"] - back["start"], 3),
+        "closed_after_restore_s": None if closed is None else round(closed - back["start"], 3),
+    }
+
+
 def summarize(run: Any, tasks: dict[str, dict[str, int]], faults: list[str],
               skipped: dict[str, str], received: dict[str, int], blocked: list[str],
               params: dict[str, Any]) -> dict[str, Any]:
@@ -46,15 +71,7 @@ def summarize(run: Any, tasks: dict[str, dict[str, int]], faults: list[str],
                         "calls": len(values), "errors": sum(1 for _, e in values if e),
                         **{k: round(v, 4) for k, v in stats.items()},
                     })
-        cut = _phase(run, fault, "cut")["start"]
-        back = _phase(run, fault, "restored")["start"]
-        opened = next((t for t, s in run.transitions if t >= cut and s == "open"), None)
-        closed = next((t for t, s in run.transitions if t >= back and s == "closed"), None)
-        recoveries.append({
-            "fault": fault,
-            "open_after_cut_s": None if opened is None else round(opened - cut, 3),
-            "closed_after_restore_s": None if closed is None else round(closed - back, 3),
-        })
+        recoveries.append(breaker_timing(run, fault))
     return {
         "params": params,
         "skipped_faults": skipped,
@@ -76,8 +93,10 @@ def print_tables(report: dict[str, Any]) -> None:
         print_table(f"{fault} / {phase}", ["contestant", "op", "calls", "errors", "p50 ms", "p99 ms",
                                            "max ms"], rows)
     print_table("Breaker (redis-breaker's shared breaker 'drill')",
-                ["fault", "opened after cut s", "closed after Redis back s"],
-                [[r["fault"], _none(r["open_after_cut_s"]), _none(r["closed_after_restore_s"])]
+                ["fault", "cut took s", "opened after cut began s", "restore took s",
+                 "closed after restore began s"],
+                [[r["fault"], r["cut_took_s"], _none(r["open_after_cut_s"]), r["restore_took_s"],
+                  _none(r["closed_after_restore_s"])]
                  for r in report["breaker"]])
     print_table("Tasks dispatched through the whole drill", ["contestant", "dispatched", "executed",
                                                             "lost", "duplicates"],
@@ -162,10 +181,12 @@ def write_html(report: dict[str, Any], images: list[str], path: Path) -> None:
             f"<td>{html.escape(str(s[k]))}</td>" for k in (
                 "fault", "phase", "contestant", "op", "calls", "errors", "p50_ms", "p99_ms",
                 "max_ms")) + "</tr>")
-    parts.append("</table><h2>Breaker</h2><table><tr><th>fault</th><th>opened after cut (s)</th>"
-                 "<th>closed after Redis back (s)</th></tr>")
+    parts.append("</table><h2>Breaker</h2><table><tr><th>fault</th><th>cut took (s)</th>"
+                 "<th>opened after the cut began (s)</th><th>restore took (s)</th>"
+                 "<th>closed after the restore began (s)</th></tr>")
     for r in report["breaker"]:
-        parts.append(f"<tr><td>{r['fault']}</td><td>{_none(r['open_after_cut_s'])}</td>"
+        parts.append(f"<tr><td>{r['fault']}</td><td>{r['cut_took_s']}</td>"
+                     f"<td>{_none(r['open_after_cut_s'])}</td><td>{r['restore_took_s']}</td>"
                      f"<td>{_none(r['closed_after_restore_s'])}</td></tr>")
     parts.append("</table><h2>Tasks</h2><table><tr><th>contestant</th><th>dispatched</th>"
                  "<th>executed</th><th>lost</th><th>duplicates</th></tr>")
