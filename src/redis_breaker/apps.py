@@ -23,15 +23,14 @@ class RedisBreakerConfig(AppConfig):
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the system checks)
         from ._breaker import add_global_listener
+        from .health import celery_outbox
         from .signals import send_state_changed
 
         setting_changed.connect(_on_setting_changed, dispatch_uid="redis_breaker_settings")
         add_global_listener(send_state_changed)
-        try:
+        if celery_outbox() is not None:
             from .celery.worker_relay import connect
-        except ImportError:  # Celery is not installed
-            pass
-        else:
+
             connect()
         try:
             from .prometheus import register

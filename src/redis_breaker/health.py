@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
+from types import ModuleType
 from typing import Any
 
 from ._breaker import Breaker
@@ -12,7 +13,7 @@ from ._probe import ping_url
 from ._registry import all_breakers, get_breaker
 from ._state import State
 
-__all__ = ["check_redis_health", "get_redis_status", "outbox_status"]
+__all__ = ["celery_outbox", "check_redis_health", "get_redis_status", "outbox_status"]
 
 
 def _ping(b: Breaker, timeout: float) -> float | None:
@@ -48,16 +49,29 @@ def check_redis_health(breaker: str = "default", timeout: float = 0.2) -> bool:
     return _ping(b, timeout) is not None
 
 
+def celery_outbox() -> ModuleType | None:
+    """``redis_breaker.celery.outbox``, or None when Celery is not installed.
+
+    The one place that asks: the status, the metrics, the health-check plugin,
+    the management command, the system checks and the app's ``ready()`` call it
+    rather than import Celery themselves.
+    """
+    try:
+        from .celery import outbox
+    except ImportError:
+        return None
+    return outbox
+
+
 def outbox_status() -> dict[str, Any] | None:
     """The Celery outbox's counts when the outbox is installed and its table exists."""
-    try:
-        from .celery.outbox import outbox_status as status  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
+    outbox = celery_outbox()
+    if outbox is None:
         return None
     from django.db import DatabaseError
 
     try:
-        result: dict[str, Any] = dict(status())
+        result: dict[str, Any] = dict(outbox.outbox_status())
     except DatabaseError:
         return None
     if result.get("pending") is None and result.get("error"):

@@ -25,6 +25,7 @@ from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
 from ._breaker import Breaker, all_instances
 from ._registry import all_breakers
 from ._state import State
+from .health import celery_outbox
 
 __all__ = ["BreakerCollector", "register"]
 
@@ -44,12 +45,11 @@ def _every_breaker() -> list[Breaker]:
 
 
 def _outbox_counts() -> dict[str, int] | None:
-    try:
-        from .celery.outbox import outbox_status
-    except ImportError:
+    outbox = celery_outbox()
+    if outbox is None:
         return None
     try:
-        status = outbox_status()
+        status = outbox.outbox_status()
     except Exception:  # no table yet, database down: the breaker metrics still matter
         return None
     return {k: int(v) for k, v in status.items() if k in ("pending", "failed") and v is not None}

@@ -22,6 +22,7 @@ from health_check.exceptions import ServiceUnavailable, ServiceWarning
 
 from redis_breaker._registry import all_breakers, get_breaker
 from redis_breaker._state import State
+from redis_breaker.health import celery_outbox
 
 __all__ = ["RedisBreakerCheck"]
 
@@ -53,8 +54,7 @@ class RedisBreakerCheck(HealthCheck):  # type: ignore[misc]
 
 
 def _failed_outbox_rows() -> int:
-    try:
-        from redis_breaker.celery.outbox import outbox_status
-    except ImportError:  # Celery is not installed
+    outbox = celery_outbox()
+    if outbox is None:
         return 0
-    return int(outbox_status().get("failed") or 0)
+    return int(outbox.outbox_status().get("failed") or 0)

@@ -8,7 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from redis_breaker.health import get_redis_status
+from redis_breaker.health import celery_outbox, get_redis_status
 
 _COLUMNS = ("breaker", "state", "since", "failures", "latency_ms", "last transition",
             "last_error")
@@ -58,11 +58,9 @@ class Command(BaseCommand):
             self.stdout.write(f"outbox: {counts}")
 
     def _drain(self, options: dict[str, Any]) -> None:
-        try:
-            from redis_breaker.celery.outbox import drain  # type: ignore[import-not-found,unused-ignore]
-        except ImportError as exc:
+        outbox = celery_outbox()
+        if outbox is None:
             raise CommandError(
-                "drain needs the Celery outbox (redis_breaker.outbox, Celery installed)."
-            ) from exc
-        result = drain(loop=options["loop"])
+                "drain needs the Celery outbox (redis_breaker.outbox, Celery installed).")
+        result = outbox.drain(loop=options["loop"])
         self.stdout.write(json.dumps(result, indent=2, sort_keys=True, default=str))
