@@ -284,12 +284,10 @@ def test_other_backends_are_not_inspected() -> None:
 
 
 def test_check_options_follow_the_backends() -> None:
-    """The checks know the same BreakerCache options and Celery fallbacks as the code."""
+    """The checks know the same BreakerCache options as the code."""
     from redis_breaker.cache.backend import _OPTIONS
-    from redis_breaker.celery import FALLBACKS
 
     assert set(checks._CACHE_OPTIONS) == set(_OPTIONS)
-    assert set(FALLBACKS) == {"outbox", "sync", "raise"}
 
 
 def test_every_check_id_including_warnings_is_documented() -> None:

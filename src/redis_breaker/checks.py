@@ -436,45 +436,10 @@ def _check_host(path: str, host: Any, example: str) -> list[CheckMessage]:
 @register()
 def check_celery(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """The ``CELERY_REDIS_BREAKER_*`` Django settings (Celery's ``CELERY`` namespace)."""
-    try:
-        from .celery import FALLBACKS
-    except ImportError:  # Celery is not installed: the settings mean nothing
+    from .health import celery_outbox
+
+    if celery_outbox() is None:  # Celery is not installed: the settings mean nothing
         return []
-    found: list[CheckMessage] = []
-    fallback = conf.CELERY_REDIS_BREAKER_FALLBACK
-    if fallback is not None and fallback not in FALLBACKS:
-        found.append(Error(
-            f"CELERY_REDIS_BREAKER_FALLBACK is {_shown(fallback)}, not a fallback policy.",
-            hint="Set CELERY_REDIS_BREAKER_FALLBACK to one of "
-                 f"{', '.join(repr(f) for f in FALLBACKS)} (default 'outbox').",
-            id="redis_breaker.E030",
-        ))
-    name = conf.CELERY_REDIS_BREAKER_NAME
-    if name is not None and not isinstance(name, str):
-        found.append(Error(
-            f"CELERY_REDIS_BREAKER_NAME is {_shown(name)}, not a breaker name.",
-            hint='Set CELERY_REDIS_BREAKER_NAME to the name of a breaker (a string such as '
-                 '"default", a key of REDIS_BREAKERS).',
-            id="redis_breaker.E031",
-        ))
-    timeout = conf.CELERY_REDIS_BREAKER_TIMEOUT
-    if timeout is not None and (not isinstance(timeout, (int, float))
-                                or isinstance(timeout, bool) or timeout <= 0):
-        found.append(Error(
-            f"CELERY_REDIS_BREAKER_TIMEOUT is {_shown(timeout)}, not a positive number.",
-            hint="Set CELERY_REDIS_BREAKER_TIMEOUT to the dispatch socket timeout in seconds "
-                 "(greater than 0; default 1.0), or remove it.",
-            id="redis_breaker.E032",
-        ))
-    interval = conf.CELERY_REDIS_BREAKER_RELAY_INTERVAL
-    if interval is not None and (not isinstance(interval, (int, float))
-                                 or isinstance(interval, bool) or interval < 0):
-        found.append(Error(
-            f"CELERY_REDIS_BREAKER_RELAY_INTERVAL is {_shown(interval)}, not a number of "
-            "seconds.",
-            hint="Set CELERY_REDIS_BREAKER_RELAY_INTERVAL to how often Celery workers relay "
-                 "outbox rows left behind, in seconds (default 10; 0 turns it off), or "
-                 "remove it.",
-            id="redis_breaker.E033",
-        ))
-    return found
+    from .celery.checks import check_settings
+
+    return check_settings()

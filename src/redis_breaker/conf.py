@@ -42,6 +42,11 @@ class Settings:
         """The bearer token ``redis_breaker.views.status`` asks for (None: no token)."""
         return getattr(settings, "REDIS_BREAKER_STATUS_TOKEN", None)
 
+    @property
+    def USE_TZ(self) -> bool:
+        """Django's own: whether the outbox's datetime columns hold aware datetimes."""
+        return bool(settings.USE_TZ)
+
     # Celery's own settings, as the Django project holds them (``CELERY_`` namespace).
     # A Celery app reads them through ``app.conf``; the system checks read them here.
     @property

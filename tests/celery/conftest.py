@@ -71,9 +71,7 @@ def celery_worker(app_module: str, **env: str) -> Iterator[Path]:
 def join_relays() -> None:
     """Wait for every background relay pass of this process to end."""
     for relay in list(outbox._relays.values()):
-        thread = relay._thread
-        if thread is not None:
-            thread.join(10)
+        relay.join(10)
 
 
 @pytest.fixture

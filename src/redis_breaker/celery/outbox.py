@@ -11,24 +11,18 @@ over: delivery is at-least-once, with the task id as the idempotency key.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 import time
-import uuid
 import weakref
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from datetime import timezone as dt_timezone
 from typing import TYPE_CHECKING, Any
 
-from django.conf import settings
-from django.db import DatabaseError, connections, router, transaction
-from django.db.models import Q
-from django.utils import timezone
-from kombu.utils import json as kombu_json
+from django.db import DatabaseError, connections, router
 
+from redis_breaker._background import BackgroundJob
 from redis_breaker._breaker import Breaker
 from redis_breaker._classify import is_full
 from redis_breaker._errors import BreakerOpenError
@@ -36,6 +30,9 @@ from redis_breaker._events import emit
 from redis_breaker._redact import describe_error
 from redis_breaker._registry import get_breaker
 from redis_breaker._state import State, StateChange
+
+from .publish import publish_outboxed
+from .rows import OutboxSerializationError, aware, claim, from_json, write_message
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -46,6 +43,7 @@ __all__ = [
     "DrainResult",
     "OutboxSerializationError",
     "drain",
+    "drain_breaker",
     "outbox_status",
     "relay_for",
     "write_message",
@@ -53,112 +51,6 @@ __all__ = [
 
 BATCH_SIZE = 100
 CLAIM_SECONDS = 60.0
-# How long a relay waits for the half-open trial slot another caller holds.
-_TRIAL_WAIT = 0.02
-
-
-class OutboxSerializationError(TypeError):
-    """Task arguments or options that the outbox cannot store as JSON."""
-
-
-# ------------------------------------------------------------------ encoding
-def _to_json(value: Any, what: str, task_name: str) -> Any:
-    """``value`` as plain JSON data (kombu's tags for datetime, UUID, Decimal, bytes)."""
-    try:
-        return json.loads(kombu_json.dumps(value))  # type: ignore[no-untyped-call]
-    except (TypeError, ValueError) as exc:
-        raise OutboxSerializationError(
-            f"cannot dispatch {task_name}: its {what} are not JSON-serializable ({exc}). "
-            "The outbox stores tasks as JSON so they survive a Redis outage; "
-            "pass ids or plain data instead of objects."
-        ) from exc
-
-
-def _from_json(value: Any) -> Any:
-    return kombu_json.loads(json.dumps(value))  # type: ignore[no-untyped-call]
-
-
-def _utcnow() -> datetime:
-    return datetime.now(dt_timezone.utc)
-
-
-def _db_now() -> datetime:
-    """Now, as the database columns hold it (naive UTC when ``USE_TZ`` is off)."""
-    now = _utcnow()
-    return now if settings.USE_TZ else now.replace(tzinfo=None)
-
-
-def _db_datetime(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    if timezone.is_naive(value):
-        value = value.replace(tzinfo=dt_timezone.utc)
-    if settings.USE_TZ:
-        return value
-    return value.astimezone(dt_timezone.utc).replace(tzinfo=None)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    if value is None or timezone.is_aware(value):
-        return value
-    return value.replace(tzinfo=dt_timezone.utc)
-
-
-def write_message(
-    *,
-    breaker: str,
-    task_id: str,
-    task_name: str,
-    args: Any,
-    kwargs: Any,
-    options: Mapping[str, Any],
-    eta: datetime | None,
-    expires: datetime | None,
-    using: str | None = None,
-) -> OutboxMessage:
-    """Insert one row in the current transaction of ``using`` (rolled back with it)."""
-    from redis_breaker.models import OutboxMessage
-
-    row = OutboxMessage(
-        breaker=breaker,
-        task_id=task_id,
-        task_name=task_name,
-        args=_to_json(list(args or ()), "arguments", task_name),
-        kwargs=_to_json(dict(kwargs or {}), "keyword arguments", task_name),
-        options=_to_json(dict(options), "options", task_name),
-        eta=_db_datetime(eta),
-        expires=_db_datetime(expires),
-        created_at=_db_now(),
-    )
-    row.save(using=using or router.db_for_write(OutboxMessage))
-    return row
-
-
-# ------------------------------------------------------------------ claiming
-def _claim(breaker: str, batch: int, using: str, lease: float) -> tuple[str, list[OutboxMessage]]:
-    """Claim up to ``batch`` pending rows of ``breaker`` in id order for this relay."""
-    from redis_breaker.models import OutboxMessage
-
-    token = uuid.uuid4().hex
-    now = _db_now()
-    free = Q(claimed_until__isnull=True) | Q(claimed_until__lt=now)
-    pending = OutboxMessage.objects.using(using).filter(breaker=breaker,
-                                                        status=OutboxMessage.PENDING)
-    claim = {"claimed_by": token, "claimed_until": now + timedelta(seconds=lease)}
-    if connections[using].features.has_select_for_update_skip_locked:
-        with transaction.atomic(using=using):
-            ids = list(pending.filter(free).select_for_update(skip_locked=True)
-                       .order_by("id").values_list("id", flat=True)[:batch])
-            if ids:
-                pending.filter(free, id__in=ids).update(**claim)
-    else:
-        # One UPDATE statement: SQLite takes its write lock up front (no
-        # read-to-write upgrade that fails with "database is locked"), and the
-        # condition on the claim keeps a row from being claimed twice.
-        candidates = pending.filter(free).order_by("id").values("id")[:batch]
-        pending.filter(free, id__in=candidates).update(**claim)
-    rows = list(OutboxMessage.objects.using(using).filter(claimed_by=token).order_by("id"))
-    return token, rows
 
 
 # ------------------------------------------------------------------ relaying
@@ -185,16 +77,11 @@ class DrainResult:
                 "stopped": self.stopped, "by_breaker": dict(self.by_breaker)}
 
 
-def _call_as_trial(breaker: Breaker, fn: Callable[[], object], give_up: float) -> None:
-    """Run ``fn`` through ``breaker``, waiting while a half-open trial slot is taken."""
-    while True:
-        try:
-            breaker.call(fn)
-            return
-        except BreakerOpenError:
-            if breaker.state is not State.HALF_OPEN or time.monotonic() >= give_up:
-                raise
-            time.sleep(_TRIAL_WAIT)
+def _publish_row(app: Celery, row: OutboxMessage, expires: datetime | None) -> None:
+    # Decoded inside the guarded call: a corrupt row fails like a publish the broker refuses.
+    publish_outboxed(app, row.task_name, from_json(row.args), from_json(row.kwargs),
+                     task_id=row.task_id, eta=aware(row.eta), expires=expires,
+                     options=from_json(row.options))
 
 
 def drain_breaker(
@@ -208,12 +95,10 @@ def drain_breaker(
     """Publish every pending row of ``breaker`` in id order; stop when it opens."""
     from redis_breaker.models import OutboxMessage
 
-    from .dispatch import publish_outboxed
-
     db = using or router.db_for_write(OutboxMessage)
     result = DrainResult()
     while True:
-        token, rows = _claim(breaker.name, batch_size, db, lease)
+        token, rows = claim(breaker.name, batch_size, db, lease)
         if not rows:
             return result
         done: list[int] = []
@@ -222,8 +107,8 @@ def drain_breaker(
         stop: str | None = None
         give_up = time.monotonic() + lease / 2
         for row in rows:
-            now = _utcnow()
-            expires = _aware(row.expires)
+            now = datetime.now(dt_timezone.utc)
+            expires = aware(row.expires)
             if expires is not None and expires <= now:
                 expired.append(row.id)
                 emit(logging.WARNING, "outbox_expired", breaker=breaker.name,
@@ -236,10 +121,7 @@ def drain_breaker(
                      task_id=row.task_id, task_name=row.task_name)
                 continue
             try:
-                _call_as_trial(breaker, lambda row=row, expires=expires: publish_outboxed(  # type: ignore[misc]
-                    app, row.task_name, _from_json(row.args), _from_json(row.kwargs),
-                    task_id=row.task_id, eta=_aware(row.eta), expires=expires,
-                    options=_from_json(row.options)), give_up)
+                breaker.call_as_trial(_publish_row, app, row, expires, deadline=give_up)
             except BreakerOpenError:
                 stop = "breaker open"
                 break
@@ -281,8 +163,8 @@ def drain_breaker(
             return result
 
 
-class Relay:
-    """Starts a background drain of one breaker's outbox when Redis comes back.
+class Relay(BackgroundJob):
+    """Drains one breaker's outbox in a background thread when Redis comes back.
 
     Registered as a breaker listener; the transition fires in the probe thread,
     so the work runs in a thread of its own and its publishes are the
@@ -290,60 +172,33 @@ class Relay:
     """
 
     def __init__(self, breaker: Breaker, app: Celery) -> None:
+        super().__init__("redis-breaker-outbox-relay", self._pass)
         self._breaker = weakref.ref(breaker)
         self.app = app
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._again = False
-        self.last: DrainResult | None = None
 
     def __call__(self, change: StateChange) -> None:
         if change.to_state in (State.HALF_OPEN, State.CLOSED):
             self.kick()
 
-    def kick(self) -> None:
-        with self._lock:
-            if self._thread is not None and self._thread.is_alive():
-                self._again = True
-                return
-            self._again = False
-            self._thread = threading.Thread(target=self._run, daemon=True,
-                                            name="redis-breaker-outbox-relay")
-            self._thread.start()
-
-    @property
-    def running(self) -> bool:
-        thread = self._thread
-        return thread is not None and thread.is_alive()
-
-    def _run(self) -> None:
+    def _pass(self) -> None:
+        breaker = self._breaker()
+        if breaker is None or breaker.is_open:
+            return
         try:
-            while True:
-                breaker = self._breaker()
-                if breaker is None or breaker.is_open:
-                    return
-                try:
-                    result = drain_breaker(self.app, breaker)
-                except Exception as exc:
-                    # A background thread must not die with a traceback; the next
-                    # recovery or `redis_breaker drain` picks the rows up again.
-                    emit(logging.ERROR, "outbox_relay_failed", breaker=breaker.name,
-                         error=describe_error(exc))
-                    return
-                self.last = result
-                if result.published or result.expired or result.failed:
-                    emit(logging.INFO, "outbox_relayed", breaker=breaker.name,
-                         **{k: v for k, v in result.as_dict().items() if k != "by_breaker"})
-                del breaker
-                with self._lock:
-                    if not self._again:
-                        self._thread = None
-                        return
-                    self._again = False
+            result = drain_breaker(self.app, breaker)
+        except Exception as exc:
+            # A background thread must not die with a traceback; the next
+            # recovery or `redis_breaker drain` picks the rows up again.
+            emit(logging.ERROR, "outbox_relay_failed", breaker=breaker.name,
+                 error=describe_error(exc))
+            return
         finally:
             # This thread's own database connection, never the caller's.
             with contextlib.suppress(Exception):
                 connections.close_all()
+        if result.published or result.expired or result.failed:
+            emit(logging.INFO, "outbox_relayed", breaker=breaker.name,
+                 **{k: v for k, v in result.as_dict().items() if k != "by_breaker"})
 
 
 _relays: weakref.WeakKeyDictionary[Breaker, Relay] = weakref.WeakKeyDictionary()
@@ -435,7 +290,7 @@ def outbox_status(using: str | None = None) -> dict[str, Any]:
     status["pending"] = int(counts.get(OutboxMessage.PENDING, 0))
     status["failed"] = int(counts.get(OutboxMessage.FAILED, 0))
     if oldest is not None:
-        age = (_utcnow() - _aware(oldest)).total_seconds()  # type: ignore[operator]
+        age = (datetime.now(dt_timezone.utc) - aware(oldest)).total_seconds()  # type: ignore[operator]
         status["oldest_pending_age_s"] = round(max(0.0, age), 3)
     status["failed_tasks"] = failed
     return status

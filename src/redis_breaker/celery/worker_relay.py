@@ -23,21 +23,17 @@ from django.db import connections
 from redis_breaker._events import emit
 from redis_breaker._redact import describe_error
 
+from .config import RELAY_INTERVAL
+from .outbox import drain
+
 __all__ = ["DEFAULT_INTERVAL", "WorkerRelay", "connect"]
 
-DEFAULT_INTERVAL = 10.0
-SETTING = "CELERY_REDIS_BREAKER_RELAY_INTERVAL"
+DEFAULT_INTERVAL: float = RELAY_INTERVAL.default
 
 
 def relay_interval(app: Celery) -> float:
     """The worker relay interval of ``app`` in seconds; ``0`` means off."""
-    value = app.conf.get("redis_breaker_relay_interval")
-    if value is None:
-        return DEFAULT_INTERVAL
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ValueError(f"{SETTING} must be a number of seconds (0 turns the worker relay "
-                         f"off), not {value!r}")
-    return float(value)
+    return float(RELAY_INTERVAL.checked(RELAY_INTERVAL.read(app)))
 
 
 class WorkerRelay:
@@ -68,8 +64,6 @@ class WorkerRelay:
         return self._thread.is_alive()
 
     def run_once(self) -> dict[str, Any]:
-        from .outbox import drain
-
         try:
             result = drain(app=self.app)
         finally:

@@ -1,0 +1,201 @@
+"""Outbox rows: what a dispatch stores, and how a relay claims a batch of them.
+
+A row holds kombu's JSON (datetimes, UUIDs, decimals and bytes round-trip;
+nothing is ever pickled), the options that mean something in another process,
+and absolute UTC times. Datetimes are written as the database columns hold
+them (naive UTC when ``USE_TZ`` is off).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
+from typing import TYPE_CHECKING, Any
+
+from django.db import connections, router, transaction
+from django.db.models import Q
+from django.utils import timezone
+from kombu.utils import json as kombu_json
+
+from redis_breaker.conf import conf
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from redis_breaker.models import OutboxMessage
+
+__all__ = [
+    "OutboxSerializationError",
+    "aware",
+    "check_storable",
+    "claim",
+    "from_json",
+    "to_json",
+    "write_dispatch",
+    "write_message",
+]
+
+# Options that only mean something in the calling process; never stored.
+_LOCAL_OPTIONS = frozenset({"producer", "connection", "publisher", "router", "result_cls",
+                            "add_to_parent", "retry", "retry_policy", "serializer",
+                            "compression"})
+
+
+class OutboxSerializationError(TypeError):
+    """Task arguments or options that the outbox cannot store as JSON."""
+
+
+# ------------------------------------------------------------------ encoding
+def to_json(value: Any, what: str, task_name: str) -> Any:
+    """``value`` as plain JSON data (kombu's tags for datetime, UUID, Decimal, bytes).
+
+    Raises ``OutboxSerializationError`` naming the task and ``what`` (its
+    "arguments", "keyword arguments" or "options").
+    """
+    try:
+        return json.loads(kombu_json.dumps(value))  # type: ignore[no-untyped-call]
+    except (TypeError, ValueError) as exc:
+        raise OutboxSerializationError(
+            f"cannot dispatch {task_name}: its {what} are not JSON-serializable ({exc}). "
+            "The outbox stores tasks as JSON so they survive a Redis outage; "
+            "pass ids or plain data instead of objects."
+        ) from exc
+
+
+def from_json(value: Any) -> Any:
+    """The value ``to_json`` stored, with kombu's types restored."""
+    return kombu_json.loads(json.dumps(value))  # type: ignore[no-untyped-call]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(dt_timezone.utc)
+
+
+def _db_now() -> datetime:
+    """Now, as the database columns hold it (naive UTC when ``USE_TZ`` is off)."""
+    now = _utcnow()
+    return now if conf.USE_TZ else now.replace(tzinfo=None)
+
+
+def _db_datetime(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if timezone.is_naive(value):
+        value = value.replace(tzinfo=dt_timezone.utc)
+    if conf.USE_TZ:
+        return value
+    return value.astimezone(dt_timezone.utc).replace(tzinfo=None)
+
+
+def aware(value: datetime | None) -> datetime | None:
+    """A datetime read from the table, made aware (naive ones are UTC)."""
+    if value is None or timezone.is_aware(value):
+        return value
+    return value.replace(tzinfo=dt_timezone.utc)
+
+
+# ------------------------------------------------------------------ writing
+def _stored(options: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if k not in _LOCAL_OPTIONS and v is not None}
+
+
+def check_storable(task_name: str, args: Any, kwargs: Any, options: Mapping[str, Any]) -> None:
+    """Refuse a dispatch the outbox could not store; run at every dispatch, not only in an outage."""
+    to_json(list(args or ()), "arguments", task_name)
+    to_json(dict(kwargs or {}), "keyword arguments", task_name)
+    to_json(_stored(options), "options", task_name)
+
+
+def _absolute_times(app: Celery, options: dict[str, Any]) -> tuple[datetime | None,
+                                                                   datetime | None]:
+    """Pop ``countdown``/``eta``/``expires`` and return them as absolute UTC datetimes."""
+    now = _utcnow()
+    countdown = options.pop("countdown", None)
+    eta = options.pop("eta", None)
+    expires = options.pop("expires", None)
+    if isinstance(eta, str):
+        eta = datetime.fromisoformat(eta)
+    if countdown is not None and eta is None:
+        eta = now + timedelta(seconds=float(countdown))
+    if isinstance(expires, (int, float)):
+        expires = now + timedelta(seconds=float(expires))
+    elif isinstance(expires, str):
+        expires = datetime.fromisoformat(expires)
+    tz = app.timezone
+    if isinstance(eta, datetime) and eta.tzinfo is None:
+        eta = eta.replace(tzinfo=tz)
+    if isinstance(expires, datetime) and expires.tzinfo is None:
+        expires = expires.replace(tzinfo=tz)
+    return eta, expires
+
+
+def write_dispatch(app: Celery, *, breaker: str, task_name: str, args: Any, kwargs: Any,
+                   task_id: str, options: Mapping[str, Any]) -> OutboxMessage:
+    """Store one ``apply_async`` the broker could not take, its times made absolute."""
+    stored = _stored(options)
+    eta, expires = _absolute_times(app, stored)
+    return write_message(breaker=breaker, task_id=task_id, task_name=task_name, args=args,
+                         kwargs=kwargs, options=stored, eta=eta, expires=expires)
+
+
+def write_message(
+    *,
+    breaker: str,
+    task_id: str,
+    task_name: str,
+    args: Any,
+    kwargs: Any,
+    options: Mapping[str, Any],
+    eta: datetime | None,
+    expires: datetime | None,
+    using: str | None = None,
+) -> OutboxMessage:
+    """Insert one row in the current transaction of ``using`` (rolled back with it)."""
+    from redis_breaker.models import OutboxMessage
+
+    row = OutboxMessage(
+        breaker=breaker,
+        task_id=task_id,
+        task_name=task_name,
+        args=to_json(list(args or ()), "arguments", task_name),
+        kwargs=to_json(dict(kwargs or {}), "keyword arguments", task_name),
+        options=to_json(dict(options), "options", task_name),
+        eta=_db_datetime(eta),
+        expires=_db_datetime(expires),
+        created_at=_db_now(),
+    )
+    row.save(using=using or router.db_for_write(OutboxMessage))
+    return row
+
+
+# ------------------------------------------------------------------ claiming
+def claim(breaker: str, batch: int, using: str, lease: float) -> tuple[str, list[OutboxMessage]]:
+    """Claim up to ``batch`` pending rows of ``breaker`` in id order for ``lease`` seconds.
+
+    Returns the claim's token (``claimed_by``) and the rows.
+    """
+    from redis_breaker.models import OutboxMessage
+
+    token = uuid.uuid4().hex
+    now = _db_now()
+    free = Q(claimed_until__isnull=True) | Q(claimed_until__lt=now)
+    pending = OutboxMessage.objects.using(using).filter(breaker=breaker,
+                                                        status=OutboxMessage.PENDING)
+    claim = {"claimed_by": token, "claimed_until": now + timedelta(seconds=lease)}
+    if connections[using].features.has_select_for_update_skip_locked:
+        with transaction.atomic(using=using):
+            ids = list(pending.filter(free).select_for_update(skip_locked=True)
+                       .order_by("id").values_list("id", flat=True)[:batch])
+            if ids:
+                pending.filter(free, id__in=ids).update(**claim)
+    else:
+        # One UPDATE statement: SQLite takes its write lock up front (no
+        # read-to-write upgrade that fails with "database is locked"), and the
+        # condition on the claim keeps a row from being claimed twice.
+        candidates = pending.filter(free).order_by("id").values("id")[:batch]
+        pending.filter(free, id__in=candidates).update(**claim)
+    rows = list(OutboxMessage.objects.using(using).filter(claimed_by=token).order_by("id"))
+    return token, rows

@@ -1,0 +1,82 @@
+"""The table of the Celery settings drives both the system check and the runtime error."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from celery import Celery
+from django.test import override_settings
+
+from redis_breaker.celery import FALLBACKS, BreakerTask
+from redis_breaker.celery import config as celery_config
+from redis_breaker.celery.dispatch import fallback_for
+from redis_breaker.celery.worker_relay import relay_interval
+from redis_breaker.checks import check_celery
+
+
+@pytest.fixture
+def app() -> Iterator[Celery]:
+    """A Celery app with one BreakerTask; nothing here connects to its broker."""
+    app = Celery("rb-config", broker="redis://127.0.0.1:1/0", task_cls=BreakerTask,
+                 set_as_current=False)
+
+    @app.task(name="t.noop", shared=False)
+    def noop() -> None:
+        return None
+
+    try:
+        yield app
+    finally:
+        app.close()
+
+
+def _fallback(app: Celery) -> Any:
+    return fallback_for(app.tasks["t.noop"])
+
+
+# setting, a value it refuses, the runtime read of the Celery app's value (None: not checked
+# at runtime).
+CASES: list[tuple[celery_config.CelerySetting, Any, Callable[[Celery], Any] | None]] = [
+    (celery_config.FALLBACK, "queue", _fallback),
+    (celery_config.BREAKER_NAME, ["default"], None),
+    (celery_config.TIMEOUT, -1, None),
+    (celery_config.RELAY_INTERVAL, True, relay_interval),
+]
+
+
+@pytest.mark.parametrize(("setting", "bad", "runtime"), CASES,
+                         ids=[case[0].name for case in CASES])
+def test_one_row_gives_the_check_and_the_runtime_error(
+        app: Celery, setting: celery_config.CelerySetting, bad: Any,
+        runtime: Callable[[Celery], Any] | None) -> None:
+    """A refused value gives the check error of its row, and the row's runtime error where the
+    app reads it."""
+    with override_settings(**{setting.name: bad}):
+        [error] = check_celery()
+    assert (error.id, error.msg, error.hint) == (setting.id, setting.problem(bad), setting.hint)
+    assert error.msg.startswith(f"{setting.name} is ")
+    if runtime is not None:
+        app.conf[setting.key] = bad
+        with pytest.raises(ValueError, match=re.escape(f"{setting.subject} must be ")):
+            runtime(app)
+
+
+def test_every_setting_has_a_row_and_an_id() -> None:
+    """Each of the four settings has its own row, check id and Celery key; the fallbacks are the
+    three policies the check's hint names."""
+    assert [s.id for s in celery_config.SETTINGS] == [
+        "redis_breaker.E030", "redis_breaker.E031", "redis_breaker.E032", "redis_breaker.E033"]
+    assert [s.key for s in celery_config.SETTINGS] == [
+        "redis_breaker_fallback", "redis_breaker_name", "redis_breaker_timeout",
+        "redis_breaker_relay_interval"]
+    assert set(FALLBACKS) == {"outbox", "sync", "raise"}
+    assert all(repr(f) in celery_config.FALLBACK.hint for f in FALLBACKS)
+
+
+def test_defaults_apply_when_unset(app: Celery) -> None:
+    """An app that sets none of them gets each row's default, and the check has nothing to say."""
+    assert [s.read(app) for s in celery_config.SETTINGS] == ["outbox", "default", 1.0, 10.0]
+    assert check_celery() == []
