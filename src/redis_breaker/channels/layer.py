@@ -22,16 +22,14 @@ import asyncio
 import contextlib
 import copy
 import logging
-import threading
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar
 
 import redis.exceptions as rex
 from channels.layers import BaseChannelLayer
 
-from redis_breaker._breaker import Breaker
+from redis_breaker._breaker import TRIAL_WAIT_S, Breaker
 from redis_breaker._errors import BreakerOpenError
 from redis_breaker._events import emit
 from redis_breaker._redact import describe_error, redact
@@ -39,39 +37,20 @@ from redis_breaker._registry import get_breaker
 from redis_breaker._state import State, StateChange
 
 from .local import GroupMirror, LocalQueues
+from .loops import LoopState, LoopStates, wait
 from .remote import RedisLayer, probe_url
 
 __all__ = ["BreakerChannelLayer", "Message"]
 
 Message = dict[str, Any]
-T = TypeVar("T")
 _INTEGRATION = "channels"
 _PASSING = (State.CLOSED, State.DISABLED)
 # While Redis is unusable, receive re-checks the breaker at least this often:
 # a breaker without a probe only half-opens when some call asks.
 _RECHECK_S = 1.0
-_RETRY_FIRST_S = 0.02
+# A Redis call failed and the breaker stayed closed: try again after
+# TRIAL_WAIT_S, doubling up to this, or at once on a transition.
 _RETRY_MAX_S = 0.25
-
-
-@dataclass(eq=False)
-class _LoopState:
-    """What the layer keeps per event loop (channels_redis pools are per loop too)."""
-
-    #: Set, then replaced, on every breaker transition: wakes waiters on this loop.
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    #: Redis receives carried over between ``receive`` calls, by channel.
-    pending: dict[str, asyncio.Task[Message]] = field(default_factory=dict)
-    resync: asyncio.Task[None] | None = None
-    #: Every task the layer started on this loop and that has not finished; a
-    #: Redis receive whose consumer gave up waiting for it is no longer pending.
-    running: set[asyncio.Task[Any]] = field(default_factory=set)
-
-    def start(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
-        task = asyncio.ensure_future(coro)
-        self.running.add(task)
-        task.add_done_callback(self.running.discard)
-        return task
 
 
 class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
@@ -104,11 +83,7 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         #: Messages for channels of other processes that could not be delivered while open.
         self.dropped = 0
         self._ours = self.redis.client_prefix + "!"
-        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._loops_lock = threading.Lock()
-        self._home: weakref.ref[asyncio.AbstractEventLoop] | None = None
+        self._loops = LoopStates()
         self._resync_wanted = False
         self._closed = False
         self._listener = _weak_listener(self)
@@ -204,13 +179,13 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             finally:
                 self.local.forget_waiter(channel, arrived)
 
-    async def _receive_from_redis(self, channel: str, state: _LoopState) -> Message:
-        delay = _RETRY_FIRST_S
+    async def _receive_from_redis(self, channel: str, state: LoopState) -> Message:
+        delay = TRIAL_WAIT_S
         while True:
             changed = state.changed
             if self.breaker.state not in _PASSING:
                 # Open or half-open: leave the trial calls to the probe and the resync.
-                await _wait(changed, _RECHECK_S)
+                await wait(changed, _RECHECK_S)
                 continue
             try:
                 message: Message = await self.redis.receive(channel)
@@ -231,7 +206,7 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                 error = exc
             self.breaker.note_fallback(_INTEGRATION, error)
             self._redis_behind()
-            await _wait(changed, delay)
+            await wait(changed, delay)
             delay = min(delay * 2, _RETRY_MAX_S)
 
     async def _redis_answers(self, channel: str) -> bool:
@@ -312,47 +287,29 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             self.breaker.remove_listener(self._listener)
         state = self._loops.get(asyncio.get_running_loop())
         if state is not None:
-            tasks = list(state.running)
-            state.pending.clear()
-            for task in tasks:
-                task.cancel()
-            if tasks:
-                await asyncio.wait(tasks)
+            await state.stop()
         await self.redis.close_pools()
 
     # ----------------------------------------------------------------- recovery
-    def _loop_state(self, *, home: bool = False) -> _LoopState:
+    def _loop_state(self, *, home: bool = False) -> LoopState:
         """State for the running loop; ``home``: consumers live here, run recovery here."""
         loop = asyncio.get_running_loop()
         if self._closed:
             # Used again after close(): follow the breaker again.
             self._closed = False
             self.breaker.add_listener(self._listener)
-        if home and (self._home is None or self._home() is not loop):
-            self._home = weakref.ref(loop)
-        state = self._loops.get(loop)
-        if state is None:
-            with self._loops_lock:
-                state = self._loops[loop] = _LoopState()
-        return state
+        return self._loops.of(loop, home=home)
 
     def _on_change(self, change: StateChange) -> None:
         """Breaker listener: runs in whatever thread made the transition."""
-        with self._loops_lock:
-            loops = [(loop, state) for loop, state in self._loops.items() if not loop.is_closed()]
-        home = self._home() if self._home is not None else None
-        if home is None or home.is_closed():
-            # Sync code (async_to_sync) leaves short-lived loops behind: any live one will do.
-            home = loops[0][0] if loops else None
-        for loop, state in loops:
+        for loop, state, home in self._loops.live():
             with contextlib.suppress(RuntimeError):  # closed in the meantime
-                loop.call_soon_threadsafe(self._changed_on_loop, state, change, loop is home)
+                loop.call_soon_threadsafe(self._changed_on_loop, state, change, home)
 
-    def _changed_on_loop(self, state: _LoopState, change: StateChange, home: bool) -> None:
+    def _changed_on_loop(self, state: LoopState, change: StateChange, home: bool) -> None:
         if self._closed:
             return
-        event, state.changed = state.changed, asyncio.Event()
-        event.set()
+        state.wake()
         back = change.to_state is State.HALF_OPEN or (
             change.to_state in _PASSING and change.from_state not in _PASSING
         )
@@ -360,20 +317,21 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             self._resync_wanted = True
             self._start_resync(state)
 
-    def _start_resync(self, state: _LoopState) -> None:
+    def _start_resync(self, state: LoopState) -> None:
         if self._closed:
             return
         if state.resync is None or state.resync.done():
             state.resync = state.start(self._resync(state))
 
-    async def _resync(self, state: _LoopState) -> None:
+    async def _resync(self, state: LoopState) -> None:
         """Re-apply this process's memberships (and unsent discards) to Redis."""
         while self._resync_wanted:
             self._resync_wanted = False
             groups = self.mirror.snapshot()
             discards = sorted(self.mirror.unsent_discards)
             for group, members in groups.items():
-                if not await self._through_breaker(state, self._rejoin, group, members):
+                if not await self._through_breaker(state, self.redis.group_rejoin, group,
+                                                   members):
                     return
             for group, channel in discards:
                 if not await self._through_breaker(state, self.redis.group_discard, group, channel):
@@ -384,28 +342,21 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                  groups=len(groups), memberships=sum(len(m) for m in groups.values()),
                  discards=len(discards))
 
-    async def _rejoin(self, group: str, members: dict[str, float]) -> None:
-        redis = self.redis
-        connection = redis.connection(redis.consistent_hash(group))
-        async with connection.pipeline(transaction=False) as pipe:
-            pipe.zadd(redis._group_key(group), members)
-            pipe.expire(redis._group_key(group), int(self.group_expiry))
-            await pipe.execute()
-
-    async def _through_breaker(self, state: _LoopState, fn: Callable[..., Awaitable[object]],
+    async def _through_breaker(self, state: LoopState, fn: Callable[..., Awaitable[object]],
                                *args: Any) -> bool:
         """Run one resync step as a (trial) call; False when the breaker opened again."""
-        delay = _RETRY_FIRST_S
+        delay = TRIAL_WAIT_S
         while True:
             if self.breaker.is_open:
                 self._resync_wanted = True  # the next half-open starts over
                 return False
             changed = state.changed
             try:
-                await self.breaker.acall(fn, *args)
+                # Half-open, it waits while another trial holds the slot.
+                await self.breaker.acall_as_trial(fn, *args)
                 return True
             except BreakerOpenError:
-                pass  # half-open and another trial is running: try again shortly
+                continue  # opened again (or closed just as the slot was refused): look again
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -414,7 +365,7 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                          error=describe_error(exc), args=repr(args[:1]))
                     return True  # not an outage: skip this step, keep the rest
                 self._resync_wanted = True
-            await _wait(changed, delay)
+            await wait(changed, delay)
             delay = min(delay * 2, _RETRY_MAX_S)
 
 
@@ -444,18 +395,3 @@ def _weak_reconnect(layer: BreakerChannelLayer) -> Callable[[], None]:
 
     return reconnected
 
-
-async def _wait(event: asyncio.Event, timeout: float) -> None:
-    """Wait until ``event`` is set or ``timeout`` passes, whichever comes first.
-
-    Not ``asyncio.wait_for``: before Python 3.12 it returns normally when it is
-    cancelled just as the event is set, and a receive whose Redis side lost its
-    cancellation that way was awaited forever by ``receive`` and ``close``.
-    """
-    if event.is_set():
-        return
-    waiter = asyncio.ensure_future(event.wait())
-    try:
-        await asyncio.wait((waiter,), timeout=timeout)
-    finally:
-        waiter.cancel()

@@ -153,6 +153,14 @@ class RedisLayer(RedisChannelLayer):  # type: ignore[misc]
                 close_with_loop(loop, _closing(loop_pools))
             return loop_pools
 
+    async def group_rejoin(self, group: str, members: dict[str, float]) -> None:
+        """Write ``members`` (channel: joined at) back into ``group``, and renew its expiry."""
+        connection = self.connection(self.consistent_hash(group))
+        async with connection.pipeline(transaction=False) as pipe:
+            pipe.zadd(self._group_key(group), members)
+            pipe.expire(self._group_key(group), int(self.group_expiry))
+            await pipe.execute()
+
     def reconnected(self) -> None:
         callback = self.on_reconnect
         if callback is not None:
