@@ -31,7 +31,6 @@ class OutboxMessage(models.Model):
     expires = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     status = models.CharField(max_length=16, choices=STATUS_CHOICES, default=PENDING)
-    attempts = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True, default="")
     # A relay claims rows before publishing them; an expired claim (crashed
     # relay) is taken over, so delivery is at-least-once.

@@ -43,7 +43,6 @@ __all__ = [
     "DrainResult",
     "OutboxSerializationError",
     "drain",
-    "drain_breaker",
     "outbox_status",
     "relay_for",
     "write_message",

@@ -26,9 +26,7 @@ from redis_breaker._redact import describe_error
 from .config import RELAY_INTERVAL
 from .outbox import drain
 
-__all__ = ["DEFAULT_INTERVAL", "WorkerRelay", "connect"]
-
-DEFAULT_INTERVAL: float = RELAY_INTERVAL.default
+__all__ = ["WorkerRelay", "connect", "relay_interval"]
 
 
 def relay_interval(app: Celery) -> float:
