@@ -284,10 +284,12 @@ def test_other_backends_are_not_inspected() -> None:
 
 
 def test_check_options_follow_the_backends() -> None:
-    """The checks know the same BreakerCache options as the code."""
-    from redis_breaker.cache.backend import _OPTIONS
+    """The checks know the BreakerCache options of the backend's own table."""
+    from redis_breaker.cache.options import OPTIONS
 
-    assert set(checks._CACHE_OPTIONS) == set(_OPTIONS)
+    [unknown] = run(check_caches, CACHES={"redis": REDIS,
+                                          "default": _breaker_cache(PRIMARY="redis", TYPO=1)})
+    assert f"BreakerCache takes {', '.join(spec.key for spec in OPTIONS)} (" in str(unknown.hint)
 
 
 def test_every_check_id_including_warnings_is_documented() -> None:

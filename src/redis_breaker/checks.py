@@ -31,17 +31,23 @@ Ids are stable; each is documented in docs/configuration.md and asserted by a te
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from django.core.checks import CheckMessage, Error, Tags, register
 from django.core.checks import Warning as CheckWarning
-from django.utils.module_loading import import_string
 
 from ._config import validate_settings
-from ._redact import redact
+from .cache.checks import check_caches
+from .checks_common import EXAMPLE_TIMEOUT as _EXAMPLE_TIMEOUT
+from .checks_common import SENTINEL_URL_EXAMPLE as _SENTINEL_URL_EXAMPLE
+from .checks_common import TIMEOUTS as _TIMEOUTS
+from .checks_common import breaker_has_url as _breaker_has_url
+from .checks_common import given as _given
+from .checks_common import is_subclass as _is_subclass
+from .checks_common import setting_path as _path
+from .checks_common import shown as _shown
+from .checks_common import url_sets as _url_sets
 from .conf import conf
 
 __all__ = ["check_breakers", "check_caches", "check_celery", "check_channel_layers"]
@@ -54,12 +60,8 @@ _IDS = {
     "import": "redis_breaker.E007",
 }
 
-# The keys BreakerCache accepts (kept in step with cache._OPTIONS by a test).
-_CACHE_OPTIONS = ("PRIMARY", "FALLBACK", "BREAKER", "JOURNAL_MAX_KEYS")
-_REDIS_CACHES = ("django.core.cache.backends.redis.RedisCache", "django_redis.cache.RedisCache")
-_DJANGO_REDIS = "django_redis.cache.RedisCache"
-_TIMEOUTS = ("socket_timeout", "socket_connect_timeout")
-_EXAMPLE_TIMEOUT = 0.5
+# The BreakerCache checks live with the cache (redis_breaker.cache.checks); registered here.
+register(check_caches, Tags.caches)
 
 
 @register(Tags.caches)
@@ -91,247 +93,6 @@ def check_breakers(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                 id=_IDS[problem.kind],
             ))
     return errors
-
-
-# ------------------------------------------------------------------ helpers
-def _path(root: str, *keys: Any) -> str:
-    return root + "".join(f'["{k}"]' if isinstance(k, str) else f"[{k!r}]" for k in keys)
-
-
-def _shown(value: Any) -> str:
-    """``value`` for a message: its type and repr, never a password."""
-    return redact(f"{type(value).__name__} {value!r}")
-
-
-def _is_subclass(backend: Any, dotted: Iterable[str]) -> bool:
-    """Whether the class at dotted path ``backend`` is (a subclass of) one of ``dotted``."""
-    if not isinstance(backend, str):
-        return False
-    try:
-        cls = import_string(backend)
-    except ImportError:
-        # Unimportable here (an optional package missing): judge by the path alone.
-        return backend in dotted
-    for path in dotted:
-        try:
-            base = import_string(path)
-        except ImportError:
-            continue
-        if isinstance(cls, type) and isinstance(base, type) and issubclass(cls, base):
-            return True
-    return False
-
-
-def _is_breaker_cache(entry: Any) -> bool:
-    return isinstance(entry, Mapping) and _is_subclass(entry.get("BACKEND"),
-                                                       ("redis_breaker.cache.BreakerCache",))
-
-
-def _is_redis_cache(entry: Any) -> bool:
-    return isinstance(entry, Mapping) and _is_subclass(entry.get("BACKEND"), _REDIS_CACHES)
-
-
-def _locations(entry: Mapping[str, Any]) -> list[str]:
-    location = entry.get("LOCATION")
-    items = location if isinstance(location, (list, tuple)) else [location]
-    found: list[str] = []
-    for item in items:
-        if isinstance(item, str):
-            found += [part.strip() for part in item.replace(";", ",").split(",") if part.strip()]
-    return found
-
-
-def _url_sets(url: str, key: str) -> bool:
-    """Whether a Redis URL carries ``key`` in its query (redis-py's from_url reads it)."""
-    try:
-        values = parse_qs(urlsplit(url).query).get(key)
-    except ValueError:
-        return False
-    return bool(values and values[0] not in ("", "None"))
-
-
-def _given(options: Mapping[str, Any], *keys: str) -> bool:
-    return any(options.get(k) is not None for k in keys)
-
-
-def _suggest(key: Any, valid: Iterable[str]) -> str:
-    close = difflib.get_close_matches(str(key), list(valid), n=1)
-    return f"Did you mean {close[0]!r}? " if close else ""
-
-
-# ------------------------------------------------------------------ the cache
-@register(Tags.caches)
-def check_caches(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """Every ``BreakerCache`` in ``CACHES``: its OPTIONS and the primary it protects."""
-    caches = conf.CACHES
-    if not isinstance(caches, Mapping):
-        return []
-    found: list[CheckMessage] = []
-    for alias, entry in caches.items():
-        if _is_breaker_cache(entry):
-            found += _check_breaker_cache(str(alias), entry, caches)
-    return found
-
-
-def _check_breaker_cache(alias: str, entry: Mapping[str, Any],
-                         caches: Mapping[str, Any]) -> list[CheckMessage]:
-    options = entry.get("OPTIONS", {})
-    where = _path("CACHES", alias, "OPTIONS")
-    if not isinstance(options, Mapping):
-        return [Error(f"{where} is {_shown(options)}, not a dict.",
-                      hint=f'Set {where} = {{"PRIMARY": "<alias of your Redis cache>"}}.',
-                      id="redis_breaker.E014")]
-    found: list[CheckMessage] = []
-    for key in options:
-        if key not in _CACHE_OPTIONS:
-            found.append(Error(
-                f"{_path('CACHES', alias, 'OPTIONS', key)}: unknown BreakerCache option {key!r}.",
-                hint=f"{_suggest(key, _CACHE_OPTIONS)}Remove it; BreakerCache takes "
-                     f"{', '.join(_CACHE_OPTIONS)} (options of the Redis client belong in the "
-                     "PRIMARY cache's own OPTIONS).",
-                id="redis_breaker.E014",
-            ))
-    aliases = ", ".join(repr(a) for a, e in caches.items() if _is_redis_cache(e)) or "none yet"
-    primary = options.get("PRIMARY")
-    primary_path = _path("CACHES", alias, "OPTIONS", "PRIMARY")
-    if primary is None or not isinstance(primary, str) or primary not in caches:
-        why = ("is missing" if primary is None else
-               f"is {_shown(primary)}, not an alias in CACHES")
-        found.append(Error(f"{primary_path} {why}.",
-                           hint=f"Set {primary_path} to the alias of the Redis cache the breaker "
-                                f"protects (Redis caches in CACHES: {aliases}).",
-                           id="redis_breaker.E010"))
-        primary = None
-    elif not _is_redis_cache(caches[primary]):
-        backend = caches[primary].get("BACKEND") if isinstance(caches[primary], Mapping) else None
-        found.append(Error(
-            f"{primary_path} names {primary!r}, whose BACKEND {backend!r} is not a Redis cache.",
-            hint=f"Point {primary_path} at a django.core.cache.backends.redis.RedisCache or "
-                 f"django_redis.cache.RedisCache alias (Redis caches in CACHES: {aliases}).",
-            id="redis_breaker.E011",
-        ))
-        primary = None
-    else:
-        found += _check_primary(primary, caches[primary])
-        found += _check_sentinel_primary(alias, options, primary, caches[primary])
-    found += _check_fallback(alias, options, primary, caches)
-    breaker = options.get("BREAKER")
-    if "BREAKER" in options and not isinstance(breaker, str):
-        path = _path("CACHES", alias, "OPTIONS", "BREAKER")
-        found.append(Error(f"{path} is {_shown(breaker)}, not a breaker name.",
-                           hint=f'Set {path} to the name of a breaker (a string such as '
-                                f'"default", a key of REDIS_BREAKERS).',
-                           id="redis_breaker.E015"))
-    limit = options.get("JOURNAL_MAX_KEYS")
-    if "JOURNAL_MAX_KEYS" in options and (
-            not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
-        path = _path("CACHES", alias, "OPTIONS", "JOURNAL_MAX_KEYS")
-        found.append(Error(f"{path} is {_shown(limit)}, not a positive integer.",
-                           hint=f"Set {path} to an integer of 1 or more (default 10000), or "
-                                "remove it.",
-                           id="redis_breaker.E016"))
-    return found
-
-
-def _check_primary(alias: str, entry: Mapping[str, Any]) -> list[CheckMessage]:
-    found: list[CheckMessage] = []
-    options = entry.get("OPTIONS") or {}
-    if not isinstance(options, Mapping):
-        return found  # Django's own cache setup reports this one
-    where = _path("CACHES", alias, "OPTIONS")
-    django_redis = _is_subclass(entry.get("BACKEND"), (_DJANGO_REDIS,))
-    if django_redis:
-        ignoring = options.get("IGNORE_EXCEPTIONS",
-                               conf.DJANGO_REDIS_IGNORE_EXCEPTIONS)
-        if ignoring:
-            source = (f'{where}["IGNORE_EXCEPTIONS"]' if "IGNORE_EXCEPTIONS" in options
-                      else "DJANGO_REDIS_IGNORE_EXCEPTIONS")
-            found.append(Error(
-                f"{source} is true: the BreakerCache primary {alias!r} swallows Redis errors, "
-                "so the breaker never sees an outage (writes are lost unjournaled and stale "
-                "values are served after it).",
-                hint=f"Set {source} to False (or remove it); the BreakerCache serves the "
-                     "fallback while Redis is down.",
-                id="redis_breaker.E017",
-            ))
-        pool = options.get("CONNECTION_POOL_KWARGS") or {}
-        pool = pool if isinstance(pool, Mapping) else {}
-        keys = {"socket_timeout": "SOCKET_TIMEOUT",
-                "socket_connect_timeout": "SOCKET_CONNECT_TIMEOUT"}
-        given = {k: _given(options, upper) or _given(pool, k) for k, upper in keys.items()}
-    else:
-        keys = {k: k for k in _TIMEOUTS}
-        given = {k: _given(options, k) for k in _TIMEOUTS}
-    locations = _locations(entry)
-    missing = [keys[k] for k in _TIMEOUTS
-               if not given[k] and not (locations and all(_url_sets(u, k) for u in locations))]
-    if missing:
-        example = ", ".join(f'"{k}": {_EXAMPLE_TIMEOUT}' for k in keys.values())
-        found.append(CheckWarning(
-            f"{where} sets no {' / '.join(missing)}: the BreakerCache primary {alias!r} waits "
-            "for a hung or unreachable Redis as long as the operating system lets it, "
-            "before the breaker can count a failure.",
-            hint=f"Add {example} (seconds) to {where}.",
-            id="redis_breaker.W001",
-        ))
-    return found
-
-
-def _breaker_has_url(name: Any) -> bool:
-    breakers = conf.REDIS_BREAKERS
-    entry = breakers.get(name) if isinstance(breakers, dict) and isinstance(name, str) else None
-    return isinstance(entry, dict) and bool(entry.get("URL"))
-
-
-_SENTINEL_URL_EXAMPLE = "redis+sentinel://127.0.0.1:26379,127.0.0.1:26380/mymaster/0"
-
-
-def _check_sentinel_primary(alias: str, options: Mapping[str, Any], primary: str,
-                            entry: Mapping[str, Any]) -> list[CheckMessage]:
-    """A Sentinel primary whose sentinels the probe cannot be pointed at (E018)."""
-    from .cache.backend import sentinel_location, uses_sentinel
-
-    name = options.get("BREAKER", "default")
-    if not uses_sentinel(entry) or sentinel_location(entry) or _breaker_has_url(name):
-        return []
-    where = _path("CACHES", primary)
-    return [Error(
-        f"{where} finds its master through Redis Sentinel, but no probe URL can be built "
-        f"from it (OPTIONS[\"SENTINELS\"] must be (host, port) pairs and LOCATION "
-        f"redis://<master group>/<db>), and REDIS_BREAKERS[\"{name}\"] sets no URL: the "
-        "breaker could not find the master again after a failover.",
-        hint=f'Set REDIS_BREAKERS["{name}"]["URL"] = "{_SENTINEL_URL_EXAMPLE}" (your '
-             f"sentinels and master group), or fix {where}[\"OPTIONS\"][\"SENTINELS\"].",
-        id="redis_breaker.E018",
-    )]
-
-
-def _check_fallback(alias: str, options: Mapping[str, Any], primary: str | None,
-                    caches: Mapping[str, Any]) -> list[CheckMessage]:
-    if options.get("FALLBACK") is None:
-        return []
-    fallback = options["FALLBACK"]
-    path = _path("CACHES", alias, "OPTIONS", "FALLBACK")
-    if not isinstance(fallback, str) or fallback not in caches:
-        return [Error(f"{path} is {_shown(fallback)}, not an alias in CACHES.",
-                      hint=f"Set {path} to the alias of a local cache (LocMemCache, a "
-                           "database or file cache), or remove it for a private LocMemCache.",
-                      id="redis_breaker.E012")]
-    target = caches[fallback]
-    why = None
-    if fallback in (primary, options.get("PRIMARY")):
-        why = "is the PRIMARY itself"
-    elif fallback == alias or _is_breaker_cache(target):
-        why = "is a BreakerCache"
-    elif _is_redis_cache(target):
-        why = "is a Redis cache, which is down whenever the fallback is needed"
-    if why is None:
-        return []
-    return [Error(f"{path} names {fallback!r}, which {why}.",
-                  hint=f"Set {path} to the alias of a cache that does not use Redis "
-                       "(LocMemCache, a database or file cache), or remove it for a private "
-                       "LocMemCache.",
-                  id="redis_breaker.E013")]
 
 
 # ------------------------------------------------------------------ Channels

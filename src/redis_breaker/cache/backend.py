@@ -34,10 +34,11 @@ from redis_breaker._sentinel import sentinel_url
 from redis_breaker.conf import conf
 
 from .journal import Journal, journal_for
+from .options import OPTIONS, why_unusable
 
 __all__ = ["BreakerCache"]
 
-_OPTIONS = frozenset({"PRIMARY", "FALLBACK", "BREAKER", "JOURNAL_MAX_KEYS"})
+_DEFAULTS = {spec.key: spec.default for spec in OPTIONS}
 _INTEGRATION = "cache"
 _MISSING = object()
 
@@ -125,19 +126,10 @@ class _Bound:
 
 
 def _options_error(options: dict[str, Any]) -> str | None:
-    unknown = sorted(set(options) - _OPTIONS)
-    if unknown:
-        return f"BreakerCache: unknown OPTIONS {unknown}; expected some of {sorted(_OPTIONS)}."
-    primary = options.get("PRIMARY")
-    if not isinstance(primary, str) or primary not in conf.CACHES:
-        return f"BreakerCache: OPTIONS['PRIMARY'] must name a Redis cache in CACHES; got {primary!r}."
-    fallback = options.get("FALLBACK")
-    if fallback is not None and fallback not in conf.CACHES:
-        return f"BreakerCache: OPTIONS['FALLBACK'] {fallback!r} is not in CACHES."
-    max_keys = options.get("JOURNAL_MAX_KEYS", 10_000)
-    if not isinstance(max_keys, int) or isinstance(max_keys, bool) or max_keys < 1:
-        return "BreakerCache: OPTIONS['JOURNAL_MAX_KEYS'] must be an integer >= 1."
-    return None
+    problem = why_unusable(options, conf.CACHES)
+    if problem is None:
+        return None
+    return f"BreakerCache: {problem.message('OPTIONS')} {problem.fix('OPTIONS')}"
 
 
 class BreakerCache(BaseCache):
@@ -153,9 +145,11 @@ class BreakerCache(BaseCache):
         primary = options.get("PRIMARY")
         self._primary_alias = primary if isinstance(primary, str) else ""
         self._fallback_alias: str | None = options.get("FALLBACK")
-        self._breaker_name = str(options.get("BREAKER", "default"))
-        max_keys = options.get("JOURNAL_MAX_KEYS", 10_000)
-        self._max_keys = max_keys if isinstance(max_keys, int) and max_keys >= 1 else 10_000
+        self._breaker_name = str(options.get("BREAKER", _DEFAULTS["BREAKER"]))
+        default_max_keys: int = _DEFAULTS["JOURNAL_MAX_KEYS"]
+        max_keys = options.get("JOURNAL_MAX_KEYS", default_max_keys)
+        self._max_keys = (max_keys if isinstance(max_keys, int) and max_keys >= 1
+                          else default_max_keys)
         primary_entry = conf.CACHES.get(self._primary_alias, {})
         self._probe_url = _first_location(primary_entry) if primary_entry else None
         self._fallback_timeout = params.get("TIMEOUT", primary_entry.get("TIMEOUT", 300))
