@@ -33,13 +33,13 @@ from redis_breaker._registry import get_breaker
 from redis_breaker._sentinel import sentinel_url
 from redis_breaker.conf import conf
 
-from .journal import Journal, journal_for
+from .journal import INTEGRATION, Journal, journal_for
 from .options import OPTIONS, why_unusable
 
 __all__ = ["BreakerCache"]
 
 _DEFAULTS = {spec.key: spec.default for spec in OPTIONS}
-_INTEGRATION = "cache"
+
 _MISSING = object()
 
 
@@ -207,27 +207,17 @@ class BreakerCache(BaseCache):
         # Resolved once so the journal, the primary and the fallback agree on the key.
         return bound.primary.version if version is None else version
 
-    @staticmethod
-    def _kick(bound: _Bound) -> None:
-        # Covered keys never touch Redis, so the replay is what finds out whether
-        # Redis is back (or still away: its failures count and open the breaker).
-        if not bound.breaker.state.rejects:
-            bound.journal.kick()
-
     # ----------------------------------------------------------- single keys
     def _read(self, op: str, key: Any, version: int | None, *args: Any) -> Any:
         bound = self._bind()
         v = self._version(bound, version)
         journal = bound.journal
         fallback = getattr(bound.fallback, op)
-        if journal.active:
-            self._kick(bound)
-            if journal.covers(key, v):
-                bound.breaker.note_fallback(_INTEGRATION)
-                return fallback(key, *args, version=v)
+        if journal.active and journal.diverts(key, v):
+            return fallback(key, *args, version=v)
         return bound.breaker.call_with_fallback(
             getattr(bound.primary, op), fallback, (key, *args), {"version": v},
-            integration=_INTEGRATION,
+            integration=INTEGRATION,
         )
 
     def _write(self, op: str, key: Any, version: int | None, *args: Any) -> Any:
@@ -240,14 +230,11 @@ class BreakerCache(BaseCache):
         def served_by_fallback(*a: Any, **kw: Any) -> Any:
             return journal.write(written, v, fallback, *a, **kw)
 
-        if journal.active:
-            self._kick(bound)
-            if journal.covers(key, v):
-                bound.breaker.note_fallback(_INTEGRATION)
-                return served_by_fallback(key, *args, version=v)
+        if journal.active and journal.diverts(key, v):
+            return served_by_fallback(key, *args, version=v)
         return bound.breaker.call_with_fallback(
             getattr(bound.primary, op), served_by_fallback, (key, *args), {"version": v},
-            integration=_INTEGRATION,
+            integration=INTEGRATION,
         )
 
     def get(self, key: Any, default: Any = None, version: int | None = None) -> Any:
@@ -291,14 +278,11 @@ class BreakerCache(BaseCache):
                 journal.record(pair, version + delta)
                 return _fallback_incr_version(bound.fallback, key, delta, version)
 
-        if journal.active:
-            self._kick(bound)
-            if journal.covers(key, v) or journal.covers(key, v + delta):
-                bound.breaker.note_fallback(_INTEGRATION)
-                return on_fallback(key, delta, v)
+        if journal.active and journal.diverts(key, v, v + delta):
+            return on_fallback(key, delta, v)
         return int(bound.breaker.call_with_fallback(
             bound.primary.incr_version, on_fallback, (key, delta), {"version": v},
-            integration=_INTEGRATION,
+            integration=INTEGRATION,
         ))
 
     # ------------------------------------------------------------- many keys
@@ -309,16 +293,14 @@ class BreakerCache(BaseCache):
         journal = bound.journal
         found: dict[Any, Any] = {}
         if journal.active:
-            covered, keys = journal.split(keys, v)
+            covered, keys = journal.divert_many(keys, v)
             if covered:
-                bound.breaker.note_fallback(_INTEGRATION)
                 found.update(bound.fallback.get_many(covered, version=v))
-            self._kick(bound)
             if not keys:
                 return found
         found.update(bound.breaker.call_with_fallback(
             bound.primary.get_many, bound.fallback.get_many, (keys,), {"version": v},
-            integration=_INTEGRATION,
+            integration=INTEGRATION,
         ))
         return found
 
@@ -330,12 +312,10 @@ class BreakerCache(BaseCache):
         failed: list[Any] = []
         data = dict(data)
         if journal.active:
-            covered, rest = journal.split(data, v)
+            covered, rest = journal.divert_many(data, v)
             if covered:
-                bound.breaker.note_fallback(_INTEGRATION)
                 failed += journal.write(covered, v, bound.fallback.set_many,
                                         {k: data[k] for k in covered}, timeout, version=v) or []
-            self._kick(bound)
             data = {k: data[k] for k in rest}
             if not data:
                 return failed
@@ -346,7 +326,7 @@ class BreakerCache(BaseCache):
 
         failed += bound.breaker.call_with_fallback(
             bound.primary.set_many, served_by_fallback, (data, timeout), {"version": v},
-            integration=_INTEGRATION,
+            integration=INTEGRATION,
         ) or []
         return failed
 
@@ -356,11 +336,9 @@ class BreakerCache(BaseCache):
         keys = list(keys)
         journal = bound.journal
         if journal.active:
-            covered, keys = journal.split(keys, v)
+            covered, keys = journal.divert_many(keys, v)
             if covered:
-                bound.breaker.note_fallback(_INTEGRATION)
                 journal.write(covered, v, bound.fallback.delete_many, covered, version=v)
-            self._kick(bound)
             if not keys:
                 return
         rest = keys
@@ -370,7 +348,7 @@ class BreakerCache(BaseCache):
 
         bound.breaker.call_with_fallback(
             bound.primary.delete_many, served_by_fallback, (rest,), {"version": v},
-            integration=_INTEGRATION,
+            integration=INTEGRATION,
         )
 
     def clear(self) -> None:
@@ -383,7 +361,7 @@ class BreakerCache(BaseCache):
                 bound.fallback.clear()
 
         bound.breaker.call_with_fallback(bound.primary.clear, served_by_fallback,
-                                         integration=_INTEGRATION)
+                                         integration=INTEGRATION)
         with journal.lock:
             # Whatever the fallback held is older than an empty primary.
             bound.fallback.clear()

@@ -38,11 +38,13 @@ if TYPE_CHECKING:
 
     from redis_breaker._breaker import Breaker
 
-__all__ = ["Journal", "journal_for"]
+__all__ = ["INTEGRATION", "Journal", "journal_for"]
 
 T = TypeVar("T")
 Key = tuple[Any, int]
 
+#: What the breaker's fallback counts and warnings call the cache.
+INTEGRATION = "cache"
 _RETRY_TRIAL_S = 0.02  # another trial call holds the half-open slot: look again soon
 _RETRY_FAILED_S = 0.25  # replay failed while the breaker stayed closed
 _RETRY_FAILED_MAX_S = 5.0
@@ -100,6 +102,41 @@ class Journal:
         for key in keys:
             (covered if self.covers(key, version) else uncovered).append(key)
         return covered, uncovered
+
+    # The two below are the cache's fast path while the journal is ``active``;
+    # callers test that flag inline first, so a healthy cache pays one attribute
+    # read and no call.
+    def diverts(self, key: Any, *versions: int) -> bool:
+        """Whether a call for ``key`` (at any of ``versions``) goes to the fallback, not Redis.
+
+        A covered key is served by the fallback and counted as such. Either way the
+        replay is started while the breaker lets calls through: covered keys never
+        touch Redis, so the replay is what finds out whether Redis is back (or still
+        away: its failures count and open the breaker).
+        """
+        self._kick_unless_rejected()
+        if any(self.covers(key, version) for version in versions):
+            self._note_fallback()
+            return True
+        return False
+
+    def divert_many(self, keys: Iterable[Any], version: int) -> tuple[list[Any], list[Any]]:
+        """``(covered, uncovered)`` as ``split``; the covered ones counted as served by the fallback."""
+        self._kick_unless_rejected()
+        covered, uncovered = self.split(keys, version)
+        if covered:
+            self._note_fallback()
+        return covered, uncovered
+
+    def _kick_unless_rejected(self) -> None:
+        breaker = self._breaker()
+        if breaker is not None and not breaker.state.rejects:
+            self.kick()
+
+    def _note_fallback(self) -> None:
+        breaker = self._breaker()
+        if breaker is not None:
+            breaker.note_fallback(INTEGRATION)
 
     def record(self, keys: Iterable[Any], version: int) -> None:
         """Cover ``keys``; the caller holds ``lock`` together with the fallback write."""

@@ -18,11 +18,10 @@ from redis_breaker._registry import get_breaker
 from redis_breaker.conf import conf
 
 from .backend import BreakerCache, _first_location
-from .journal import Journal, journal_for
+from .journal import INTEGRATION, Journal, journal_for
 
 __all__ = ["safe_cache_delete", "safe_cache_get", "safe_cache_set"]
 
-_INTEGRATION = "cache"
 _MAX_KEYS = 10_000
 
 
@@ -38,17 +37,6 @@ def _resolve(alias: str, breaker: str) -> tuple[BaseCache, Breaker | None, Journ
     return cache, b, journal
 
 
-def _covered(b: Breaker, journal: Journal, key: Any, version: int) -> bool:
-    if not journal.active:
-        return False
-    if not b.state.rejects:
-        journal.kick()
-    if journal.covers(key, version):
-        b.note_fallback(_INTEGRATION)
-        return True
-    return False
-
-
 def safe_cache_get(key: Any, default: Any = None, *, version: int | None = None,
                    alias: str = "default", breaker: str = "default") -> Any:
     """``cache.get`` that returns ``default`` instead of raising or waiting while Redis is down."""
@@ -56,10 +44,10 @@ def safe_cache_get(key: Any, default: Any = None, *, version: int | None = None,
     if b is None or journal is None:
         return cache.get(key, default, version=version)
     v = cache.version if version is None else version
-    if _covered(b, journal, key, v):
+    if journal.active and journal.diverts(key, v):
         return default
     return b.call_with_fallback(cache.get, lambda *a, **kw: default, (key, default),
-                                {"version": v}, integration=_INTEGRATION)
+                                {"version": v}, integration=INTEGRATION)
 
 
 def safe_cache_set(key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, *,
@@ -76,10 +64,10 @@ def safe_cache_set(key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, *,
         journal.write((key,), v, bool)
         return False
 
-    if _covered(b, journal, key, v):
+    if journal.active and journal.diverts(key, v):
         return skipped()
     result = b.call_with_fallback(cache.set, skipped, (key, value, timeout), {"version": v},
-                                  integration=_INTEGRATION)
+                                  integration=INTEGRATION)
     return result is not False
 
 
@@ -95,7 +83,7 @@ def safe_cache_delete(key: Any, *, version: int | None = None, alias: str = "def
         journal.write((key,), v, bool)
         return False
 
-    if _covered(b, journal, key, v):
+    if journal.active and journal.diverts(key, v):
         return skipped()
     return bool(b.call_with_fallback(cache.delete, skipped, (key,), {"version": v},
-                                     integration=_INTEGRATION))
+                                     integration=INTEGRATION))
