@@ -28,6 +28,7 @@ import weakref
 from collections.abc import Callable, Hashable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from redis_breaker._background import BackgroundJob
 from redis_breaker._errors import BreakerOpenError
 from redis_breaker._events import emit
 from redis_breaker._redact import describe_error
@@ -45,7 +46,6 @@ Key = tuple[Any, int]
 
 #: What the breaker's fallback counts and warnings call the cache.
 INTEGRATION = "cache"
-_RETRY_TRIAL_S = 0.02  # another trial call holds the half-open slot: look again soon
 _RETRY_FAILED_S = 0.25  # replay failed while the breaker stayed closed
 _RETRY_FAILED_MAX_S = 5.0
 _journals: weakref.WeakKeyDictionary[Breaker, dict[Hashable, Journal]] = (
@@ -76,7 +76,7 @@ class Journal:
         self._all = False
         self._inflight: dict[Key, None] = {}
         self._inflight_all = False
-        self._worker: threading.Thread | None = None
+        self._job = BackgroundJob(f"redis-breaker-cache-replay-{name}", self._run)
         #: Fast-path flag, read without the lock: False means nothing is covered.
         self.active = False
         if fallback is not None:
@@ -194,14 +194,15 @@ class Journal:
         try:
             primary = self._primary or self._primary_factory()
             self._primary = primary
+            # In half-open these are trial calls: they wait for a free trial slot.
             if everything:
-                breaker.call(primary.clear)
+                breaker.call_as_trial(primary.clear)
             else:
                 by_version: dict[int, list[Any]] = {}
                 for key, version in keys:
                     by_version.setdefault(version, []).append(key)
                 for version, group in by_version.items():
-                    breaker.call(primary.delete_many, group, version=version)
+                    breaker.call_as_trial(primary.delete_many, group, version=version)
         except BaseException:
             with self.lock:
                 if everything or self._all:
@@ -237,15 +238,13 @@ class Journal:
             self.kick()
 
     def kick(self) -> None:
-        """Replay in the background unless a replay is already running."""
-        with self.lock:
-            worker = self._worker
-            if worker is not None and worker.is_alive():
-                return
-            worker = threading.Thread(target=self._run, daemon=True,
-                                      name=f"redis-breaker-cache-replay-{self.name}")
-            self._worker = worker
-        worker.start()
+        """Replay in the background (once more after the replay that is running, if one is)."""
+        self._job.kick()
+
+    @property
+    def _worker(self) -> threading.Thread | None:
+        # The replay's thread while one runs: tests/faults/conftest.py waits for it.
+        return self._job._thread
 
     def _run(self) -> None:
         pause = _RETRY_FAILED_S
@@ -256,8 +255,9 @@ class Journal:
             try:
                 self.replay()
             except BreakerOpenError:
+                # No longer half-open: open again (the loop returns), or closed by
+                # other trial calls meanwhile (the loop replays again).
                 del breaker
-                time.sleep(_RETRY_TRIAL_S)
             except Exception as exc:
                 if not breaker.counts(exc):
                     emit(logging.ERROR, "cache_journal_replay_failed", cache=self.name,
