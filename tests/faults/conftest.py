@@ -151,21 +151,17 @@ class Stack:
     def cache_round(self, key: str) -> None:
         """A write then a read of one key: the read returns the value written, or a miss.
 
-        A miss is legal for a cache, a stale value never is. It is allowed only
-        when the breaker moved in between: a write that reached Redis (a slow
-        call that counted as a failure, say) and opened the breaker leaves the
-        read to the fallback, which never held the key.
+        A miss is legal for a cache, a stale value never is. A write that timed
+        out may or may not have reached Redis: the journal invalidates the key,
+        and until Redis has it again the read is a miss. A slow write that
+        reached Redis and opened the breaker leaves the read to the fallback,
+        which never held the key. (That the fallback serves what was written
+        while the breaker is open is asserted in ``assert_open_skips_redis``.)
         """
         n = self._next()
-        moved = self._transitions()
         self._caller(f"cache.set({key!r})", lambda: self.cache.set(key, n))
         got = self._caller(f"cache.get({key!r})", lambda: self.cache.get(key))
-        if got is None and self._transitions() != moved:
-            return
-        assert got == n, f"cache.get({key!r}) returned {got!r} right after set({n!r})"
-
-    def _transitions(self) -> int:
-        return sum(self.breaker.totals().transitions.values())
+        assert got in (n, None), f"cache.get({key!r}) returned {got!r} right after set({n!r})"
 
     def dispatch(self) -> str:
         task = self.app.tasks[TASK]
