@@ -10,9 +10,9 @@ import pytest
 from celery import Celery
 from django.test import override_settings
 
-from redis_breaker.celery import FALLBACKS, BreakerTask
+from redis_breaker.celery import FALLBACKS, BreakerTask, bounded_transport_options
 from redis_breaker.celery import config as celery_config
-from redis_breaker.celery.dispatch import fallback_for
+from redis_breaker.celery.dispatch import breaker_name_for, fallback_for
 from redis_breaker.celery.worker_relay import relay_interval
 from redis_breaker.checks import check_celery
 
@@ -37,31 +37,34 @@ def _fallback(app: Celery) -> Any:
     return fallback_for(app.tasks["t.noop"])
 
 
-# setting, a value it refuses, the runtime read of the Celery app's value (None: not checked
-# at runtime).
-CASES: list[tuple[celery_config.CelerySetting, Any, Callable[[Celery], Any] | None]] = [
+def _breaker_name(app: Celery) -> Any:
+    return breaker_name_for(app.tasks["t.noop"])
+
+
+# setting, a value it refuses, where the runtime reads the Celery app's value.
+CASES: list[tuple[celery_config.CelerySetting, Any, Callable[[Celery], Any]]] = [
     (celery_config.FALLBACK, "queue", _fallback),
-    (celery_config.BREAKER_NAME, ["default"], None),
-    (celery_config.TIMEOUT, -1, None),
+    (celery_config.BREAKER_NAME, ["default"], _breaker_name),
+    (celery_config.TIMEOUT, -1, bounded_transport_options),
+    (celery_config.TIMEOUT, float("nan"), bounded_transport_options),
     (celery_config.RELAY_INTERVAL, True, relay_interval),
 ]
 
 
 @pytest.mark.parametrize(("setting", "bad", "runtime"), CASES,
-                         ids=[case[0].name for case in CASES])
+                         ids=[f"{case[0].key}={case[1]!r}" for case in CASES])
 def test_one_row_gives_the_check_and_the_runtime_error(
         app: Celery, setting: celery_config.CelerySetting, bad: Any,
-        runtime: Callable[[Celery], Any] | None) -> None:
+        runtime: Callable[[Celery], Any]) -> None:
     """A refused value gives the check error of its row, and the row's runtime error where the
     app reads it."""
     with override_settings(**{setting.name: bad}):
         [error] = check_celery()
     assert (error.id, error.msg, error.hint) == (setting.id, setting.problem(bad), setting.hint)
     assert error.msg.startswith(f"{setting.name} is ")
-    if runtime is not None:
-        app.conf[setting.key] = bad
-        with pytest.raises(ValueError, match=re.escape(f"{setting.subject} must be ")):
-            runtime(app)
+    app.conf[setting.key] = bad
+    with pytest.raises(ValueError, match=re.escape(f"{setting.subject} must be ")):
+        runtime(app)
 
 
 def test_every_setting_has_a_row_and_an_id() -> None:

@@ -67,13 +67,12 @@ def _seconds(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-# Negations of the rejections the checks have always made (a NaN passes them).
 def _positive(value: Any) -> bool:
-    return _seconds(value) and not value <= 0
+    return _seconds(value) and value > 0
 
 
 def _not_negative(value: Any) -> bool:
-    return _seconds(value) and not value < 0
+    return _seconds(value) and value >= 0
 
 
 FALLBACK = CelerySetting(

@@ -31,6 +31,7 @@ __all__ = [
 def breaker_name_for(task: Task) -> str:
     """The breaker ``task`` dispatches through: its own ``breaker_name``, else the app's."""
     name = getattr(task, "breaker_name", None) or BREAKER_NAME.read(task._get_app())
+    BREAKER_NAME.checked(name)
     return str(name)
 
 

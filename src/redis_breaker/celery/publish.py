@@ -80,7 +80,7 @@ def bounded_transport_options(app: Celery) -> dict[str, Any]:
     # The breaker is the retry policy: one connection attempt per dispatch.
     options["max_retries"] = 0
     if _broker_url(app).startswith((*_REDIS_SCHEMES, "sentinel://")):
-        timeout = float(TIMEOUT.read(app))
+        timeout = float(TIMEOUT.checked(TIMEOUT.read(app)))
         options.setdefault("socket_connect_timeout", timeout)
         options.setdefault("socket_timeout", timeout)
     return options
