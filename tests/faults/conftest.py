@@ -250,8 +250,7 @@ class Stack:
         assert after.rejected - before.rejected >= 4 * rounds
 
     def _in_flight(self) -> bool:
-        worker = self.cache._bind().journal._worker
-        if worker is not None and worker.is_alive():
+        if self.cache._bind().journal.replaying:
             return True
         return any(state.resync is not None and not state.resync.done()
                    for state in list(self.layer._loops.values()))

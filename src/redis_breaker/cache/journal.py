@@ -242,9 +242,9 @@ class Journal:
         self._job.kick()
 
     @property
-    def _worker(self) -> threading.Thread | None:
-        # The replay's thread while one runs: tests/faults/conftest.py waits for it.
-        return self._job._thread
+    def replaying(self) -> bool:
+        """True while a replay runs in the background."""
+        return self._job.running
 
     def _run(self) -> None:
         pause = _RETRY_FAILED_S
