@@ -95,25 +95,26 @@ def queued_ids(server: RedisServer, queue: str = QUEUE) -> list[str]:
     return [json.loads(item)["headers"]["id"] for item in reversed(raw)]
 
 
-def stack_settings(settings: Any, url: str, **breaker: Any) -> None:
+def stack_settings(settings: Any, url: str, socket_timeout: float = SOCKET_TIMEOUT,
+                   **breaker: Any) -> None:
     """One Django settings override building all three integrations on ``url``, one breaker."""
     settings.REDIS_BREAKERS = {"default": {"URL": url, **BREAKER, **breaker}}
     settings.CACHES = {
         "redis": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url,
-                  "OPTIONS": {"socket_timeout": SOCKET_TIMEOUT,
-                              "socket_connect_timeout": SOCKET_TIMEOUT}},
+                  "OPTIONS": {"socket_timeout": socket_timeout,
+                              "socket_connect_timeout": socket_timeout}},
         "default": {"BACKEND": "redis_breaker.cache.BreakerCache",
                     "OPTIONS": {"PRIMARY": "redis", "BREAKER": "default"}},
     }
     settings.CHANNEL_LAYERS = {"default": {
         "BACKEND": "redis_breaker.channels.BreakerChannelLayer",
-        "CONFIG": {"hosts": [{"address": url, "socket_timeout": SOCKET_TIMEOUT,
-                              "socket_connect_timeout": SOCKET_TIMEOUT}],
+        "CONFIG": {"hosts": [{"address": url, "socket_timeout": socket_timeout,
+                              "socket_connect_timeout": socket_timeout}],
                    "breaker": "default"},
     }}
     settings.CELERY_BROKER_URL = url
     settings.CELERY_TASK_IGNORE_RESULT = True
-    settings.CELERY_REDIS_BREAKER_TIMEOUT = SOCKET_TIMEOUT
+    settings.CELERY_REDIS_BREAKER_TIMEOUT = socket_timeout
 
 
 @dataclass
@@ -422,11 +423,11 @@ def frozen_clock(*, tick: bool = False) -> Iterator[Any]:
 
 
 def build_stack(settings: Any, server: RedisServer, clock: Any, url: str | None = None,
-                **breaker: Any) -> Iterator[Stack]:
+                socket_timeout: float = SOCKET_TIMEOUT, **breaker: Any) -> Iterator[Stack]:
     """Configure and build the three integrations on ``server`` (``url`` overrides its URL,
     ``breaker`` adds to the breaker's settings)."""
     url = url or server.url
-    stack_settings(settings, url, **breaker)
+    stack_settings(settings, url, socket_timeout, **breaker)
     loop = LoopThread()
     app = Celery("faults", task_cls=BreakerTask, set_as_current=False)
     app.config_from_object("django.conf:settings", namespace="CELERY")
