@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from redis_breaker import _registry
+from redis_breaker import _registry, _shared
 from tests.harness import RedisNotInstalled, RedisServer
 
 
@@ -27,8 +27,12 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture(autouse=True)
-def _fresh_registry() -> Iterator[None]:
-    """Each test starts with no shared breakers."""
+def _fresh_registry(tmp_path_factory: pytest.TempPathFactory,
+                    monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test starts with no shared breakers, and host-wide state files of its own."""
+    state_dir = str(tmp_path_factory.mktemp("state"))
+    os.chmod(state_dir, 0o700)
+    monkeypatch.setattr(_shared, "default_state_dir", lambda: state_dir)
     _registry._breakers.clear()
     yield
     for breaker in list(_registry._breakers.values()):

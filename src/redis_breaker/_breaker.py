@@ -31,7 +31,9 @@ from ._events import emit
 from ._ledger import FALLBACK_WARN_EVERY, FallbackLedger
 from ._probe import Probe, ping_url
 from ._publish import Listener, Publisher, add_global_listener, remove_global_listener
+from . import _shared
 from ._redact import describe_error, redact
+from ._shared import Record, hot_word
 from ._state import State, StateChange, Stats
 from ._window import Window
 
@@ -54,6 +56,87 @@ _BLOCKS: contextvars.ContextVar[tuple[tuple[Breaker, int, float], ...]] = contex
 #: How often recovery work looks again for a half-open trial slot taken by another caller.
 TRIAL_WAIT_S = 0.02
 _CLOSED, _OPEN, _DISABLED, _FORCED_OPEN = State.CLOSED, State.OPEN, State.DISABLED, State.FORCED_OPEN
+_HALF_OPEN = State.HALF_OPEN
+_PASSING = (State.CLOSED, State.DISABLED)
+#: State codes of the shared record.
+_CODES = (State.CLOSED, State.OPEN, State.HALF_OPEN, State.FORCED_OPEN, State.DISABLED)
+_CODE = {state: code for code, state in enumerate(_CODES)}
+#: How often a process that does not hold the probe lease looks at the shared record.
+FOLLOW_EVERY_S = 0.1
+#: The probe lease outlives its holder by this much (plus PROBE_TIMEOUT): another
+#: process takes the probe over within a second of its holder's death.
+LEASE_S = 0.75
+#: A half-open trial permit held this long (its process may have died) is given back.
+TRIAL_GRACE_S = 5.0
+_NAN = float("nan")
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+_DESCRIBED: dict[tuple[type[BaseException], tuple[Any, ...]], str] = {}
+
+
+def _describe(exc: BaseException) -> str:
+    """``describe_error`` with a small cache: an outage repeats the same few errors."""
+    try:
+        key = (type(exc), exc.args)
+        text = _DESCRIBED.get(key)
+    except TypeError:  # unhashable arguments
+        return describe_error(exc)
+    if text is None:
+        text = describe_error(exc)
+        if len(_DESCRIBED) >= 256:
+            _DESCRIBED.clear()
+        _DESCRIBED[key] = text
+    return text
+
+
+class _Guard:
+    """The breaker's lock: its thread lock and, when shared, the state file's ``flock``.
+
+    Entering loads the shared record into the breaker's attributes; leaving
+    writes them back, the hot word last.
+    """
+
+    __slots__ = ("_breaker", "_tlock")
+
+    def __init__(self, breaker: Breaker) -> None:
+        self._breaker = breaker
+        self._tlock = threading.Lock()
+
+    def __enter__(self) -> None:
+        self._tlock.acquire()
+        b = self._breaker
+        record = b._record
+        if record.shared:
+            try:
+                record.lock()
+            except OSError as exc:
+                b._detach(f"cannot lock the state file: {exc.strerror or exc}")
+                return
+            b._load()
+
+    def __exit__(self, *exc_info: object) -> None:
+        b = self._breaker
+        record = b._record
+        try:
+            b._store()
+        finally:
+            try:
+                record.unlock()
+            except OSError:
+                pass
+            self._tlock.release()
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +183,6 @@ class Breaker:
         self._probe_fn = probe
         self._adopted_url: str | None = None
         self._events = Publisher(name)
-        self._init_runtime()
         self._state = State.CLOSED
         self._generation = 0
         self._since = self._now()
@@ -108,10 +190,15 @@ class Breaker:
         self._window = Window(self._config.window)
         self._trials = 0
         self._trial_successes = 0
+        self._trial_started_at = 0.0
         self._next_trial_at = 0.0
+        self._next_ping_at = 0.0
         self._open_until = 0.0
         self._backoff_step = 0
         self._left_closed_at: float | None = None
+        self._closed_at: float | None = None
+        self._detached_warned = False
+        self._record: Record = _shared.local_record(self._since)
         # Stepped without a lock on the hot paths; read under the lock.
         self._rejected = Counter()
         self._successes = Counter()
@@ -121,15 +208,153 @@ class Breaker:
         self._last_error: str | None = None
         self._last_change: StateChange | None = None
         self._misconfig_logged_at = float("-inf")
+        self._init_runtime()
+        self._attach()
         _ALL.add(self)
 
     def _init_runtime(self) -> None:
         """Locks, queues and threads: everything that must be fresh after ``fork``."""
-        self._lock = threading.Lock()
+        self._lock = _Guard(self)
         self._events.init_runtime()
         self._probe: Probe | None = None
         #: True while a probe thread is running: rejections then need no lock.
         self._probe_running = False
+        #: Who holds the probe lease in the shared record (this object, this process).
+        self._token = random.getrandbits(62) | 1
+        if self._record.shared and not self._record.reopen():
+            self._detach("the state file was removed or replaced")
+        self._sync_hot()
+
+    # ------------------------------------------------------------ the record
+    def _attach(self) -> None:
+        """Use the host-wide record for this name and URL (or one in memory)."""
+        config = self._config
+        old = self._record
+        if config.host_shared and self._clock is None:
+            record = _shared.attach(self.name, self.url, config.state_dir, self._now())
+        else:
+            record = _shared.local_record(self._now())
+        with self._lock:
+            if record.shared:
+                self._record = record
+                record.lock()
+                try:
+                    self._load()
+                finally:
+                    record.unlock()
+            else:
+                self._record = record
+        if old.shared and old is not record:
+            old.close()
+        if self._events.pending:
+            self._publish()
+
+    def _detach(self, why: str) -> None:
+        """Stop sharing (the state file became unusable); keep the current state. Lock held."""
+        old = self._record
+        self._record = _shared.local_record(self._since)
+        old.close()
+        if not self._detached_warned:
+            self._detached_warned = True
+            emit(logging.WARNING, "host_state_unavailable", breaker=self.name, error=why,
+                 hint="This process keeps the breaker's state to itself from now on.")
+
+    @property
+    def host_shared(self) -> bool:
+        """True while the state is shared with the host's other processes."""
+        return self._record.shared
+
+    @property
+    def state_file(self) -> str | None:
+        """The host-wide state file, or None when the state lives in this process."""
+        return self._record.path if self._record.shared else None
+
+    def _sync_hot(self) -> None:
+        """Derive what the lock-free paths compare with (lock held, or no other thread)."""
+        word = hot_word(self._generation, self._consecutive)
+        self._seen_word = word
+        if self._state is _CLOSED or self._state is _DISABLED:
+            self._pass_word = hot_word(self._generation, 0)
+            self._pass_ticket = self._generation << 1
+        else:
+            self._pass_word = -1
+            self._pass_ticket = -2
+        self._hot = self._record.hot
+        if not self._record.shared:
+            self._record.ints[_shared.HOT] = word
+
+    def _load(self) -> None:
+        """Read the shared record into the attributes (lock held).
+
+        A transition another process made shows up as a newer generation: this
+        process's listeners hear of it (a ``remote`` change, logged by the process
+        that made it), and its local bookkeeping follows.
+        """
+        record = self._record
+        ints, floats = record.ints, record.floats
+        code = ints[_shared.STATE]
+        if not 0 <= code < len(_CODES) or ints[_shared.TRIALS] < 0:
+            self._detach(record.problem() or "corrupt state file")
+            return
+        generation = ints[_shared.GEN]
+        state = _CODES[code]
+        previous = self._state
+        self._consecutive = ints[_shared.CONSEC]
+        self._trials = ints[_shared.TRIALS]
+        self._trial_successes = ints[_shared.TRIAL_OK]
+        self._backoff_step = ints[_shared.STEP]
+        self._open_until = floats[_shared.OPEN_UNTIL]
+        self._next_trial_at = floats[_shared.NEXT_TRIAL_AT]
+        self._trial_started_at = floats[_shared.TRIAL_STARTED_AT]
+        self._since = floats[_shared.SINCE]
+        left = floats[_shared.LEFT_CLOSED_AT]
+        self._left_closed_at = None if left != left else left
+        closed = floats[_shared.CLOSED_AT]
+        self._closed_at = None if closed != closed else closed
+        if generation == self._generation:
+            self._state = state
+            return
+        self._generation = generation
+        self._state = state
+        if state is previous:
+            if state in _PASSING:
+                self._window.clear()
+            return
+        change = StateChange(
+            breaker=self.name,
+            from_state=previous,
+            to_state=state,
+            reason=record.text(_shared.REASON_TEXT, _shared.REASON_LEN) or "",
+            at=floats[_shared.LAST_AT],
+            failures=ints[_shared.LAST_FAILURES],
+            last_error=record.text(_shared.ERROR_TEXT, _shared.ERR_LEN),
+            open_for_s=None if floats[_shared.LAST_OPEN_FOR] != floats[_shared.LAST_OPEN_FOR]
+            else floats[_shared.LAST_OPEN_FOR],
+            fallback_calls=self._ledger.current_total(),
+            remote=True,
+        )
+        self._local_effects(previous, state, change)
+
+    def _store(self) -> None:
+        """Write the attributes back to the shared record, the hot word last (lock held)."""
+        record = self._record
+        if record.shared:
+            ints, floats = record.ints, record.floats
+            ints[_shared.GEN] = self._generation
+            ints[_shared.STATE] = _CODE[self._state]
+            ints[_shared.CONSEC] = self._consecutive
+            ints[_shared.TRIALS] = self._trials
+            ints[_shared.TRIAL_OK] = self._trial_successes
+            ints[_shared.STEP] = self._backoff_step
+            floats[_shared.OPEN_UNTIL] = self._open_until
+            floats[_shared.NEXT_TRIAL_AT] = self._next_trial_at
+            floats[_shared.TRIAL_STARTED_AT] = self._trial_started_at
+            floats[_shared.SINCE] = self._since
+            floats[_shared.LEFT_CLOSED_AT] = (_NAN if self._left_closed_at is None
+                                              else self._left_closed_at)
+            floats[_shared.CLOSED_AT] = _NAN if self._closed_at is None else self._closed_at
+            ints[_shared.HOT] = hot_word(self._generation, self._consecutive)
+        self._sync_hot()
 
     # ----------------------------------------------------------------- config
     @property
@@ -138,11 +363,16 @@ class Breaker:
 
     def configure(self, config: BreakerConfig) -> None:
         """Replace the configuration, keeping the current state."""
+        old = self._config
         with self._lock:
             if config.window != self._config.window:
                 self._window = Window(config.window)
             self._config = config
             self._slow_threshold = config.slow_call_threshold
+        if (config.host_shared, config.state_dir, config.url) != (
+                old.host_shared, old.state_dir, old.url) or (
+                config.host_shared != self._record.shared and self._clock is None):
+            self._attach()
         self._wake_probe()
 
     @property
@@ -151,9 +381,15 @@ class Breaker:
         return self._config.url or self._adopted_url
 
     def adopt_url(self, url: str | None) -> None:
-        """Use ``url`` for the probe when the configuration names none."""
+        """Use ``url`` for the probe when the configuration names none.
+
+        The host-wide state is keyed by name and URL: a breaker that adopts its
+        URL moves to the state shared by the processes using that Redis.
+        """
         if url and not self._adopted_url:
             self._adopted_url = url
+            if not self._config.url and self._config.host_shared and self._clock is None:
+                self._attach()
 
     def set_probe(self, probe: Callable[[], object] | None) -> None:
         """Use ``probe()`` (raises when Redis is down) instead of a PING of ``url``."""
@@ -178,17 +414,53 @@ class Breaker:
 
     @property
     def state(self) -> State:
+        """The state, as the host sees it (read from the shared record when there is one)."""
+        record = self._record
+        if record.shared:
+            code = record.ints[_shared.STATE]
+            if 0 <= code < len(_CODES):
+                return _CODES[code]
         return self._state
 
     @property
     def last_change(self) -> StateChange | None:
-        """The most recent transition, or None if the breaker never left closed."""
-        return self._last_change
+        """The most recent transition (on the host), or None if the breaker never left closed."""
+        if not self._record.shared:
+            return self._last_change
+        with self._lock:
+            return self._recorded_change()
+
+    def _recorded_change(self) -> StateChange | None:
+        record = self._record
+        if not record.shared:
+            return self._last_change
+        ints, floats = record.ints, record.floats
+        if not 0 <= ints[_shared.LAST_TO] < len(_CODES) or not (
+                0 <= ints[_shared.LAST_FROM] < len(_CODES)):
+            return None
+        open_for = floats[_shared.LAST_OPEN_FOR]
+        mine = self._last_change
+        if (mine is not None and mine.at == floats[_shared.LAST_AT]
+                and mine.to_state is _CODES[ints[_shared.LAST_TO]]
+                and mine.from_state is _CODES[ints[_shared.LAST_FROM]]):
+            return mine
+        return StateChange(
+            breaker=self.name,
+            from_state=_CODES[ints[_shared.LAST_FROM]],
+            to_state=_CODES[ints[_shared.LAST_TO]],
+            reason=record.text(_shared.REASON_TEXT, _shared.REASON_LEN) or "",
+            at=floats[_shared.LAST_AT],
+            failures=ints[_shared.LAST_FAILURES],
+            last_error=record.text(_shared.ERROR_TEXT, _shared.ERR_LEN),
+            open_for_s=None if open_for != open_for else open_for,
+            fallback_calls=ints[_shared.LAST_FALLBACKS],
+            remote=True,
+        )
 
     @property
     def is_open(self) -> bool:
         """True while calls skip Redis (open or forced open)."""
-        return self._state.rejects
+        return self.state.rejects
 
     def force_open(self, reason: str = "forced open") -> None:
         """Reject every call until ``reset()``; no probe runs."""
@@ -199,7 +471,7 @@ class Breaker:
         self._manual(State.DISABLED, reason)
 
     def reset(self, reason: str = "reset") -> None:
-        """Back to closed with every counter cleared."""
+        """Back to closed with every counter cleared (for every process of the host)."""
         self._manual(State.CLOSED, reason)
 
     def _manual(self, to: State, reason: str) -> None:
@@ -207,14 +479,38 @@ class Breaker:
             now = self._now()
             self._transition(to, reason, now)
             if to is State.CLOSED:
-                self._last_error = None
+                self._set_error(None)
+                self._backoff_step = 0
+                self._closed_at = None
+                self._trials = 0
         self._publish()
+
+    def _error(self) -> str | None:
+        """The last counted failure's description (lock held)."""
+        record = self._record
+        if record.shared:
+            return record.text(_shared.ERROR_TEXT, _shared.ERR_LEN)
+        return self._last_error
+
+    def _set_error(self, text: str | None) -> None:
+        self._last_error = text
+        record = self._record
+        if record.shared:
+            record.set_text(_shared.ERROR_TEXT, _shared.ERR_LEN, text)
 
     def stats(self) -> Stats:
         with self._lock:
             now = self._now()
             calls, failures = self._window.totals(now)
             retry_in = max(0.0, self._open_until - now) if self._state is State.OPEN else None
+            record = self._record
+            probe_pid: int | None = None
+            if record.shared:
+                if record.floats[_shared.LEASE_UNTIL] > now and _alive(
+                        record.ints[_shared.LEASE_PID]):
+                    probe_pid = record.ints[_shared.LEASE_PID]
+            elif self._probe_running:
+                probe_pid = os.getpid()
             return Stats(
                 name=self.name,
                 state=self._state,
@@ -225,9 +521,11 @@ class Breaker:
                 window_failures=failures,
                 rejected=self._rejected.value,
                 fallback_calls=self._ledger.current_total(),
-                last_error=self._last_error,
+                last_error=self._error(),
                 retry_in_s=retry_in,
                 url=redact(self.url) if self.url else None,
+                host_shared=record.shared,
+                probe_pid=probe_pid,
             )
 
     # -------------------------------------------------------------- admission
@@ -239,37 +537,44 @@ class Breaker:
         return ticket
 
     def _try_admit(self) -> int:
-        """A ticket, or -1 when the call is rejected. Closed: one attribute read, no lock."""
-        state = self._state
-        if state is _CLOSED or state is _DISABLED:
-            return self._generation << 1
-        if state is _FORCED_OPEN or (state is _OPEN and self._probe_running):
-            self._rejected.step()
-            return -1
+        """A ticket, or -1 when the call is rejected.
+
+        Closed: one read of the hot word, no lock. Open, with nothing changed
+        since this process last looked: no lock either.
+        """
+        word = self._hot[0]
+        if word == self._pass_word:
+            return self._pass_ticket
+        if word == self._seen_word:
+            state = self._state
+            if state is _CLOSED or state is _DISABLED:
+                return self._generation << 1
+            if state is _FORCED_OPEN or (state is _OPEN and (
+                    self._probe_running or self._now() < self._open_until)):
+                self._rejected.step()
+                return -1
         return self._admit_slow()
 
     def _admit_slow(self) -> int:
         with self._lock:
             state = self._state
             if state is State.CLOSED or state is State.DISABLED:
-                return self._generation << 1
-            if state is State.OPEN:
-                now = self._now()
-                if self._probing():
-                    self._start_probe()
-                    self._rejected.step()
-                    return -1
-                if now < self._open_until:
-                    self._rejected.step()
-                    return -1
-                self._transition(State.HALF_OPEN, "open interval elapsed", now)
-                state = State.HALF_OPEN
-            if state is State.HALF_OPEN and self._trials < self._config.half_open_max_calls:
-                self._trials += 1
-                ticket = (self._generation << 1) | 1
+                ticket = self._generation << 1
             else:
-                self._rejected.step()
                 ticket = -1
+                if state is State.OPEN:
+                    now = self._now()
+                    if self._probing():
+                        self._start_probe()
+                    elif now >= self._open_until:
+                        self._transition(State.HALF_OPEN, "open interval elapsed", now)
+                        state = State.HALF_OPEN
+                if state is State.HALF_OPEN and self._trials < self._config.half_open_max_calls:
+                    self._trials += 1
+                    self._trial_started_at = self._now()
+                    ticket = (self._generation << 1) | 1
+            if ticket < 0:
+                self._rejected.step()
         if self._events.pending:
             self._publish()
         return ticket
@@ -288,13 +593,12 @@ class Breaker:
         threshold = self._slow_threshold
         if threshold is None:
             window = self._window
-            if ticket == self._generation << 1 and started < window.bucket_end:
+            if ticket == self._pass_ticket and self._hot[0] == self._pass_word and (
+                    started < window.bucket_end):
                 # A normal call while closed, in the window's live bucket: record it
                 # without the lock (each step is atomic), as ``call`` does inline.
                 window.current.step()
                 self._successes.step()
-                if self._consecutive:
-                    self._consecutive = 0
                 return
         else:
             now = self._now()
@@ -308,7 +612,7 @@ class Breaker:
             if ticket >> 1 != self._generation:
                 return
             if ticket & 1:
-                self._trials -= 1
+                self._trials = max(0, self._trials - 1)
                 self._trial_successes += 1
                 if self._trial_successes >= self._config.success_threshold:
                     self._transition(
@@ -326,17 +630,17 @@ class Breaker:
             if ticket & 1:
                 with self._lock:
                     if ticket >> 1 == self._generation:
-                        self._trials -= 1
+                        self._trials = max(0, self._trials - 1)
             return False
         self._on_failure(ticket, exc)
         return True
 
     def _on_failure(self, ticket: int, exc: BaseException) -> None:
-        error = describe_error(exc)
+        error = _describe(exc)
         misconfigured = is_misconfiguration(exc)
         loud = False
         with self._lock:
-            self._last_error = error
+            self._set_error(error)
             self._failures_total += 1
             now = self._now()
             if misconfigured and now - self._misconfig_logged_at >= FALLBACK_WARN_EVERY:
@@ -345,7 +649,7 @@ class Breaker:
             if ticket >> 1 == self._generation:
                 state = self._state
                 if ticket & 1:
-                    self._trials -= 1
+                    self._trials = max(0, self._trials - 1)
                     self._transition(State.OPEN, f"trial call failed: {error}", now)
                 elif state is State.CLOSED or state is State.DISABLED:
                     self._consecutive += 1
@@ -379,12 +683,21 @@ class Breaker:
     def _backoff(self, step: int) -> float:
         config = self._config
         delay = min(config.max_reset_timeout, config.reset_timeout * (2 ** min(step, 62)))
-        # Jitter spreads the probes of many processes that tripped together.
+        # Jitter spreads the trials of many processes and hosts that tripped together.
         return float(delay * (0.8 + 0.2 * self._random()))
+
+    def _jittered_interval(self) -> float:
+        return float(self._config.probe_interval * (0.8 + 0.4 * self._random()))
 
     # ------------------------------------------------------------ transitions
     def _transition(self, to: State, reason: str, now: float) -> None:
-        """Move to ``to``; caller holds the lock. Publishing happens after it is released."""
+        """Move to ``to``; caller holds the lock. Publishing happens after it is released.
+
+        Backoff: a trip from closed starts at step 0, unless the breaker closed
+        less than ``MAX_RESET_TIMEOUT`` ago (Redis flapping), and every failed
+        half-open adds a step. Each step doubles the time before trial traffic
+        is let through again; the probe keeps PINGing at its short interval.
+        """
         previous = self._state
         if previous is State.OPEN and to is State.OPEN:
             return
@@ -393,22 +706,24 @@ class Breaker:
             if previous is State.HALF_OPEN:
                 self._backoff_step += 1
             elif previous is not State.OPEN:
-                self._backoff_step = 0
+                closed_at = self._closed_at
+                recently = (closed_at is not None
+                            and now - closed_at < self._config.max_reset_timeout)
+                self._backoff_step = self._backoff_step + 1 if recently else 0
             self._open_until = now + self._backoff(self._backoff_step)
-        if previous in (State.CLOSED, State.DISABLED) and to not in (State.CLOSED, State.DISABLED):
+        if previous in _PASSING and to not in _PASSING:
             self._left_closed_at = now
-            self._ledger.start_outage()
         if to is State.HALF_OPEN:
             self._trials = 0
             self._trial_successes = 0
             self._next_trial_at = now
-        if to in (State.CLOSED, State.DISABLED):
+        if to in _PASSING:
             if self._left_closed_at is not None:
                 open_for = now - self._left_closed_at
             self._left_closed_at = None
             self._consecutive = 0
-            self._window.clear()
-            self._backoff_step = 0
+            self._closed_at = now
+        error = self._error()
         change = StateChange(
             breaker=self.name,
             from_state=previous,
@@ -416,19 +731,37 @@ class Breaker:
             reason=reason,
             at=now,
             failures=self._consecutive,
-            last_error=self._last_error,
+            last_error=error,
             open_for_s=open_for,
             fallback_calls=self._ledger.current_total(),
         )
-        key = (previous.value, to.value)
-        self._transitions[key] = self._transitions.get(key, 0) + 1
         self._state = to
         self._since = now
         self._generation += 1
+        record = self._record
+        if record.shared:
+            ints, floats = record.ints, record.floats
+            ints[_shared.LAST_FROM] = _CODE[previous]
+            ints[_shared.LAST_TO] = _CODE[to]
+            ints[_shared.LAST_FAILURES] = change.failures
+            ints[_shared.LAST_FALLBACKS] = change.fallback_calls
+            floats[_shared.LAST_AT] = now
+            floats[_shared.LAST_OPEN_FOR] = _NAN if open_for is None else open_for
+            record.set_text(_shared.REASON_TEXT, _shared.REASON_LEN, reason)
+        self._local_effects(previous, to, change)
+
+    def _local_effects(self, previous: State, to: State, change: StateChange) -> None:
+        """This process's side of a transition, its own or another process's (lock held)."""
+        if previous in _PASSING and to not in _PASSING:
+            self._ledger.start_outage()
+        if to in _PASSING:
+            self._window.clear()
+        key = (previous.value, to.value)
+        self._transitions[key] = self._transitions.get(key, 0) + 1
         self._events.pending.append(change)
         self._last_change = change
-        if to in (State.CLOSED, State.DISABLED):
-            summary = self._ledger.end_outage(open_for)
+        if to in _PASSING and previous not in _PASSING:
+            summary = self._ledger.end_outage(change.open_for_s)
             if summary is not None:
                 self._events.pending.append(summary)
 
@@ -437,11 +770,10 @@ class Breaker:
         self._events.publish(self, self._after_transition)
 
     def _after_transition(self, change: StateChange) -> None:
-        if change.to_state is State.OPEN:
+        if change.to_state is State.OPEN or change.to_state is State.HALF_OPEN:
             with self._lock:
                 self._start_probe()
-        else:
-            self._wake_probe()
+        self._wake_probe()
 
     def counts(self, exc: BaseException) -> bool:
         """True when ``exc`` is the kind of error this breaker counts (Redis unavailable)."""
@@ -455,10 +787,11 @@ class Breaker:
         with self._lock:
             warn = self._ledger.count(integration, self._now())
             state = self._state
+            last_error = self._error()
         if warn:
             emit(logging.WARNING, "fallback_used", breaker=self.name, integration=integration,
                  state=state.value,
-                 last_error=describe_error(error) if error is not None else self._last_error)
+                 last_error=_describe(error) if error is not None else last_error)
 
     def totals(self) -> Totals:
         """Counters since the breaker was created, for metrics (they never go down)."""
@@ -472,12 +805,16 @@ class Breaker:
             )
 
     # ------------------------------------------------------------------ probe
+    # One probe thread per process while the breaker is not closed. With a
+    # shared record, the thread that holds the record's lease PINGs Redis and
+    # makes the probe's trial calls; the others only follow the record, so their
+    # process's listeners hear of every transition without any traffic.
     def _probing(self) -> bool:
         return self._config.probe and (self._probe_fn is not None or self.url is not None)
 
     def _start_probe(self) -> None:
         """Start (or wake) the probe thread; caller holds the lock."""
-        if not self._probing() or self._state is not State.OPEN:
+        if not self._probing() or self._state not in (State.OPEN, State.HALF_OPEN):
             return
         probe = self._probe
         if self._probe_running and probe is not None and probe.is_alive():
@@ -501,13 +838,36 @@ class Breaker:
             raise RuntimeError("no URL to probe")
         ping_url(url, self._config.probe_timeout)
 
+    def _lease(self, now: float) -> bool:
+        """Hold (take, renew) the host's probe lease; False when another process holds it."""
+        record = self._record
+        if not record.shared:
+            return True
+        ints, floats = record.ints, record.floats
+        if ints[_shared.LEASE_TOKEN] != self._token:
+            if floats[_shared.LEASE_UNTIL] > now and _alive(ints[_shared.LEASE_PID]):
+                return False
+            ints[_shared.LEASE_TOKEN] = self._token
+            ints[_shared.LEASE_PID] = os.getpid()
+            self._next_ping_at = now  # new holder: PING at once
+        floats[_shared.LEASE_UNTIL] = now + LEASE_S + self._config.probe_timeout
+        return True
+
+    def _release_lease(self) -> None:
+        record = self._record
+        if record.shared and record.ints[_shared.LEASE_TOKEN] == self._token:
+            record.ints[_shared.LEASE_TOKEN] = 0
+            record.floats[_shared.LEASE_UNTIL] = 0.0
+
     def probe_now(self) -> bool:
         """Run one probe step now, as the probe thread would; return True if Redis answered.
 
-        Open: a successful PING moves the breaker to half-open, a failed one
-        pushes the next attempt back. Half-open: the PING is a trial call.
+        Open: a PING. When Redis answers and the open interval (the backoff) has
+        elapsed, the breaker moves to half-open; when it does not, the next PING
+        comes after ``PROBE_INTERVAL``, whatever the outage's length. Half-open:
+        the PING is a trial call.
         """
-        state = self._state
+        state = self.state
         if state is State.HALF_OPEN:
             ticket = self._try_admit()
             if ticket < 0 or not ticket & 1:
@@ -515,7 +875,8 @@ class Breaker:
             started = self._now()
             with self._lock:
                 # Space the probe's trials: a few answers in a row, not one burst.
-                self._next_trial_at = started + min(self._config.reset_timeout, 0.25)
+                self._next_trial_at = started + min(self._config.reset_timeout,
+                                                    self._config.probe_interval)
             try:
                 self._ping()
             except Exception as exc:
@@ -530,15 +891,21 @@ class Breaker:
         try:
             self._ping()
         except Exception as exc:
+            error = _describe(exc)
             with self._lock:
                 if self._generation == generation and self._state is State.OPEN:
-                    self._last_error = describe_error(exc)
-                    self._backoff_step += 1
-                    self._open_until = self._now() + self._backoff(self._backoff_step)
+                    self._set_error(error)
+                    self._next_ping_at = self._now() + self._jittered_interval()
             return False
         with self._lock:
             if self._generation == generation and self._state is State.OPEN:
-                self._transition(State.HALF_OPEN, "probe ok", self._now())
+                now = self._now()
+                if now >= self._open_until:
+                    self._transition(State.HALF_OPEN, "probe ok", now)
+                else:
+                    # Redis answers, but it failed a trial (or flapped) lately: the
+                    # backoff holds trial traffic back until the open interval ends.
+                    self._next_ping_at = self._open_until
         self._publish()
         return True
 
@@ -546,27 +913,44 @@ class Breaker:
         """Seconds until the probe should act (0: now), or None when it should stop.
 
         Called by the probe thread between steps; a None ends the thread and
-        lets the next trip start a fresh one.
+        lets the next trip start a fresh one. With a shared record, a process
+        that does not hold the probe lease follows the record every
+        ``FOLLOW_EVERY_S`` (its listeners hear of transitions made elsewhere).
         """
+        delay: float | None
         with self._lock:
             state = self._state
-            if state is State.OPEN:
-                return max(0.0, self._open_until - self._now())
-            if state is State.HALF_OPEN:
-                now = self._now()
-                if self._trials >= self._config.half_open_max_calls:
-                    # Trials of real traffic are running; look again shortly.
-                    self._next_trial_at = max(self._next_trial_at, now + 0.05)
-                return max(0.0, self._next_trial_at - now)
-            # Decided under the lock, so a trip right after starts a fresh probe.
-            self._probe_running = False
-            return None
+            now = self._now()
+            if state is State.OPEN or state is State.HALF_OPEN:
+                if not self._lease(now):
+                    delay = FOLLOW_EVERY_S
+                elif state is State.OPEN:
+                    delay = max(0.0, self._next_ping_at - now)
+                else:
+                    if self._trials >= self._config.half_open_max_calls:
+                        if (self._record.shared
+                                and now - self._trial_started_at > TRIAL_GRACE_S):
+                            self._trials = 0  # a permit whose process died
+                        # Trials of real traffic are running; look again shortly.
+                        self._next_trial_at = max(self._next_trial_at, now + 0.05)
+                    delay = max(0.0, self._next_trial_at - now)
+                if self._record.shared:
+                    delay = min(delay, FOLLOW_EVERY_S)
+            else:
+                # Decided under the lock, so a trip right after starts a fresh probe.
+                self._probe_running = False
+                self._release_lease()
+                delay = None
+        if self._events.pending:
+            self._publish()
+        return delay
 
     def probe_ended(self, probe: Probe) -> None:
         """The probe thread ``probe`` has stopped (called from it as it exits)."""
         with self._lock:
             if self._probe is probe:
                 self._probe_running = False
+                self._release_lease()
 
     # ------------------------------------------------------------ call paths
     # Every entry point is admit -> run -> record: ``_try_admit``/``_admit``,
@@ -596,11 +980,13 @@ class Breaker:
 
     def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run ``fn(*args, **kwargs)`` through the breaker; raise ``BreakerOpenError`` when open."""
-        if self._state is not _CLOSED:
+        hot = self._hot
+        if hot[0] != self._pass_word:
             return self._run(self._admit(), fn, args, kwargs)
-        # The hot path, inlined: admission is one attribute read, a success one
-        # atomic counter step (the window's current bucket), no lock.
-        ticket = self._generation << 1
+        # The hot path, inlined: admission is one read of the hot word (shared
+        # memory when the state is host-wide), a success one atomic counter step
+        # (the window's current bucket), no lock.
+        ticket = self._pass_ticket
         clock = self._clock
         started = clock() if clock is not None else time.monotonic()
         try:
@@ -609,11 +995,10 @@ class Breaker:
             self._on_error(ticket, started, exc)
             raise
         window = self._window
-        if self._slow_threshold is None and started < window.bucket_end:
+        if (self._slow_threshold is None and started < window.bucket_end
+                and hot[0] == self._pass_word and ticket == self._pass_ticket):
             window.current.step()
             self._successes.step()
-            if self._consecutive:
-                self._consecutive = 0
         else:
             self._on_success(ticket, started)
         return result
@@ -702,19 +1087,26 @@ class Breaker:
         return self._state is State.HALF_OPEN and (deadline is None or time.monotonic() < deadline)
 
     def __enter__(self) -> Breaker:
-        ticket = self._admit()
-        _BLOCKS.set((*_BLOCKS.get(), (self, ticket, self._now())))
+        ticket = self._pass_ticket if self._hot[0] == self._pass_word else self._admit()
+        clock = self._clock
+        _BLOCKS.set((*_BLOCKS.get(), (self, ticket, clock() if clock is not None
+                                          else time.monotonic())))
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         blocks = _BLOCKS.get()
-        for i in range(len(blocks) - 1, -1, -1):
-            if blocks[i][0] is self:
-                _, ticket, started = blocks[i]
-                _BLOCKS.set(blocks[:i] + blocks[i + 1:])
-                break
-        else:  # pragma: no cover - __exit__ without __enter__
-            return
+        top = blocks[-1] if blocks else None
+        if top is not None and top[0] is self:
+            _BLOCKS.set(blocks[:-1])
+            _, ticket, started = top
+        else:
+            for i in range(len(blocks) - 2, -1, -1):
+                if blocks[i][0] is self:
+                    _, ticket, started = blocks[i]
+                    _BLOCKS.set(blocks[:i] + blocks[i + 1:])
+                    break
+            else:  # pragma: no cover - __exit__ without __enter__
+                return
         if exc is None:
             self._on_success(ticket, started)
         else:

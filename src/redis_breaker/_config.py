@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,10 +101,12 @@ SETTINGS: tuple[SettingSpec, ...] = (
                 "None: speed is not judged.",
                 nullable=True),
     SettingSpec("RESET_TIMEOUT", 0.5, _NUM, "a number of seconds", _positive, "greater than 0",
-                "First open interval before the breaker tries Redis again; doubles on every "
-                "failed attempt (with jitter)."),
+                "First open interval: how long trial traffic waits after a trip. Doubles (with "
+                "jitter) on every failed half-open and on every trip within MAX_RESET_TIMEOUT "
+                "of a recovery (Redis flapping); the probe keeps PINGing every PROBE_INTERVAL."),
     SettingSpec("MAX_RESET_TIMEOUT", 30.0, _NUM, "a number of seconds", _positive,
-                "greater than 0", "Ceiling of the growing open interval."),
+                "greater than 0", "Ceiling of the growing open interval; a recovery that holds this long "
+                "starts the next outage from RESET_TIMEOUT again."),
     SettingSpec("HALF_OPEN_MAX_CALLS", 1, (int,), "an integer", _at_least_one, "1 or more",
                 "Trial calls allowed at once while half-open; every other caller is rejected "
                 "at once."),
@@ -114,6 +117,19 @@ SETTINGS: tuple[SettingSpec, ...] = (
                 "Without it (or without a URL), real traffic makes the trial calls."),
     SettingSpec("PROBE_TIMEOUT", 0.25, _NUM, "a number of seconds", _positive, "greater than 0",
                 "Connect and read timeout of each probe PING."),
+    SettingSpec("PROBE_INTERVAL", 0.25, _NUM, "a number of seconds", _positive, "greater than 0",
+                "How often the probe PINGs Redis while the breaker is open (jittered by 20 %), "
+                "whatever the outage's length; also the spacing of its half-open trial calls."),
+    SettingSpec("HOST_SHARED", True, (bool,), "True or False", None, "",
+                "Share the breaker's state with every process of the host that uses the same "
+                "breaker name and URL (a small memory-mapped file in STATE_DIR): one process's "
+                "discovery opens it everywhere, one probe per host. False keeps the state in "
+                "each process."),
+    SettingSpec("STATE_DIR", None, (str,), "a directory path", os.path.isabs,
+                "an absolute path",
+                "Directory of the host-wide state files, created 0700 and private to the user "
+                "the processes run as. None: redis-breaker-<uid> in the system's temp directory.",
+                nullable=True),
     SettingSpec("COUNT_EXCEPTIONS", (), (list, tuple), "a list of exception classes or dotted paths",
                 None, "", "Extra exception types that count as failures."),
     SettingSpec("EXCLUDE_EXCEPTIONS", (), (list, tuple), "a list of exception classes or dotted paths",
@@ -241,6 +257,9 @@ class BreakerConfig:
     success_threshold: int = 2
     probe: bool = True
     probe_timeout: float = 0.25
+    probe_interval: float = 0.25
+    host_shared: bool = True
+    state_dir: str | None = None
     count_exceptions: tuple[type[BaseException] | str, ...] = ()
     exclude_exceptions: tuple[type[BaseException] | str, ...] = ()
     #: Resolved exception classes (filled from the two fields above).

@@ -42,8 +42,11 @@ class StateChange:
     last_error: str | None
     #: Seconds since the breaker left ``closed`` (on the way back to closed), else None.
     open_for_s: float | None
-    #: Calls served by a fallback since the breaker left ``closed``.
+    #: Calls served by a fallback since the breaker left ``closed`` (in this process).
     fallback_calls: int
+    #: True when another process of the host made this transition (and logged it);
+    #: this process's listeners still hear of it.
+    remote: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +68,10 @@ class Stats:
     #: Seconds until the next probe or trial call is allowed (open only).
     retry_in_s: float | None
     url: str | None
+    #: True when the state is shared by the processes of the host (a state file).
+    host_shared: bool = False
+    #: PID of the process whose probe watches Redis for the host, if any.
+    probe_pid: int | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -80,4 +87,6 @@ class Stats:
             "last_error": self.last_error,
             "retry_in_s": None if self.retry_in_s is None else round(self.retry_in_s, 3),
             "url": self.url,
+            "host_shared": self.host_shared,
+            "probe_pid": self.probe_pid,
         }
