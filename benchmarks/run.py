@@ -2,9 +2,9 @@
 
     python benchmarks/run.py [--quick] [--only engine,cache,...] [--out DIR]
 
-(`nox -s drill` runs this after installing what it needs.) Each benchmark
+(`nox -s bench` runs this after installing what it needs.) Each benchmark
 module exposes ``main(argv) -> dict``; their figures are written to
-``DIR/benchmarks.json``.
+``DIR/benchmarks.json``, with the seconds each took.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
-BENCHMARKS = ["engine", "cache", "celery", "channels"]
+BENCHMARKS = ["engine", "host", "cache", "celery", "channels"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         "results": {},
     }
     failed = []
+    seconds: dict[str, float] = {}
+    report["seconds"] = seconds
     for name in chosen:
         path = HERE / f"bench_{name}.py"
         if not path.exists():
@@ -50,12 +52,17 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"\n== {name} " + "=" * 60, flush=True)
         module = importlib.import_module(f"bench_{name}")
+        began = time.monotonic()
         try:
             figures = module.main(["--quick"] if args.quick else [])
         except Exception as exc:  # report the others anyway, then fail
             print(f"!! {name} failed: {type(exc).__name__}: {exc}", flush=True)
             failed.append(name)
             continue
+        finally:
+            took = time.monotonic() - began
+            seconds[name] = round(took, 1)
+            print(f"\n== {name} took {took:.0f} s", flush=True)
         report["results"][name] = figures  # type: ignore[index]
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / "benchmarks.json"
