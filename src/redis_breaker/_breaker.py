@@ -49,10 +49,42 @@ __all__ = [
 T = TypeVar("T")
 
 _ALL: weakref.WeakSet[Breaker] = weakref.WeakSet()
-# Stack of (breaker, ticket, started) for ``with breaker:`` blocks, per thread / task.
-_BLOCKS: contextvars.ContextVar[tuple[tuple[Breaker, int, float], ...]] = contextvars.ContextVar(
-    "redis_breaker_blocks", default=()
+# ``with breaker:`` blocks open in this thread / task: a linked stack of
+# (breaker, ticket, started, the blocks below), or None.
+_Block = tuple[Any, int, float, Any]
+_BLOCKS: contextvars.ContextVar[_Block | None] = contextvars.ContextVar(
+    "redis_breaker_blocks", default=None
 )
+
+
+_THREAD = threading.local()
+_running_loop = asyncio._get_running_loop
+
+
+def _pop_thread_block(blocks: list[tuple[Any, int, float]] | None,
+                      breaker: Breaker) -> tuple[int, float] | None:
+    for i in range(len(blocks or ()) - 1, -1, -1):
+        assert blocks is not None
+        if blocks[i][0] is breaker:
+            _, ticket, started = blocks.pop(i)
+            return ticket, started
+    return None
+
+
+def _pop_block(breaker: Breaker) -> tuple[int, float] | None:
+    """Remove ``breaker``'s innermost block when it is not on top (blocks exited out of order)."""
+    above: list[_Block] = []
+    node = _BLOCKS.get()
+    while node is not None and node[0] is not breaker:
+        above.append(node)
+        node = node[3]
+    if node is None:
+        return None
+    rest = node[3]
+    for item in reversed(above):
+        rest = (item[0], item[1], item[2], rest)
+    _BLOCKS.set(rest)
+    return node[1], node[2]
 #: How often recovery work looks again for a half-open trial slot taken by another caller.
 TRIAL_WAIT_S = 0.02
 _CLOSED, _OPEN, _DISABLED, _FORCED_OPEN = State.CLOSED, State.OPEN, State.DISABLED, State.FORCED_OPEN
@@ -69,6 +101,7 @@ LEASE_S = 0.75
 #: A half-open trial permit held this long (its process may have died) is given back.
 TRIAL_GRACE_S = 5.0
 _NAN = float("nan")
+_NO_KWARGS: Mapping[str, Any] = {}
 
 
 def _alive(pid: int) -> bool:
@@ -124,7 +157,12 @@ class _Guard:
             except OSError as exc:
                 b._detach(f"cannot lock the state file: {exc.strerror or exc}")
                 return
-            b._load()
+            try:
+                b._load()
+            except BaseException:
+                record.unlock()
+                self._tlock.release()
+                raise
 
     def __exit__(self, *exc_info: object) -> None:
         b = self._breaker
@@ -227,27 +265,60 @@ class Breaker:
 
     # ------------------------------------------------------------ the record
     def _attach(self) -> None:
-        """Use the host-wide record for this name and URL (or one in memory)."""
+        """Use the host-wide record for this name and URL (or one in memory).
+
+        The new record is opened with no lock held, and swapped in under the
+        thread lock only: holding the old record's ``flock`` while taking the new
+        one's would deadlock when both are the same file.
+        """
         config = self._config
-        old = self._record
         if config.host_shared and self._clock is None:
             record = _shared.attach(self.name, self.url, config.state_dir, self._now())
         else:
             record = _shared.local_record(self._now())
-        with self._lock:
+        tlock = self._lock._tlock
+        with tlock:
+            old = self._record
+            self._record = record
             if record.shared:
-                self._record = record
-                record.lock()
                 try:
-                    self._load()
-                finally:
-                    record.unlock()
+                    record.lock()
+                except OSError as exc:
+                    self._detach(f"cannot lock the state file: {exc.strerror or exc}")
+                else:
+                    try:
+                        if (old is not record and self._state not in _PASSING
+                                and record.ints[_shared.STATE] == _CODE[State.CLOSED]):
+                            # The same breaker under the key of the URL it just adopted:
+                            # a state set before (forced open, or open) carries over.
+                            self._generation = record.ints[_shared.GEN] + 1
+                            self._carry_over(record)
+                        else:
+                            self._load()
+                        self._store()
+                    finally:
+                        record.unlock()
             else:
-                self._record = record
+                self._store()
         if old.shared and old is not record:
             old.close()
         if self._events.pending:
             self._publish()
+
+    def _carry_over(self, record: Record) -> None:
+        """Write this breaker's last transition into ``record`` (its lock held)."""
+        change = self._last_change
+        if change is None:
+            return
+        ints, floats = record.ints, record.floats
+        ints[_shared.LAST_FROM] = _CODE[change.from_state]
+        ints[_shared.LAST_TO] = _CODE[change.to_state]
+        ints[_shared.LAST_FAILURES] = change.failures
+        ints[_shared.LAST_FALLBACKS] = change.fallback_calls
+        floats[_shared.LAST_AT] = change.at
+        floats[_shared.LAST_OPEN_FOR] = _NAN if change.open_for_s is None else change.open_for_s
+        record.set_text(_shared.REASON_TEXT, _shared.REASON_LEN, change.reason)
+        record.set_text(_shared.ERROR_TEXT, _shared.ERR_LEN, self._last_error)
 
     def _detach(self, why: str) -> None:
         """Stop sharing (the state file became unusable); keep the current state. Lock held."""
@@ -1005,7 +1076,25 @@ class Breaker:
 
     async def acall(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
         """``await fn(*args, **kwargs)`` through the breaker."""
-        return await self._arun(self._admit(), fn, args, kwargs)
+        hot = self._hot
+        if hot[0] != self._pass_word:
+            return await self._arun(self._admit(), fn, args, kwargs)
+        ticket = self._pass_ticket
+        clock = self._clock
+        started = clock() if clock is not None else time.monotonic()
+        try:
+            result = await fn(*args, **kwargs)
+        except BaseException as exc:
+            self._on_error(ticket, started, exc)
+            raise
+        window = self._window
+        if (self._slow_threshold is None and started < window.bucket_end
+                and hot[0] == self._pass_word and ticket == self._pass_ticket):
+            window.current.step()
+            self._successes.step()
+        else:
+            self._on_success(ticket, started)
+        return result
 
     def call_with_fallback(
         self,
@@ -1017,18 +1106,35 @@ class Breaker:
         integration: str = "guard",
     ) -> T:
         """Run ``fn``; when rejected or on a counted failure, return ``fallback(*args, **kwargs)``."""
-        kwargs = kwargs or {}
-        ticket = self._try_admit()
-        if ticket < 0:
-            self.note_fallback(integration)
-            return fallback(*args, **kwargs)
+        if kwargs is None:
+            kwargs = _NO_KWARGS
+        hot = self._hot
+        if hot[0] == self._pass_word:
+            # The closed hot path, as in ``call``.
+            ticket = self._pass_ticket
+            clock = self._clock
+            started = clock() if clock is not None else time.monotonic()
+        else:
+            ticket = self._try_admit()
+            if ticket < 0:
+                self.note_fallback(integration)
+                return fallback(*args, **kwargs)
+            started = self._now()
         try:
-            return self._run(ticket, fn, args, kwargs)
+            result = fn(*args, **kwargs)
         except BaseException as exc:
-            if not self.counts(exc):
+            if not self._on_error(ticket, started, exc):
                 raise
             self.note_fallback(integration, exc)
-        return fallback(*args, **kwargs)
+            return fallback(*args, **kwargs)
+        window = self._window
+        if (self._slow_threshold is None and started < window.bucket_end
+                and hot[0] == self._pass_word and ticket == self._pass_ticket):
+            window.current.step()
+            self._successes.step()
+        else:
+            self._on_success(ticket, started)
+        return result
 
     async def acall_with_fallback(
         self,
@@ -1040,19 +1146,38 @@ class Breaker:
         integration: str = "guard",
     ) -> T:
         """Async form of ``call_with_fallback``; ``fallback`` may be sync or async."""
-        kwargs = kwargs or {}
-        ticket = self._try_admit()
-        if ticket < 0:
-            self.note_fallback(integration)
+        if kwargs is None:
+            kwargs = _NO_KWARGS
+        hot = self._hot
+        if hot[0] == self._pass_word:
+            ticket = self._pass_ticket
+            clock = self._clock
+            started = clock() if clock is not None else time.monotonic()
         else:
+            ticket = self._try_admit()
+            started = self._now()
+        if ticket >= 0:
             try:
-                return await self._arun(ticket, fn, args, kwargs)
+                result = await fn(*args, **kwargs)
             except BaseException as exc:
-                if not self.counts(exc):
+                if not self._on_error(ticket, started, exc):
                     raise
                 self.note_fallback(integration, exc)
-        fallen: T = await _maybe_await(fallback(*args, **kwargs))
-        return fallen
+            else:
+                window = self._window
+                if (self._slow_threshold is None and started < window.bucket_end
+                        and hot[0] == self._pass_word and ticket == self._pass_ticket):
+                    window.current.step()
+                    self._successes.step()
+                else:
+                    self._on_success(ticket, started)
+                return result
+        else:
+            self.note_fallback(integration)
+        fallen = fallback(*args, **kwargs)
+        if inspect.isawaitable(fallen):
+            fallen = await fallen
+        return fallen  # type: ignore[return-value]
 
     def call_as_trial(self, fn: Callable[..., T], /, *args: Any, deadline: float | None = None,
                       **kwargs: Any) -> T:
@@ -1089,26 +1214,47 @@ class Breaker:
     def __enter__(self) -> Breaker:
         ticket = self._pass_ticket if self._hot[0] == self._pass_word else self._admit()
         clock = self._clock
-        _BLOCKS.set((*_BLOCKS.get(), (self, ticket, clock() if clock is not None
-                                          else time.monotonic())))
+        block = (self, ticket, clock() if clock is not None else time.monotonic())
+        if _running_loop() is None:
+            # No event loop in this thread: nothing can interleave with this block
+            # but the thread itself, so a per-thread list is enough.
+            try:
+                _THREAD.blocks.append(block)
+            except AttributeError:
+                _THREAD.blocks = [block]
+        else:
+            # Coroutines of this thread can interleave: a stack per task (context).
+            _BLOCKS.set((*block, _BLOCKS.get()))
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        blocks = _BLOCKS.get()
-        top = blocks[-1] if blocks else None
-        if top is not None and top[0] is self:
-            _BLOCKS.set(blocks[:-1])
-            _, ticket, started = top
+        if _running_loop() is None:
+            blocks = getattr(_THREAD, "blocks", None)
+            if blocks and blocks[-1][0] is self:
+                _, ticket, started = blocks.pop()
+            else:
+                found = _pop_thread_block(blocks, self)
+                if found is None:  # pragma: no cover - __exit__ without __enter__
+                    return
+                ticket, started = found
         else:
-            for i in range(len(blocks) - 2, -1, -1):
-                if blocks[i][0] is self:
-                    _, ticket, started = blocks[i]
-                    _BLOCKS.set(blocks[:i] + blocks[i + 1:])
-                    break
-            else:  # pragma: no cover - __exit__ without __enter__
-                return
+            top = _BLOCKS.get()
+            if top is not None and top[0] is self:
+                _BLOCKS.set(top[3])
+                ticket, started = top[1], top[2]
+            else:
+                found = _pop_block(self)
+                if found is None:  # pragma: no cover - __exit__ without __enter__
+                    return
+                ticket, started = found
         if exc is None:
-            self._on_success(ticket, started)
+            window = self._window
+            if (ticket == self._pass_ticket and self._slow_threshold is None
+                    and started < window.bucket_end and self._hot[0] == self._pass_word):
+                window.current.step()
+                self._successes.step()
+            else:
+                self._on_success(ticket, started)
         else:
             self._on_error(ticket, started, exc)
 

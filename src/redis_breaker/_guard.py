@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
 from ._breaker import Breaker
+from . import _registry
 from ._registry import get_breaker
 
 __all__ = ["guard"]
@@ -20,7 +21,14 @@ def _resolver(breaker: str | Breaker) -> Callable[[], Breaker]:
         return lambda: breaker
     if not isinstance(breaker, str):
         raise TypeError(f"guard() takes a breaker name or a Breaker, not {type(breaker).__name__}")
-    return lambda: get_breaker(breaker)
+    breakers = _registry._breakers
+
+    def resolve() -> Breaker:
+        # The registry's dict, read without its lock: a hit is the common case.
+        found = breakers.get(breaker)
+        return found if found is not None else get_breaker(breaker)
+
+    return resolve
 
 
 @overload

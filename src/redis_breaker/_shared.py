@@ -21,6 +21,7 @@ WARNING event. Nothing here raises to a caller.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import logging
@@ -226,6 +227,17 @@ def _private_dir(directory: str) -> None:
                              "it must be private to its owner (0700)")
 
 
+def _allocate(fd: int) -> None:
+    try:
+        os.posix_fallocate(fd, 0, RECORD_SIZE)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise
+        # A file system without fallocate: writing the zeros allocates the blocks.
+        if os.pwrite(fd, bytes(RECORD_SIZE), 0) != RECORD_SIZE:
+            raise OSError(errno.ENOSPC, "short write") from None
+
+
 def _open_record(directory: str, name: str, url: str | None, since: float) -> Record:
     _private_dir(directory)
     path = state_path(directory, name, url)
@@ -245,7 +257,7 @@ def _open_record(directory: str, name: str, url: str | None, since: float) -> Re
             if size == 0:
                 # Allocate the blocks now: a write to a mapping of a file the full
                 # disk could not back would kill the process (SIGBUS).
-                os.posix_fallocate(fd, 0, RECORD_SIZE)
+                _allocate(fd)
             elif size != RECORD_SIZE:
                 raise StateFileError(f"corrupt state file (size {size}, expected {RECORD_SIZE})")
             buffer = mmap.mmap(fd, RECORD_SIZE, mmap.MAP_SHARED,
