@@ -233,8 +233,8 @@ def test_jitter_shortens_the_wait_by_at_most_a_fifth(clock: FrozenDateTimeFactor
 
 
 def test_a_recovery_that_holds_resets_the_backoff(clock: FrozenDateTimeFactory) -> None:
-    """Closed for MAX_RESET_TIMEOUT: the next outage starts again from the first interval."""
-    breaker = make(reset_timeout=1.0, max_reset_timeout=30.0)
+    """Closed for WINDOW seconds: the next outage starts again from the first interval."""
+    breaker = make(reset_timeout=1.0, max_reset_timeout=30.0, window=10.0)
     fail(breaker, 5)
     clock.tick(1)
     fail(breaker, 1)  # trial fails: next wait 2 s
@@ -242,15 +242,15 @@ def test_a_recovery_that_holds_resets_the_backoff(clock: FrozenDateTimeFactory) 
     breaker.call(ok)
     breaker.call(ok)
     assert breaker.state is State.CLOSED
-    clock.tick(30)
+    clock.tick(10)
     fail(breaker, 5)
     assert breaker.stats().retry_in_s == pytest.approx(1.0)
 
 
 def test_a_trip_soon_after_closing_keeps_backing_off(clock: FrozenDateTimeFactory) -> None:
-    """Redis flapping: a trip within MAX_RESET_TIMEOUT of a recovery takes the next step,
+    """Redis flapping: a trip within WINDOW seconds of a recovery takes the next step,
     so a Redis that comes and goes cannot cause a close/open storm."""
-    breaker = make(reset_timeout=1.0, max_reset_timeout=30.0)
+    breaker = make(reset_timeout=1.0, max_reset_timeout=30.0, window=10.0)
     fail(breaker, 5)
     clock.tick(1)
     breaker.call(ok)

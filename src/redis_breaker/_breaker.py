@@ -485,13 +485,21 @@ class Breaker:
 
     @property
     def state(self) -> State:
-        """The state, as the host sees it (read from the shared record when there is one)."""
-        record = self._record
-        if record.shared:
-            code = record.ints[_shared.STATE]
-            if 0 <= code < len(_CODES):
-                return _CODES[code]
+        """The state, as the host sees it.
+
+        When another process changed the shared record since this one last
+        looked, it catches up first, so this process's listeners hear of the
+        transition before anyone acts on the new state.
+        """
+        if self._hot[0] != self._seen_word:
+            self._catch_up()
         return self._state
+
+    def _catch_up(self) -> None:
+        with self._lock:
+            pass  # entering loads the shared record; leaving refreshes the hot word
+        if self._events.pending:
+            self._publish()
 
     @property
     def last_change(self) -> StateChange | None:
@@ -765,7 +773,7 @@ class Breaker:
         """Move to ``to``; caller holds the lock. Publishing happens after it is released.
 
         Backoff: a trip from closed starts at step 0, unless the breaker closed
-        less than ``MAX_RESET_TIMEOUT`` ago (Redis flapping), and every failed
+        less than ``WINDOW`` seconds ago (Redis flapping), and every failed
         half-open adds a step. Each step doubles the time before trial traffic
         is let through again; the probe keeps PINGing at its short interval.
         """
@@ -779,7 +787,7 @@ class Breaker:
             elif previous is not State.OPEN:
                 closed_at = self._closed_at
                 recently = (closed_at is not None
-                            and now - closed_at < self._config.max_reset_timeout)
+                            and now - closed_at < self._config.window)
                 self._backoff_step = self._backoff_step + 1 if recently else 0
             self._open_until = now + self._backoff(self._backoff_step)
         if previous in _PASSING and to not in _PASSING:

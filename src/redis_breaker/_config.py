@@ -92,7 +92,8 @@ SETTINGS: tuple[SettingSpec, ...] = (
                 "Failure rate over WINDOW that opens the breaker (None turns rate tripping off).",
                 nullable=True),
     SettingSpec("WINDOW", 10.0, _NUM, "a number of seconds", _positive, "greater than 0",
-                "Length of the sliding window, in seconds, for FAILURE_RATE."),
+                "Length of the sliding window, in seconds, for FAILURE_RATE; also how long a "
+                "recovery must hold for the next trip to start from RESET_TIMEOUT again."),
     SettingSpec("MINIMUM_CALLS", 20, (int,), "an integer", _at_least_one, "1 or more",
                 "Calls needed in the window before FAILURE_RATE can open the breaker."),
     SettingSpec("SLOW_CALL_THRESHOLD", None, _NUM, "a number of seconds", _positive,
@@ -102,11 +103,10 @@ SETTINGS: tuple[SettingSpec, ...] = (
                 nullable=True),
     SettingSpec("RESET_TIMEOUT", 0.5, _NUM, "a number of seconds", _positive, "greater than 0",
                 "First open interval: how long trial traffic waits after a trip. Doubles (with "
-                "jitter) on every failed half-open and on every trip within MAX_RESET_TIMEOUT "
+                "jitter) on every failed half-open and on every trip within WINDOW seconds "
                 "of a recovery (Redis flapping); the probe keeps PINGing every PROBE_INTERVAL."),
     SettingSpec("MAX_RESET_TIMEOUT", 30.0, _NUM, "a number of seconds", _positive,
-                "greater than 0", "Ceiling of the growing open interval; a recovery that holds this long "
-                "starts the next outage from RESET_TIMEOUT again."),
+                "greater than 0", "Ceiling of the growing open interval."),
     SettingSpec("HALF_OPEN_MAX_CALLS", 1, (int,), "an integer", _at_least_one, "1 or more",
                 "Trial calls allowed at once while half-open; every other caller is rejected "
                 "at once."),

@@ -116,11 +116,12 @@ class Publisher:
     def _deliver(self, breaker: Breaker, change: StateChange,
                  after_log: Callable[[StateChange], object]) -> None:
         getattr(self.pybreaker, _PB_DRIVE[change.to_state])()
-        emit(_LEVEL[change.to_state], "breaker_state_changed", breaker=change.breaker,
-             from_state=change.from_state.value, to_state=change.to_state.value,
-             reason=change.reason, failures=change.failures, last_error=change.last_error,
-             open_for_s=None if change.open_for_s is None else round(change.open_for_s, 3),
-             fallback_calls=change.fallback_calls)
+        if not change.remote:  # the process that made it logged it: once per host
+            emit(_LEVEL[change.to_state], "breaker_state_changed", breaker=change.breaker,
+                 from_state=change.from_state.value, to_state=change.to_state.value,
+                 reason=change.reason, failures=change.failures, last_error=change.last_error,
+                 open_for_s=None if change.open_for_s is None else round(change.open_for_s, 3),
+                 fallback_calls=change.fallback_calls)
         after_log(change)
         listeners: list[Listener] = [*self._listeners,
                                      *(partial(g, breaker) for g in _GLOBAL_LISTENERS)]
