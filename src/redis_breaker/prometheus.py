@@ -4,11 +4,15 @@ Read at scrape time from each breaker's counters, so they cost nothing on the
 call path. Registered on the default registry by the Django app when
 ``prometheus_client`` is installed; elsewhere call ``register()``.
 
-- ``redis_breaker_state{breaker, state}``: 1 for the current state, 0 for the others.
+- ``redis_breaker_state{breaker, state}``: 1 for the current state, 0 for the
+  others; the host's state, whichever process is scraped.
+- ``redis_breaker_host_shared{breaker}``: 1 while the state is shared by the
+  host's processes, 0 while this process keeps its own.
 - ``redis_breaker_calls_total{breaker, outcome}``: outcome is success, failure,
-  rejected, or fallback.
-- ``redis_breaker_fallback_calls_total{breaker, integration}``.
-- ``redis_breaker_transitions_total{breaker, from_state, to_state}``.
+  rejected, or fallback (this process's calls).
+- ``redis_breaker_fallback_calls_total{breaker, integration}`` (this process's).
+- ``redis_breaker_transitions_total{breaker, from_state, to_state}``: the
+  transitions this process saw, its own and the other processes'.
 - ``redis_breaker_outbox_messages{status}``: pending and failed outbox rows (Celery).
 
 Labels carry breaker names, states and integration names only: never a URL.
@@ -25,7 +29,7 @@ from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
 from ._breaker import Breaker, all_instances
 from ._registry import all_breakers
 from ._state import State
-from .health import celery_outbox
+from .health import adopt_integration_urls, celery_outbox
 
 __all__ = ["BreakerCollector", "register"]
 
@@ -34,7 +38,8 @@ _lock = threading.Lock()
 
 
 def _every_breaker() -> list[Breaker]:
-    """Shared breakers first; then others created directly, one per name."""
+    """Shared breakers first (with their integrations' URLs); then others created directly, one per name."""
+    adopt_integration_urls()
     chosen = list(all_breakers().values())
     seen = {b.name for b in chosen}
     for breaker in all_instances():
@@ -62,6 +67,7 @@ class BreakerCollector(Collector):
     def describe(self) -> Iterator[Metric]:
         """The metric names, without touching a breaker or the database (registration calls it)."""
         yield GaugeMetricFamily("redis_breaker_state", "", labels=["breaker", "state"])
+        yield GaugeMetricFamily("redis_breaker_host_shared", "", labels=["breaker"])
         yield CounterMetricFamily("redis_breaker_calls", "", labels=["breaker", "outcome"])
         yield CounterMetricFamily("redis_breaker_fallback_calls", "",
                                   labels=["breaker", "integration"])
@@ -72,6 +78,9 @@ class BreakerCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         state = GaugeMetricFamily("redis_breaker_state", "Current state of each breaker (1 = in it).",
                                   labels=["breaker", "state"])
+        shared = GaugeMetricFamily("redis_breaker_host_shared",
+                                   "1 while the breaker's state is shared by the host's processes.",
+                                   labels=["breaker"])
         calls = CounterMetricFamily("redis_breaker_calls", "Calls through each breaker by outcome.",
                                     labels=["breaker", "outcome"])
         fallbacks = CounterMetricFamily("redis_breaker_fallback_calls",
@@ -81,10 +90,14 @@ class BreakerCollector(Collector):
                                           "State transitions of each breaker.",
                                           labels=["breaker", "from_state", "to_state"])
         for breaker in self._breakers():
-            current = breaker.state
+            try:
+                current = breaker.state
+                totals = breaker.totals()
+            except Exception:  # a scrape shows the other breakers
+                continue
             for s in State:
                 state.add_metric([breaker.name, s.value], 1.0 if s is current else 0.0)
-            totals = breaker.totals()
+            shared.add_metric([breaker.name], 1.0 if breaker.host_shared else 0.0)
             calls.add_metric([breaker.name, "success"], totals.successes)
             calls.add_metric([breaker.name, "failure"], totals.failures)
             calls.add_metric([breaker.name, "rejected"], totals.rejected)
@@ -93,7 +106,7 @@ class BreakerCollector(Collector):
                 fallbacks.add_metric([breaker.name, integration], count)
             for (source, target), count in sorted(totals.transitions.items()):
                 transitions.add_metric([breaker.name, source, target], count)
-        yield from (state, calls, fallbacks, transitions)
+        yield from (state, shared, calls, fallbacks, transitions)
         outbox = _outbox_counts()
         if outbox is not None:
             depth = GaugeMetricFamily("redis_breaker_outbox_messages",

@@ -1,8 +1,9 @@
 """``status``: JSON for load balancers and dashboards; 503 while any breaker is open.
 
-Everyone sees each breaker's state. Staff users, or a request carrying the
-token from ``REDIS_BREAKER_STATUS_TOKEN`` (``Authorization: Bearer <token>``
-or ``X-Redis-Breaker-Token``), also see errors, latencies and the outbox.
+Everyone sees each breaker's state (the host's, whichever process answers).
+Staff users, or a request carrying the token from ``REDIS_BREAKER_STATUS_TOKEN``
+(``Authorization: Bearer <token>`` or ``X-Redis-Breaker-Token``), also see
+errors, latencies and the outbox.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from django.views.decorators.http import require_GET
 
 from ._registry import all_breakers
 from .conf import conf
-from .health import get_redis_status
+from .health import adopt_integration_urls, get_redis_status
 
 __all__ = ["status"]
 
@@ -41,6 +42,7 @@ def status(request: HttpRequest) -> JsonResponse:
     if _may_see_details(request):
         body = get_redis_status()
     else:
+        adopt_integration_urls()
         states = {name: b.state for name, b in sorted(all_breakers().items())}
         body = {
             "healthy": not any(s.rejects for s in states.values()),

@@ -191,6 +191,17 @@ class BreakerCache(BaseCache):
         self._bound = bound
         return bound
 
+    def adopt_breaker_url(self) -> Breaker:
+        """This cache's breaker, given the URL it adopts on first use, without binding the cache.
+
+        No primary, no journal (which would clear the fallback), no connection:
+        for the status surfaces of a process that never used the cache, which
+        must read the state file of the breaker's adopted URL.
+        """
+        breaker = get_breaker(self._breaker_name)
+        breaker.adopt_url(self._probe_url)
+        return breaker
+
     @property
     def primary(self) -> BaseCache:
         return self._bind().primary

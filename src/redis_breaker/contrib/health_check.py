@@ -9,8 +9,9 @@
 
 Open or forced open: unavailable. Half-open: a warning (Redis answered a
 probe, trial calls are running). The Celery outbox holding rows marked failed:
-a warning. Messages carry breaker names, reasons and errors with passwords
-removed, never a URL.
+a warning. The state is the host's, whichever process runs the check.
+Messages carry breaker names, reasons and errors with passwords removed,
+never a URL.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import dataclasses
 from health_check.base import HealthCheck
 from health_check.exceptions import ServiceUnavailable, ServiceWarning
 
+from redis_breaker._breaker import Breaker
 from redis_breaker._registry import all_breakers, get_breaker
 from redis_breaker._state import State
-from redis_breaker.health import celery_outbox
+from redis_breaker.health import adopt_integration_urls, celery_outbox
 
 __all__ = ["RedisBreakerCheck"]
 
@@ -34,15 +36,14 @@ class RedisBreakerCheck(HealthCheck):  # type: ignore[misc]
     breaker: str | None = None
 
     def run(self) -> None:
+        adopt_integration_urls()
         breakers = [get_breaker(self.breaker)] if self.breaker else list(all_breakers().values())
         down, warnings = [], []
         for b in sorted(breakers, key=lambda b: b.name):
-            stats = b.stats()
-            change = b.last_change
-            why = f" ({change.reason}; last error: {stats.last_error})" if change else ""
-            if stats.state in (State.OPEN, State.FORCED_OPEN):
-                down.append(f"breaker {b.name!r} is {stats.state.value}{why}")
-            elif stats.state is State.HALF_OPEN:
+            state = b.state
+            if state in (State.OPEN, State.FORCED_OPEN):
+                down.append(f"breaker {b.name!r} is {state.value}{_why(b)}")
+            elif state is State.HALF_OPEN:
                 warnings.append(f"breaker {b.name!r} is half-open: Redis is coming back")
         if down:
             raise ServiceUnavailable("; ".join(down))
@@ -51,6 +52,16 @@ class RedisBreakerCheck(HealthCheck):  # type: ignore[misc]
             warnings.append(f"{failed} Celery outbox message(s) failed; see `manage.py redis_breaker status`")
         if warnings:
             raise ServiceWarning("; ".join(warnings))
+
+
+def _why(b: Breaker) -> str:
+    """`` (reason; last error: ...)`` of the breaker's last transition, or nothing."""
+    try:
+        change = b.last_change
+        error = b.stats().last_error
+    except Exception:  # the state is known; the details are a bonus
+        return ""
+    return f" ({change.reason}; last error: {error})" if change else ""
 
 
 def _failed_outbox_rows() -> int:
