@@ -27,19 +27,28 @@ Ids are stable; each is documented in docs/configuration.md and asserted by a te
 - ``redis_breaker.E033``: ``CELERY_REDIS_BREAKER_RELAY_INTERVAL`` is not a number of seconds.
 - ``redis_breaker.W001``: a ``BreakerCache`` primary without socket timeouts.
 - ``redis_breaker.W002``: a ``BreakerChannelLayer`` host without socket timeouts.
+- ``redis_breaker.W003``: a host-wide breaker's state directory (``STATE_DIR``, or the
+  default one) that the engine would refuse: not a directory of this user, open to group or
+  others, not writable, or a path that cannot be created.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 from typing import Any
 
 from django.core.checks import CheckMessage, Error, Tags, register
+from django.core.checks import Warning as CheckWarning
 
+from . import _shared
 from ._config import validate_settings
 from .cache.checks import check_caches
+from .checks_common import setting_path
 from .conf import conf
 
-__all__ = ["check_breakers", "check_caches", "check_celery", "check_channel_layers"]
+__all__ = ["check_breakers", "check_caches", "check_celery", "check_channel_layers",
+           "check_state_dirs"]
 
 _IDS = {
     "unknown": "redis_breaker.E003",
@@ -82,6 +91,113 @@ def check_breakers(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                 id=_IDS[problem.kind],
             ))
     return errors
+
+
+# ------------------------------------------------------------ state directories
+_LOST = ("The breakers' state would not be shared by the host's processes: each process "
+         "would keep its own, after a WARNING host_state_unavailable")
+
+
+def _state_dirs() -> dict[str, list[str]]:
+    """Each state directory a host-wide breaker uses, with the breakers that set it.
+
+    The default directory is always there (with no names when no breaker sets
+    it): breakers that ``REDIS_BREAKERS`` does not name use it too. A
+    ``STATE_DIR`` or ``HOST_SHARED`` of the wrong type or a relative path is
+    ``E004``/``E005``'s, not this check's.
+    """
+    dirs: dict[str, list[str]] = {_shared.default_state_dir(): []}
+    breakers = conf.REDIS_BREAKERS
+    if not isinstance(breakers, dict):
+        return dirs
+    for name, entry in breakers.items():
+        if not isinstance(name, str) or not isinstance(entry, dict):
+            continue
+        if entry.get("HOST_SHARED", True) is not True:
+            continue
+        directory = entry.get("STATE_DIR")
+        if directory is None:
+            continue
+        if isinstance(directory, str) and os.path.isabs(directory):
+            dirs.setdefault(directory, []).append(name)
+    return dirs
+
+
+def _unusable(directory: str) -> tuple[str, str] | None:
+    """Why the engine would refuse ``directory`` (``_shared``'s rules) and the fix, or None."""
+    try:
+        info = os.lstat(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return _not_creatable(directory)
+    except OSError as exc:
+        return (f"cannot be read ({exc.strerror})",
+                "Give the user the processes run as access to it, or point STATE_DIR elsewhere.")
+    uid = os.getuid()
+    if stat.S_ISLNK(info.st_mode):
+        return ("is a symbolic link; the state directory must be a directory itself",
+                "Point STATE_DIR at the real directory.")
+    if not stat.S_ISDIR(info.st_mode):
+        return ("is not a directory", "Point STATE_DIR at a directory (it is created when missing).")
+    if info.st_uid != uid:
+        return (f"belongs to uid {info.st_uid}, not to uid {uid} (the user these processes "
+                "run as)",
+                f"Point STATE_DIR at a directory of uid {uid} (it is created 0700 when missing), "
+                "or remove this one if nobody should own it.")
+    if info.st_mode & 0o077:
+        return (f"has mode {stat.S_IMODE(info.st_mode):o}: group or others can reach the "
+                "state files; it must be private to its owner (0700)",
+                "Point STATE_DIR at a directory of its own, such as "
+                f"{os.path.join(directory, 'redis-breaker')} (created 0700 when missing), or run "
+                f"chmod 700 {directory} if nothing else uses it.")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return ("is not writable by its owner",
+                f"Run chmod 700 {directory} as uid {uid}.")
+    return None
+
+
+def _not_creatable(directory: str) -> tuple[str, str] | None:
+    """None when ``directory`` can be created (its nearest existing parent lets this user)."""
+    parent = os.path.dirname(directory)
+    while parent != os.path.dirname(parent) and not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    fix = ("Set STATE_DIR to an absolute path this user can create, or create it as the user "
+           f"the processes run as (mkdir -m 700 {directory}).")
+    if not os.path.isdir(parent):
+        return f"does not exist and cannot be created: {parent} is not a directory", fix
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return (f"does not exist and cannot be created: {parent} is not writable by uid "
+                f"{os.getuid()} (or is on a read-only file system)", fix)
+    return None
+
+
+@register()
+def check_state_dirs(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """The state directory of every host-wide breaker is one the engine will use.
+
+    Checked as the engine checks it when a breaker attaches (``_shared``), without
+    creating anything: a directory of this user, private to it (0700), writable;
+    or a path whose nearest existing parent lets this user create it.
+    """
+    found: list[CheckMessage] = []
+    for directory, names in _state_dirs().items():
+        problem = _unusable(directory)
+        if problem is None:
+            continue
+        why, fix = problem
+        if names:
+            where = setting_path("REDIS_BREAKERS", names[0], "STATE_DIR")
+            others = f" (also the STATE_DIR of {', '.join(map(repr, names[1:]))})" \
+                if names[1:] else ""
+            subject = f"{where} {directory!r}{others}"
+        else:
+            subject = (f"The default state directory {directory!r} (of every breaker whose "
+                       "STATE_DIR is not set)")
+        found.append(CheckWarning(
+            f"{subject} {why}. {_LOST}.",
+            hint=f"{fix} Or set HOST_SHARED to False to keep each process's state to itself.",
+            id="redis_breaker.W003",
+        ))
+    return found
 
 
 # ------------------------------------------------------------------ Channels
