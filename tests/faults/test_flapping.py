@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
-from redis_breaker import State
-from tests.harness import RedisServer
+from redis_breaker import Breaker, BreakerConfig, State
+from tests.harness import RedisServer, wait_until
+from tests.harness.hostproc import make_client
 
 from .conftest import GROUP, TASK, Stack, build_stack, frozen_clock, queued_ids
 
@@ -106,3 +107,79 @@ def test_flapping_under_load(stack: Stack) -> None:
     missing = [i for i in dispatched if i not in ids]
     assert missing == [], f"{len(missing)} of {len(dispatched)} tasks never reached Redis"
     assert not stack.cache._bind().journal.active
+
+
+FLAP_MINUTE = 60.0
+
+
+def most_trips(config: BreakerConfig, seconds: float) -> int:
+    """The most trips the backoff allows in ``seconds`` of flapping.
+
+    No recovery holds WINDOW seconds, so every trip comes within WINDOW of the
+    last close and adds a step: trip k is followed by at least the open interval
+    of step k (its lowest jitter, 0.8), whatever Redis does meanwhile.
+    """
+    trips, elapsed = 1, 0.0
+    while True:
+        elapsed += 0.8 * min(config.max_reset_timeout, config.reset_timeout * 2 ** (trips - 1))
+        if elapsed > seconds:
+            return trips
+        trips += 1
+
+
+@pytest.mark.timeout(240)
+def test_a_minute_of_flapping_trips_a_few_times(redis_server: RedisServer) -> None:
+    """Redis 1 s up, 1 s down (stopped, then hung, in turn) for a minute, traffic from a
+    thread through call_with_fallback: no caller sees an error, and the backoff keeps the
+    close->open cycles to a handful (an undamped breaker would cycle about 30 times)."""
+    config = BreakerConfig(url=redis_server.url)
+    assert config.window < 2 * FLAP_MINUTE  # no recovery outlasts it: steps only add up
+    breaker = Breaker("flap-minute", config)
+    client = make_client(redis_server.url)
+    stop = threading.Event()
+    errors: list[str] = []
+    outcomes = {"redis": 0, "fallback": 0}
+    fallback = object()
+
+    def traffic() -> None:
+        while not stop.is_set():
+            try:
+                got = breaker.call_with_fallback(client.get, lambda _key: fallback, ("flap",))
+            except Exception as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+            else:
+                outcomes["fallback" if got is fallback else "redis"] += 1
+            time.sleep(0.01)
+
+    faults: list[str] = []
+    flapper = threading.Thread(target=redis_server.flap, args=(stop, faults.append),
+                               kwargs={"period": (1.0, 1.0)}, daemon=True)
+    caller = threading.Thread(target=traffic, daemon=True)
+    try:
+        caller.start()
+        flapper.start()
+        time.sleep(FLAP_MINUTE)
+    finally:
+        stop.set()
+        flapper.join(30)
+        caller.join(30)
+        if not redis_server.running:
+            redis_server.start()
+        if redis_server.frozen:
+            redis_server.thaw()
+    transitions = breaker.totals().transitions
+    trips = transitions.get(("closed", "open"), 0)
+    bound = most_trips(config, FLAP_MINUTE + 5.0)
+    print(f"\n{faults.count('refused')} stops and {faults.count('hung')} hangs in "
+          f"{FLAP_MINUTE:g}s: {trips} close->open cycles (the backoff allows {bound}), "
+          f"{transitions.get(('half_open', 'open'), 0)} failed half-opens, calls {outcomes}")
+    assert errors == []
+    assert faults.count("refused") + faults.count("hung") >= 20
+    assert outcomes["redis"] > 0
+    assert outcomes["fallback"] > 0
+    assert 2 <= trips <= bound, transitions
+    # Redis stays up now: the breaker closes once its (longest) open interval is over.
+    assert wait_until(lambda: breaker.state is State.CLOSED,
+                      config.max_reset_timeout + 30.0), breaker.stats()
+    assert breaker.call(client.get, "flap") is None
+    client.close()
