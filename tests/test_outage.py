@@ -112,17 +112,20 @@ def test_stopped_redis_refuses_then_recovers_on_restart(redis_server: RedisServe
     assert breaker.call(r.get, "k") is None
 
 
-def test_probe_backs_off_while_redis_stays_down(redis_server: RedisServer) -> None:
-    """Each failed probe pushes the next attempt further out."""
-    breaker = Breaker("backoff", BreakerConfig(url=redis_server.url, reset_timeout=0.05,
-                                               max_reset_timeout=10.0))
+def test_probe_keeps_pinging_while_redis_stays_down(redis_server: RedisServer) -> None:
+    """However long the outage, the probe PINGs every PROBE_INTERVAL: detection is not
+    backed off, and the failed PINGs do not push trial traffic further out."""
+    breaker = Breaker("backoff", BreakerConfig(url=redis_server.url, probe_interval=0.05,
+                                               reset_timeout=0.05, max_reset_timeout=10.0))
     redis_server.stop()
     for _ in range(5):
         with pytest.raises(redis.ConnectionError):
             breaker.call(client(redis_server).get, "k")
-    wait_for(lambda: breaker._backoff_step >= 3)
+    first = breaker._next_ping_at
+    # Ten more PINGs after the first one, each failing.
+    wait_for(lambda: breaker._next_ping_at > first + 10 * 0.05 * 0.8)
     assert breaker.state is State.OPEN
-    assert breaker.stats().retry_in_s is not None
+    assert breaker._backoff_step == 0
     assert "Connection refused" in (breaker.stats().last_error or "") or "111" in (
         breaker.stats().last_error or "")
 
@@ -137,7 +140,8 @@ def test_probe_password_never_logged(tmp_path: object) -> None:
         with capture_events() as events:
             with pytest.raises(redis.ConnectionError):
                 breaker.call(redis.Redis.from_url(url, socket_connect_timeout=0.2).get, "k")
-            wait_for(lambda: breaker._backoff_step >= 1)
+            first = breaker._next_ping_at
+            wait_for(lambda: breaker._next_ping_at > first)  # a probe PING failed
         assert "hunter2" not in repr(events)
         assert "hunter2" not in repr(breaker.stats())
 

@@ -16,12 +16,14 @@ own (``drill_app.views.prepare``); every response names the worker's pid and
 the breaker's state when the view started. Asserted, per server:
 
 - no request fails: HTTP 200 for every one, so no Redis exception reached a client;
-- every worker process trips on its own, in each outage;
+- every worker process sees the breaker open in each outage (one worker's
+  discovery opens the host-wide state for all of them);
 - once a worker has tripped, its views skip Redis (the breaker was open when
   they started) and none takes more than a few socket timeouts (a hang
   detector; speed belongs to the benchmarks);
-- probes work after fork: with no traffic at all after Redis is restored,
-  each worker's own probe thread half-opens its breaker and it closes;
+- probes work after fork: with no traffic at all after Redis is restored, the
+  probe thread of the worker holding the host's probe lease half-opens the
+  breaker, and every worker sees it closed;
 - nothing leaks: each worker's thread count and open file descriptors
   (``/proc/<pid>``) come back to where they were before the outages;
 - no task is lost: every dispatched task id is in the broker's queue once the
@@ -396,11 +398,13 @@ def test_every_worker_rides_through_outages(
                 f"{kind}/{fault}: without traffic only workers {sorted(closed())} of {pids} "
                 f"closed again:\n{json.dumps(events(folder), indent=1)}")
             all_events = events(folder)
-            for pid in pids:
-                half_open = first(all_events[pid], "half_open", restored)
-                assert half_open is not None, all_events[pid]
-                assert half_open["reason"] == "probe ok", half_open
-                assert half_open["thread"].startswith("redis-breaker-probe-"), half_open
+            # One probe for the host: the worker holding the probe lease half-opened
+            # the shared breaker from its probe thread; the others followed the record.
+            probed = [e for pid in pids for e in all_events[pid]
+                      if e["t"] >= restored and e["to"] == "half_open" and not e["remote"]]
+            assert probed, json.dumps(all_events, indent=1)
+            assert all(e["reason"] == "probe ok" for e in probed[:1]), probed
+            assert all(e["thread"].startswith("redis-breaker-probe-") for e in probed), probed
             outages.append(Outage(fault, t_cut, tripped, paused, restored, closed()))
             load.resume()
             time.sleep(1.5)  # healthy again, under load

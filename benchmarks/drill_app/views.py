@@ -40,7 +40,7 @@ def _record_transition(change: StateChange) -> None:
         return
     line = json.dumps({"pid": os.getpid(), "t": time.time(), "from": change.from_state.value,
                        "to": change.to_state.value, "reason": change.reason,
-                       "thread": threading.current_thread().name})
+                       "remote": change.remote, "thread": threading.current_thread().name})
     with (Path(folder) / f"{os.getpid()}.jsonl").open("a") as f:
         f.write(line + "\n")
 

@@ -125,7 +125,8 @@ SETTINGS: tuple[SettingSpec, ...] = (
                 "breaker name and URL (a small memory-mapped file in STATE_DIR): one process's "
                 "discovery opens it everywhere, one probe per host. False keeps the state in "
                 "each process."),
-    SettingSpec("STATE_DIR", None, (str,), "a directory path", os.path.isabs,
+    SettingSpec("STATE_DIR", None, (str, os.PathLike), "a directory path (str or Path)",
+                os.path.isabs,
                 "an absolute path",
                 "Directory of the host-wide state files, created 0700 and private to the user "
                 "the processes run as. None: redis-breaker-<uid> in the system's temp directory.",
@@ -276,6 +277,8 @@ class BreakerConfig:
             field_name = p.key.lower()
             raise ValueError(f"BreakerConfig.{field_name}: {p.message(field_name)}. "
                              f"{p.fix(field_name)}")
+        if self.state_dir is not None:
+            object.__setattr__(self, "state_dir", os.fspath(self.state_dir))
         object.__setattr__(self, "count_exceptions", tuple(self.count_exceptions))
         object.__setattr__(self, "exclude_exceptions", tuple(self.exclude_exceptions))
         object.__setattr__(self, "counted",
