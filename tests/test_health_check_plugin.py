@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -63,3 +68,22 @@ def test_runs_through_the_plugin_machinery() -> None:
     breaker.force_open()
     result = asyncio.run(RedisBreakerCheck(breaker="hc").get_result())
     assert isinstance(result.error, ServiceUnavailable)
+
+
+def test_reports_a_breaker_another_process_opened(settings: Any, tmp_path: Path) -> None:
+    """The state is the host's: a breaker forced open elsewhere fails the check here."""
+    state_dir = tmp_path / "state"
+    state_dir.mkdir(mode=0o700)
+    url = "redis://127.0.0.1:6399/0"
+    settings.REDIS_BREAKERS = {"hc": {"URL": url, "STATE_DIR": str(state_dir)}}
+    RedisBreakerCheck(breaker="hc").run()
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        from redis_breaker import Breaker, BreakerConfig
+        b = Breaker("hc", BreakerConfig(url={url!r}, state_dir={str(state_dir)!r}, probe=False))
+        b.force_open("maintenance")
+    """)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    with pytest.raises(ServiceUnavailable, match=r"'hc' is forced_open \(maintenance"):
+        RedisBreakerCheck(breaker="hc").run()
+    with pytest.raises(ServiceUnavailable, match="'hc' is forced_open"):
+        RedisBreakerCheck().run()

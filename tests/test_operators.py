@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -94,3 +98,25 @@ def test_totals_never_go_down_across_outages() -> None:
     assert totals.failures == 10
     assert totals.fallbacks == {"guard": 2}
     assert totals.transitions[("closed", "open")] == 2
+
+
+def test_prometheus_shows_the_hosts_state(settings: Any, tmp_path: Path) -> None:
+    """A transition another process made is the scraped process's state; host_shared says so."""
+    state_dir = tmp_path / "state"
+    state_dir.mkdir(mode=0o700)
+    url = "redis://127.0.0.1:6399/0"
+    settings.REDIS_BREAKERS = {"shared": {"URL": url, "STATE_DIR": str(state_dir)},
+                               "own": {"HOST_SHARED": False}}
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        from redis_breaker import Breaker, BreakerConfig
+        b = Breaker("shared", BreakerConfig(url={url!r}, state_dir={str(state_dir)!r}, probe=False))
+        b.force_open("maintenance")
+    """)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    registry = CollectorRegistry()
+    registry.register(BreakerCollector())  # the default: every breaker, as the app registers it
+    text = generate_latest(registry).decode()
+    assert 'redis_breaker_state{breaker="shared",state="forced_open"} 1.0' in text
+    assert 'redis_breaker_host_shared{breaker="shared"} 1.0' in text
+    assert 'redis_breaker_state{breaker="own",state="closed"} 1.0' in text
+    assert 'redis_breaker_host_shared{breaker="own"} 0.0' in text

@@ -23,10 +23,11 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from . import _registry
 from ._breaker import Breaker
 from ._probe import ping_url
 from ._redact import describe_error
-from ._registry import all_breakers, get_breaker
+from ._registry import configured_names, get_breaker
 from ._sentinel import is_sentinel_url
 from ._state import State
 
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from celery import Celery
 
 __all__ = ["adopt_integration_urls", "celery_outbox", "check_redis_health", "get_redis_status",
-           "outbox_status"]
+           "outbox_status", "status_breaker", "status_breakers"]
 
 _CACHE = "redis_breaker.cache.BreakerCache"
 _LAYER = "redis_breaker.channels.BreakerChannelLayer"
@@ -156,10 +157,30 @@ def _adopt_celery_urls() -> None:
             continue
 
 
-def _breakers() -> dict[str, Breaker]:
-    """Every breaker the status shows, with the URLs its integrations would adopt."""
+def status_breakers() -> tuple[dict[str, Breaker], dict[str, str]]:
+    """What a status shows: every breaker in use or named in ``REDIS_BREAKERS``, by name,
+    with the URLs its integrations would adopt; and, by name, why a breaker could not
+    be created at all (the error, credentials removed) instead of raising it.
+    """
     adopt_integration_urls()
-    return all_breakers()
+    unusable: dict[str, str] = {}
+    for name in configured_names():
+        try:
+            get_breaker(name)
+        except Exception as exc:
+            unusable[name] = describe_error(exc)
+    with _registry._lock:
+        breakers = dict(_registry._breakers)
+    return breakers, unusable
+
+
+def status_breaker(name: str) -> tuple[Breaker | None, str | None]:
+    """The breaker ``name`` with its integrations' URL, or None and why it cannot be created."""
+    adopt_integration_urls()
+    try:
+        return get_breaker(name), None
+    except Exception as exc:
+        return None, describe_error(exc)
 
 
 # ------------------------------------------------------------------- the PING
@@ -237,9 +258,8 @@ def check_redis_health(breaker: str = "default", timeout: float | None = None) -
     URL (none configured, none adopted from an integration) cannot be pinged;
     it is healthy while closed. The state read is the host's.
     """
-    adopt_integration_urls()
-    b = get_breaker(breaker)
-    if b.is_open:
+    b, _ = status_breaker(breaker)
+    if b is None or b.is_open:
         return False
     if b.url is None:
         return b.state in (State.CLOSED, State.DISABLED)
@@ -297,7 +317,9 @@ def _entry(b: Breaker, timeout: float | None, ping: bool) -> dict[str, Any]:
     latency = _ping(b, timeout) if ping else None
     stats = b.stats()
     change = b.last_change
-    now = stats.since + stats.in_state_for_s  # time.monotonic() when stats() read it
+    now = stats.since + stats.in_state_for_s  # the breaker's clock when stats() read it
+    if not math.isfinite(now):  # a record with impossible times
+        now = time.monotonic()
     return {
         "state": stats.state.value,
         "reason": change.reason if change is not None else None,
@@ -332,8 +354,7 @@ def _unreadable(b: Breaker, exc: Exception) -> dict[str, Any]:
         state = b.state
     except Exception:
         state = State.CLOSED
-    entry.update(state=state.value, host_shared=b.state_file is not None,
-                 status_error=describe_error(exc))
+    entry.update(state=state.value, host_shared=b.host_shared, status_error=describe_error(exc))
     return entry
 
 
@@ -344,14 +365,21 @@ def get_redis_status(timeout: float | None = None, *, ping: bool = True) -> dict
     PING (``timeout`` defaults to each breaker's ``PROBE_TIMEOUT``) is made
     from this process.
     """
+    found, unusable = status_breakers()
     breakers: dict[str, Any] = {}
-    for name, b in sorted(_breakers().items()):
+    for name in sorted({*found, *unusable}):
+        b = found.get(name)
+        if b is None:
+            # The breaker cannot even be created: its integrations fail on every call.
+            breakers[name] = {**dict.fromkeys(_KEYS), "status_error": unusable[name]}
+            continue
         try:
             breakers[name] = _entry(b, timeout, ping)
         except Exception as exc:
             breakers[name] = _unreadable(b, exc)
     status: dict[str, Any] = {
-        "healthy": not any(State(v["state"]).rejects for v in breakers.values()),
+        "healthy": not any(v["state"] is None or State(v["state"]).rejects
+                           for v in breakers.values()),
         "breakers": breakers,
     }
     outbox = outbox_status()

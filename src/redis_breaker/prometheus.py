@@ -27,9 +27,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
 
 from ._breaker import Breaker, all_instances
-from ._registry import all_breakers
 from ._state import State
-from .health import adopt_integration_urls, celery_outbox
+from .health import celery_outbox, status_breakers
 
 __all__ = ["BreakerCollector", "register"]
 
@@ -39,8 +38,8 @@ _lock = threading.Lock()
 
 def _every_breaker() -> list[Breaker]:
     """Shared breakers first (with their integrations' URLs); then others created directly, one per name."""
-    adopt_integration_urls()
-    chosen = list(all_breakers().values())
+    found, _ = status_breakers()  # a breaker that cannot be created has no metrics
+    chosen = list(found.values())
     seen = {b.name for b in chosen}
     for breaker in all_instances():
         if breaker.name not in seen:

@@ -14,9 +14,9 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from ._registry import all_breakers
+from ._state import State
 from .conf import conf
-from .health import adopt_integration_urls, get_redis_status
+from .health import get_redis_status, status_breakers
 
 __all__ = ["status"]
 
@@ -42,10 +42,11 @@ def status(request: HttpRequest) -> JsonResponse:
     if _may_see_details(request):
         body = get_redis_status()
     else:
-        adopt_integration_urls()
-        states = {name: b.state for name, b in sorted(all_breakers().items())}
+        found, unusable = status_breakers()
+        states: dict[str, str | None] = {name: b.state.value for name, b in found.items()}
+        states.update(dict.fromkeys(unusable))  # null: the breaker cannot be created
         body = {
-            "healthy": not any(s.rejects for s in states.values()),
-            "breakers": {name: {"state": s.value} for name, s in states.items()},
+            "healthy": not any(s is None or State(s).rejects for s in states.values()),
+            "breakers": {name: {"state": s} for name, s in sorted(states.items())},
         }
     return JsonResponse(body, status=200 if body["healthy"] else 503)

@@ -22,9 +22,8 @@ from health_check.base import HealthCheck
 from health_check.exceptions import ServiceUnavailable, ServiceWarning
 
 from redis_breaker._breaker import Breaker
-from redis_breaker._registry import all_breakers, get_breaker
 from redis_breaker._state import State
-from redis_breaker.health import adopt_integration_urls, celery_outbox
+from redis_breaker.health import celery_outbox, status_breaker, status_breakers
 
 __all__ = ["RedisBreakerCheck"]
 
@@ -36,9 +35,16 @@ class RedisBreakerCheck(HealthCheck):  # type: ignore[misc]
     breaker: str | None = None
 
     def run(self) -> None:
-        adopt_integration_urls()
-        breakers = [get_breaker(self.breaker)] if self.breaker else list(all_breakers().values())
-        down, warnings = [], []
+        if self.breaker:
+            one, error = status_breaker(self.breaker)
+            breakers = [] if one is None else [one]
+            unusable = {} if error is None else {self.breaker: error}
+        else:
+            found, unusable = status_breakers()
+            breakers = list(found.values())
+        down = [f"breaker {name!r} cannot be used: {error}"
+                for name, error in sorted(unusable.items())]
+        warnings = []
         for b in sorted(breakers, key=lambda b: b.name):
             state = b.state
             if state in (State.OPEN, State.FORCED_OPEN):

@@ -72,5 +72,5 @@ def _row(name: str, b: dict[str, Any]) -> tuple[str, ...]:
     pid = "-" if b.get("probe_pid") is None else str(b["probe_pid"])
     error = b.get("last_error") or b.get("status_error") or "-"
     failures = "-" if b.get("failures") is None else str(b["failures"])
-    return (name, b["state"], b.get("since") or "-", failures, latency, shared, pid, transition,
+    return (name, b.get("state") or "-", b.get("since") or "-", failures, latency, shared, pid, transition,
             error)
