@@ -103,6 +103,7 @@ def test_host_shared_and_state_dir_types_come_from_the_table() -> None:
     assert "Set HOST_SHARED to True or False" in messages({"default": {"HOST_SHARED": 1}})[0]
     assert ids({"default": {"STATE_DIR": 5}}) == ["redis_breaker.E004"]
     assert ids({"default": {"STATE_DIR": "var/state"}}) == ["redis_breaker.E005"]
+    assert ids({"default": {"STATE_DIR": Path("var/state")}}) == ["redis_breaker.E005"]
     text = messages({"default": {"STATE_DIR": "var/state"}})[0]
     assert 'REDIS_BREAKERS["default"]["STATE_DIR"]' in text
     assert "absolute path" in text
@@ -141,6 +142,7 @@ def test_w003_a_directory_open_to_group_or_others(tmp_path: Path) -> None:
     """A state directory others can reach is W003, naming the key, the mode and the fix."""
     directory = private_dir(tmp_path / "open")
     os.chmod(directory, 0o755)
+    assert len(state_dir_warnings({"default": {"STATE_DIR": Path(directory)}})) == 1
     found = state_dir_warnings({"default": {"STATE_DIR": directory}})
     assert len(found) == 1
     assert f'REDIS_BREAKERS["default"]["STATE_DIR"] {directory!r} has mode 755' in found[0]

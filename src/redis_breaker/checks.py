@@ -116,8 +116,8 @@ def _state_dirs() -> dict[str, list[str]]:
         if entry.get("HOST_SHARED", True) is not True:
             continue
         directory = entry.get("STATE_DIR")
-        if directory is None:
-            continue
+        if isinstance(directory, os.PathLike):
+            directory = os.fspath(directory)
         if isinstance(directory, str) and os.path.isabs(directory):
             dirs.setdefault(directory, []).append(name)
     return dirs
