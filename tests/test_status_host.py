@@ -223,6 +223,36 @@ def test_a_fresh_status_process_reads_the_celery_brokers_breaker(
         app.close()
 
 
+def test_maintenance_from_a_shell_reaches_the_applications_breaker(
+        redis_server: RedisServer, settings: Any, tmp_path: Path) -> None:
+    """The runbook's force_open() from `manage.py shell` holds for the application's processes."""
+    state_dir = private_dir(tmp_path / "state")
+    breakers = {"cache": {"STATE_DIR": state_dir}}
+    settings.CACHES = cache_settings(redis_server.url, "cache")
+    settings.REDIS_BREAKERS = breakers
+    project = write_project(tmp_path, CACHES=cache_settings(redis_server.url, "cache"),
+                            REDIS_BREAKERS=breakers)
+    cache = caches["default"]
+    cache.set("k", "v")
+    manage(project, "shell", "-c", "; ".join([
+        "from redis_breaker import get_breaker",
+        "from redis_breaker.health import adopt_integration_urls",
+        "adopt_integration_urls()",
+        "get_breaker('cache').force_open('maintenance')",
+    ]))
+    breaker = get_breaker("cache")
+    assert breaker.state is State.FORCED_OPEN
+    assert cache.get("k") is None  # the fallback serves, Redis is not asked
+    manage(project, "shell", "-c", "; ".join([
+        "from redis_breaker import get_breaker",
+        "from redis_breaker.health import adopt_integration_urls",
+        "adopt_integration_urls()",
+        "get_breaker('cache').reset()",
+    ]))
+    assert breaker.state is State.CLOSED
+    assert cache.get("k") == "v"
+
+
 def test_adopting_the_integrations_urls_does_not_connect(
         redis_server: RedisServer, settings: Any, tmp_path: Path) -> None:
     """The status finds each breaker's URL from the settings alone: no connection to Redis."""
