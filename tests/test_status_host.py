@@ -34,7 +34,7 @@ from django.test import Client
 from redis_breaker import State, _shared, get_breaker
 from redis_breaker.health import adopt_integration_urls, check_redis_health, get_redis_status
 from redis_breaker.management.commands.redis_breaker import COLUMNS
-from tests.harness import RedisServer
+from tests.harness import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = (ROOT / "docs" / "health.md").read_text()
@@ -329,6 +329,18 @@ def test_a_refused_ping_counts_once_per_status(redis_server: RedisServer, settin
     assert breaker.stats().consecutive_failures == 1
     get_redis_status()
     assert breaker.stats().consecutive_failures == 2
+
+
+@pytest.mark.django_db
+def test_through_sentinel_an_impatient_ping_counts_nothing(settings: Any) -> None:
+    """No sentinel answers: counted with the probe's patience, not with a shorter timeout."""
+    url = f"redis+sentinel://127.0.0.1:{free_port()}/mymaster/0"
+    settings.REDIS_BREAKERS = {"default": {"URL": url, "FAILURE_THRESHOLD": 3}}
+    breaker = get_breaker()
+    assert check_redis_health(timeout=0.1) is False
+    assert breaker.stats().consecutive_failures == 0
+    assert check_redis_health() is False
+    assert breaker.stats().consecutive_failures == 1
 
 
 # ------------------------------------------------- another process's transition

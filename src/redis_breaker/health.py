@@ -208,7 +208,8 @@ def _ping(b: Breaker, timeout: float | None) -> float | None:
     connection does not pay a connect, and ``SLOW_CALL_THRESHOLD`` judges the
     PING alone), and a timeout shorter than the breaker's ``PROBE_TIMEOUT`` is
     reported but not counted (the probe would find that Redis up and close
-    the breaker again). A refused or reset connection counts, once.
+    the breaker again; through Sentinel, where a timeout looks like a refusal,
+    such a PING counts nothing). A refused or reset connection counts, once.
     """
     url = b.url
     if url is None or b.is_open:
@@ -218,7 +219,8 @@ def _ping(b: Breaker, timeout: float | None) -> float | None:
     impatient = limit < config.probe_timeout
     client: redis.Redis | None = None
     setup_error: Exception | None = None
-    if not is_sentinel_url(url):
+    sentinel = is_sentinel_url(url)
+    if not sentinel:
         try:
             client = _connect(url, limit)
         except Exception as exc:
@@ -236,7 +238,8 @@ def _ping(b: Breaker, timeout: float | None) -> float | None:
                 client.ping()
             took.append(time.perf_counter() - started)
         except Exception as exc:
-            if impatient and _is_timeout(exc):
+            # Through sentinels, a timeout shows as "no master found", like a refusal.
+            if impatient and (sentinel or _is_timeout(exc)):
                 raise _NotEvidence(describe_error(exc)) from None
             raise
 
