@@ -55,6 +55,17 @@ def every(fleet: Fleet, pids: set[int], kind: str, test: Callable[[dict[str, Any
     return all(pid in last and test(last[pid]) for pid in pids)
 
 
+def rejected_since(fleet: Fleet, pids: set[int], since: float, count: int) -> bool:
+    """True when every process in ``pids`` had ``count`` calls rejected after ``since``
+    (counted between its ticks stamped after ``since``)."""
+    ticks = fleet.of_kind("tick")
+    for pid in pids:
+        after = [t for t in ticks.get(pid, []) if t["t"] > since]
+        if len(after) < 2 or after[-1]["rejected"] - after[0]["rejected"] < count:
+            return False
+    return True
+
+
 def wait_for_trip(view: StateView, generation: int, timeout: float = LIVENESS) -> float:
     """Watch the state file's hot word; return when (monotonic) the trip was first seen."""
     deadline = time.monotonic() + timeout
@@ -169,7 +180,7 @@ def test_processes_of_a_host_pay_one_onset_and_recover_together(
             redis_server.freeze()
             visible = wait_for_trip(view, generation)
             assert view.state is State.OPEN
-            fleet.wait(lambda: every(fleet, pids, "tick", lambda t: t["rejected"] >= 5),
+            fleet.wait(lambda: rejected_since(fleet, pids, visible, 5),
                        "every worker to be rejected")
 
             # A process that never called Redis knows: the state is the host's.
@@ -265,34 +276,33 @@ def test_the_probe_lease_moves_when_its_holder_is_killed(
             generation = view.hot_generation
             redis_server.freeze()
             visible = wait_for_trip(view, generation)
-            fleet.wait(lambda: every(fleet, pids, "tick", lambda t: t["rejected"] >= 3),
+            fleet.wait(lambda: rejected_since(fleet, pids, visible, 3),
                        "every worker to be rejected")
             fleet.command("quiet")
-
-            def probe_pids(after: float) -> set[int | None]:
-                ticks = fleet.last("tick")
-                return {ticks[p]["probe_pid"] if ticks[p]["t"] > after else None
-                        for p in ticks if p in alive_pids}
-
             alive_pids = set(pids)
-            fleet.wait(lambda: len(probe_pids(visible) - {None}) == 1
-                       and None not in probe_pids(visible),
-                       "every worker's stats() to name one probe process")
-            (holder,) = probe_pids(visible)
+
+            def probe_pid(after: float) -> int | None:
+                """The pid every live worker's stats().probe_pid names (in a tick stamped
+                after ``after``), if they agree on one."""
+                ticks = fleet.last("tick")
+                named = {ticks[p]["probe_pid"] if ticks[p]["t"] > after else None
+                         for p in ticks if p in alive_pids}
+                return named.pop() if len(named) == 1 else None
+
+            holder = fleet.value(lambda: probe_pid(visible),
+                                 "every worker's stats() to name one probe process")
             assert holder in pids, (holder, pids)
-            assert view.lease_pid == holder
             (process,) = [p for p in fleet.processes if p.pid == holder]
-            killed = time.monotonic()
             process.kill()
             process.wait(10)
+            killed = time.monotonic()  # reaped: no zombie answers os.kill(pid, 0) any more
             alive_pids.discard(holder)
-            fleet.wait(lambda: len(probe_pids(killed)) == 1
-                       and not probe_pids(killed) & {None, holder},
-                       "another process to take the probe lease")
-            (successor,) = probe_pids(killed)
+            successor = fleet.value(lambda: probe_pid(killed),
+                                    "another process to take the probe lease")
+            assert successor != holder
             assert successor in alive_pids
             assert alive(successor)
-            assert view.lease_pid == successor
+            assert view.lease_pid in alive_pids
             print(f"\nprobe lease: {holder} (killed) -> {successor}")
 
             thawed = time.monotonic()
@@ -330,7 +340,7 @@ def test_preforked_children_share_the_parents_breaker(
             generation = view.hot_generation
             redis_server.freeze()
             visible = wait_for_trip(view, generation)
-            fleet.wait(lambda: every(fleet, kids, "tick", lambda t: t["rejected"] >= 5),
+            fleet.wait(lambda: rejected_since(fleet, kids, visible, 5),
                        "every child to be rejected")
             fleet.wait(lambda: every(fleet, {parent}, "tick",
                                      lambda t: t["t"] > visible and t["state"] == "open"),
@@ -448,6 +458,7 @@ def test_new_processes_recover_a_stale_open_state_file(
             wait_for_trip(view, generation)
             fleet.wait(lambda: every(fleet, set(ready), "tick", lambda t: t["rejected"] >= 3),
                        "the workers to be rejected")
+            fleet.wait(lambda: view.lease_pid in ready, "a worker's probe to take the lease")
             for process in fleet.processes:
                 process.kill()
                 process.wait(10)
@@ -494,7 +505,7 @@ def test_new_processes_recover_a_stale_open_state_file(
                 assert fleet.last("ready")[pid]["t"] >= close["at"]
             assert view.state is State.CLOSED
             assert view.lease_pid in new
-            assert not view.lease_held
+            fleet.wait(lambda: not view.lease_held, "the closer to give the probe lease back")
         finally:
             view.close()
         final_calls_succeed(fleet, new)

@@ -501,6 +501,19 @@ class Fleet:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}\n"
                                  f"{self.log_tail()}")
 
+    def value(self, produce: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+        """Poll ``produce`` until it returns something other than None; return that."""
+        found: list[Any] = []
+
+        def ready() -> bool:
+            value = produce()
+            if value is not None:
+                found.append(value)
+            return value is not None
+
+        self.wait(ready, what, timeout)
+        return found[-1]
+
     def log_tail(self, chars: int = 3000) -> str:
         parts = []
         for path in sorted(self.logs.glob("*.log")):
