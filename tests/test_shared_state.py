@@ -18,7 +18,7 @@ from freezegun import freeze_time
 from freezegun.api import FrozenDateTimeFactory
 
 from redis_breaker import Breaker, BreakerConfig, BreakerOpenError, State, StateChange
-from redis_breaker._breaker import FOLLOW_EVERY_S, LEASE_S
+from redis_breaker._breaker import FOLLOW_EVERY_S, LEASE_S, REPLACED_CHECK_EVERY_S
 from redis_breaker.testing import capture_events
 from tests.harness import RedisServer
 
@@ -51,7 +51,8 @@ def pair(state_dir: str, **overrides: Any) -> tuple[Breaker, Breaker]:
     overrides.setdefault("probe", False)
     config = BreakerConfig(state_dir=state_dir, **overrides)
     first, second = Breaker("s", config), Breaker("s", config)
-    assert first.host_shared and second.host_shared
+    assert first.host_shared
+    assert second.host_shared
     assert first.state_file == second.state_file
     return first, second
 
@@ -91,7 +92,8 @@ def test_consecutive_failures_add_up_across_processes(state_dir: str) -> None:
     assert first.stats().consecutive_failures == 4
     with pytest.raises(redis.ConnectionError):
         second.call(refused)
-    assert first.state is State.OPEN and second.state is State.OPEN
+    assert first.state is State.OPEN
+    assert second.state is State.OPEN
 
 
 def test_a_success_anywhere_resets_the_consecutive_count(state_dir: str) -> None:
@@ -121,7 +123,8 @@ def test_half_open_permits_are_host_wide(state_dir: str, clock: FrozenDateTimeFa
     assert first.call(trial) == "ok"
     assert first.state is State.HALF_OPEN
     assert second.call(ok) == "ok"
-    assert first.state is State.CLOSED and second.state is State.CLOSED
+    assert first.state is State.CLOSED
+    assert second.state is State.CLOSED
 
 
 def test_reset_and_force_open_reach_every_process(state_dir: str) -> None:
@@ -129,7 +132,8 @@ def test_reset_and_force_open_reach_every_process(state_dir: str) -> None:
     first.force_open("maintenance")
     with pytest.raises(BreakerOpenError):
         second.call(ok)
-    assert second.last_change is not None and second.last_change.reason == "maintenance"
+    assert second.last_change is not None
+    assert second.last_change.reason == "maintenance"
     second.reset()
     assert first.call(ok) == "ok"
     assert first.state is State.CLOSED
@@ -183,13 +187,15 @@ def test_a_failed_ping_does_not_back_off_detection(
         assert breaker.probe_plan() == 0.0
         assert not breaker.probe_now()
         delay = breaker.probe_plan()
-        assert delay is not None and delay <= breaker.config.probe_interval * 1.2
+        assert delay is not None
+        assert delay <= breaker.config.probe_interval * 1.2
 
 
 def test_per_process_state_when_not_shared(state_dir: str) -> None:
     config = BreakerConfig(url=URL, probe=False, host_shared=False, state_dir=state_dir)
     first, second = Breaker("s", config), Breaker("s", config)
-    assert not first.host_shared and first.state_file is None
+    assert not first.host_shared
+    assert first.state_file is None
     trip(first)
     assert second.call(ok) == "ok"
     assert second.state is State.CLOSED
@@ -206,3 +212,36 @@ def test_adopting_a_url_moves_to_that_urls_state(state_dir: str) -> None:
     assert early.state_file == other.state_file
     assert other.state is State.FORCED_OPEN
     assert Breaker("a", config.replace(url="redis://127.0.0.1:2/0")).state is State.CLOSED
+
+
+def test_a_corrupt_file_degrades_to_process_state(state_dir: str) -> None:
+    """Garbage in the state file: one WARNING, the breaker works on its own."""
+    path = Breaker("s", BreakerConfig(url=URL, probe=False, state_dir=state_dir)).state_file
+    assert path is not None
+    Path(path).write_bytes(b"\xff" * 4096)
+    with capture_events() as events:
+        breaker = Breaker("s", BreakerConfig(url=URL, probe=False, state_dir=state_dir))
+        trip(breaker)
+    assert not breaker.host_shared
+    assert breaker.state is State.OPEN
+    warnings = [e for e in events if e["event"] == "host_state_unavailable"]
+    assert len(warnings) == 1
+    assert "not a redis-breaker state file" in warnings[0]["error"]
+
+
+def test_a_removed_state_file_is_noticed_and_the_host_shares_again(
+        state_dir: str, clock: FrozenDateTimeFactory) -> None:
+    """A temp cleaner removed the file under a running process: within a few seconds of
+    activity it moves to the file the host's new processes use."""
+    old, _ = pair(state_dir)
+    path = old.state_file
+    assert path is not None
+    os.unlink(path)
+    newcomer = Breaker("s", BreakerConfig(url=URL, probe=False, state_dir=state_dir))
+    assert newcomer.state_file == path
+    newcomer.force_open("maintenance")
+    clock.tick(REPLACED_CHECK_EVERY_S + 1)
+    old.stats()  # a locked section notices the removal, and the breaker moves over
+    with pytest.raises(BreakerOpenError):
+        old.call(ok)
+    assert old.state is State.FORCED_OPEN

@@ -9,6 +9,7 @@ in order, by whichever thread gets there first.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import logging
@@ -23,6 +24,7 @@ from typing import Any, TypeVar
 
 import pybreaker
 
+from . import _shared
 from ._classify import is_failure, is_misconfiguration
 from ._config import BreakerConfig
 from ._counter import Counter
@@ -31,7 +33,6 @@ from ._events import emit
 from ._ledger import FALLBACK_WARN_EVERY, FallbackLedger
 from ._probe import Probe, ping_url
 from ._publish import Listener, Publisher, add_global_listener, remove_global_listener
-from . import _shared
 from ._redact import describe_error, redact
 from ._shared import Record, hot_word
 from ._state import State, StateChange, Stats
@@ -102,6 +103,9 @@ LEASE_S = 0.75
 TRIAL_GRACE_S = 5.0
 _NAN = float("nan")
 _NO_KWARGS: Mapping[str, Any] = {}
+_PID_NS = _shared.pid_namespace()
+#: How often a breaker makes sure its state file is still the one at its path.
+REPLACED_CHECK_EVERY_S = 5.0
 
 
 def _alive(pid: int) -> bool:
@@ -170,11 +174,12 @@ class _Guard:
         try:
             b._store()
         finally:
-            try:
+            with contextlib.suppress(OSError):
                 record.unlock()
-            except OSError:
-                pass
             self._tlock.release()
+        if b._replaced:
+            b._replaced = False
+            b._attach()
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +241,8 @@ class Breaker:
         self._left_closed_at: float | None = None
         self._closed_at: float | None = None
         self._detached_warned = False
+        self._replaced = False
+        self._replaced_check_at = 0.0
         self._record: Record = _shared.local_record(self._since)
         # Stepped without a lock on the hot paths; read under the lock.
         self._rejected = Counter()
@@ -367,6 +374,11 @@ class Breaker:
         if not 0 <= code < len(_CODES) or ints[_shared.TRIALS] < 0:
             self._detach(record.problem() or "corrupt state file")
             return
+        now = time.monotonic()
+        if now >= self._replaced_check_at:
+            # Rare (the window's buckets send a success here once a second at most).
+            self._replaced_check_at = now + REPLACED_CHECK_EVERY_S
+            self._replaced = record.replaced()
         generation = ints[_shared.GEN]
         state = _CODES[code]
         previous = self._state
@@ -924,10 +936,14 @@ class Breaker:
             return True
         ints, floats = record.ints, record.floats
         if ints[_shared.LEASE_TOKEN] != self._token:
-            if floats[_shared.LEASE_UNTIL] > now and _alive(ints[_shared.LEASE_PID]):
+            # Taken over when it lapsed, or at once when its holder is dead (only
+            # knowable in the holder's PID namespace: containers may share STATE_DIR).
+            if floats[_shared.LEASE_UNTIL] > now and (
+                    ints[_shared.LEASE_NS] != _PID_NS or _alive(ints[_shared.LEASE_PID])):
                 return False
             ints[_shared.LEASE_TOKEN] = self._token
             ints[_shared.LEASE_PID] = os.getpid()
+            ints[_shared.LEASE_NS] = _PID_NS
             self._next_ping_at = now  # new holder: PING at once
         floats[_shared.LEASE_UNTIL] = now + LEASE_S + self._config.probe_timeout
         return True
@@ -1185,7 +1201,7 @@ class Breaker:
         fallen = fallback(*args, **kwargs)
         if inspect.isawaitable(fallen):
             fallen = await fallen
-        return fallen  # type: ignore[return-value]
+        return fallen
 
     def call_as_trial(self, fn: Callable[..., T], /, *args: Any, deadline: float | None = None,
                       **kwargs: Any) -> T:

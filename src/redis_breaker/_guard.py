@@ -7,8 +7,8 @@ import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
-from ._breaker import Breaker
 from . import _registry
+from ._breaker import Breaker
 from ._registry import get_breaker
 
 __all__ = ["guard"]

@@ -21,6 +21,7 @@ WARNING event. Nothing here raises to a caller.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -45,7 +46,7 @@ _VERSION = 1
 # Integer slots (8 bytes each).
 MAGIC, VERSION, BOOT, HOT, GEN, STATE, CONSEC, TRIALS, TRIAL_OK, STEP = range(10)
 FAILURES, LEASE_PID, LEASE_TOKEN, LAST_FROM, LAST_TO, LAST_FAILURES, LAST_FALLBACKS = range(10, 17)
-ERR_LEN, REASON_LEN, IDENT_LEN = range(17, 20)
+ERR_LEN, REASON_LEN, IDENT_LEN, LEASE_NS = range(17, 21)
 # Float slots.
 SINCE, OPEN_UNTIL, NEXT_TRIAL_AT, LEFT_CLOSED_AT, CLOSED_AT, LEASE_UNTIL = range(32, 38)
 LAST_AT, LAST_OPEN_FOR, TRIAL_STARTED_AT = range(38, 41)
@@ -83,10 +84,18 @@ def _boot_id() -> int:
 _BOOT = _boot_id()
 
 
+def pid_namespace() -> int:
+    """The PID namespace of this process: a lease holder's pid means something only in it."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
 class Record:
     """A breaker's state: in a mapped file (``shared``) or in process memory."""
 
-    __slots__ = ("buffer", "fd", "floats", "hot", "ints", "path", "shared", "_ino")
+    __slots__ = ("_ino", "buffer", "fd", "floats", "hot", "ints", "path", "shared")
 
     def __init__(self, buffer: mmap.mmap | bytearray, fd: int = -1, path: str | None = None,
                  ino: int = 0) -> None:
@@ -184,11 +193,28 @@ class Record:
 
     def close(self) -> None:
         if self.fd >= 0:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(self.fd)
-            except OSError:
-                pass
             self.fd = -1
+
+    def release(self) -> None:
+        """Unmap a record nobody uses (the views first: a mapping with views cannot close)."""
+        for view in (self.hot, self.ints, self.floats):
+            view.release()
+        if isinstance(self.buffer, mmap.mmap):
+            self.buffer.close()
+        self.close()
+
+    def replaced(self) -> bool:
+        """True when the file was removed or replaced since it was opened (a temp cleaner):
+        processes that open it now would share another record than this one."""
+        if not self.shared or self.path is None:
+            return False
+        try:
+            info = os.stat(self.path, follow_symlinks=False)
+        except OSError:
+            return True
+        return info.st_ino != self._ino
 
 
 def local_record(since: float) -> Record:
@@ -273,16 +299,18 @@ def _open_record(directory: str, name: str, url: str | None, since: float) -> Re
             else:
                 why = record.problem()
                 if why is not None:
-                    buffer.close()
+                    record.fd = -1  # closed below
+                    record.release()
                     raise StateFileError(why)
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
     except StateFileError:
         os.close(fd)
         raise
-    except OSError as exc:
+    except (OSError, ValueError, BufferError) as exc:
         os.close(fd)
-        raise StateFileError(f"cannot use the state file: {exc.strerror or exc}") from None
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise StateFileError(f"cannot use the state file: {reason}") from None
     return record
 
 
