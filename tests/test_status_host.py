@@ -423,6 +423,7 @@ def test_a_corrupt_state_file_never_makes_a_surface_raise(
         assert (entry["state"], entry["host_shared"]) == ("closed", False)
 
 
+@pytest.mark.django_db
 def test_a_corrupt_state_file_degrades_to_process_state(
         redis_server: RedisServer, settings: Any, tmp_path: Path) -> None:
     """What the engine promises for a corrupt file: state in the process, host_shared false."""
