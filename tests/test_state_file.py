@@ -33,11 +33,6 @@ NAME = "files"
 NOBODY = 65534
 ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="chown and mount need root")
-#: A record that fails validation makes ``_open_record`` close its mapping while the
-#: Record's memoryviews still export it: the BufferError escapes ``Breaker()``.
-MAP_CLOSE_BUG = pytest.mark.xfail(strict=True, raises=BufferError, reason=(
-    "engine bug: _shared._open_record calls buffer.close() on a record that fails "
-    "validation while Record's memoryviews export the mapping; BufferError escapes Breaker()"))
 
 
 @pytest.fixture
@@ -111,8 +106,7 @@ def assert_falls_back(directory: Path, server: RedisServer, why: str) -> Breaker
 
 # --------------------------------------------------------------- bad bytes
 @pytest.mark.parametrize(("data", "why"), [
-    pytest.param(b"\xa5" * _shared.RECORD_SIZE, "not a redis-breaker state file", id="garbage",
-                 marks=MAP_CLOSE_BUG),
+    pytest.param(b"\xa5" * _shared.RECORD_SIZE, "not a redis-breaker state file", id="garbage"),
     pytest.param(b"\xa5" * 100, "corrupt state file (size 100, expected 4096)", id="short"),
     pytest.param(b"\xa5" * (2 * _shared.RECORD_SIZE),
                  "corrupt state file (size 8192, expected 4096)", id="long"),
@@ -125,7 +119,6 @@ def test_a_corrupt_file(redis_server: RedisServer, state_dir: Path, data: bytes,
     assert path.read_bytes() == data, "the breaker wrote to a file it does not trust"
 
 
-@MAP_CLOSE_BUG
 def test_a_file_of_another_layout_version(redis_server: RedisServer, state_dir: Path) -> None:
     path = state_file(state_dir, redis_server)
     data = valid_record()
@@ -135,7 +128,6 @@ def test_a_file_of_another_layout_version(redis_server: RedisServer, state_dir: 
     assert path.read_bytes() == data
 
 
-@MAP_CLOSE_BUG
 def test_a_record_that_breaks_its_own_rules(redis_server: RedisServer, state_dir: Path) -> None:
     """Right magic and version, a state code out of range: corrupt (what a process
     opening a record corrupted while in use finds)."""
