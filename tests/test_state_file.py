@@ -284,6 +284,8 @@ def test_a_record_corrupted_while_in_use(redis_server: RedisServer, state_dir: P
         assert "corrupt state file" in warnings[0]["error"]
         assert not breaker.host_shared
         assert breaker.state_file is None
+        # A process that opens the file now finds it corrupt too.
+        assert_falls_back(state_dir, redis_server, "corrupt state file")
     finally:
         client.close()
         dead.close()
