@@ -14,6 +14,7 @@ the suite runs as in CI. A mount the machine refuses is a skip that says so.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import struct
 import subprocess
@@ -250,7 +251,32 @@ def corrupt_state_slot(path: str) -> None:
         os.close(fd)
 
 
-@pytest.mark.parametrize("operation", ["stats", "failure", "fallback", "reset"])
+def assert_not_locked(path: str) -> None:
+    """Nobody holds the file's flock: another process's next locked operation can go on."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AssertionError(
+                "the process that gave up the state file still holds its flock: every "
+                "other process of the host would block on its next locked operation") from None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+#: The detach closes the record's descriptor but neither unlocks nor unmaps: the
+#: mapping's own duplicate of the descriptor keeps the flock until the old record is
+#: garbage collected, which a caller holding the call's exception delays.
+DETACH_KEEPS_LOCK = pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "engine bug: Breaker._detach (lock held) closes the record's fd without LOCK_UN; the "
+    "mmap's dup of the fd keeps the flock while the old record lives (here: the caller "
+    "keeps the exception, whose traceback holds call()'s frame and its view of the map)"))
+
+
+@pytest.mark.parametrize("operation", [
+    "stats", pytest.param("failure", marks=DETACH_KEEPS_LOCK), "fallback", "reset"])
 def test_a_record_corrupted_while_in_use(redis_server: RedisServer, state_dir: Path,
                                          operation: str) -> None:
     """The next locked operation finds the record corrupt: it goes on with the state in
@@ -258,6 +284,7 @@ def test_a_record_corrupted_while_in_use(redis_server: RedisServer, state_dir: P
     breaker = breaker_for(state_dir, redis_server)
     client = make_client(redis_server.url)
     dead = make_client(f"redis://127.0.0.1:{free_port()}/0")
+    kept: list[object] = []  # what the caller keeps: an error reporter keeps exceptions
     try:
         assert breaker.host_shared
         assert breaker.call(client.ping) is True
@@ -271,8 +298,9 @@ def test_a_record_corrupted_while_in_use(redis_server: RedisServer, state_dir: P
             if operation == "stats":
                 assert breaker.stats().state is State.CLOSED
             elif operation == "failure":
-                with pytest.raises(redis.ConnectionError):
+                with pytest.raises(redis.ConnectionError) as raised:
                     breaker.call(dead.get, "k")  # the call's own error, nothing else
+                kept.append(raised.value)
             elif operation == "fallback":
                 assert breaker.call_with_fallback(dead.get, lambda _k: "fb", ("k",)) == "fb"
             else:
@@ -284,8 +312,11 @@ def test_a_record_corrupted_while_in_use(redis_server: RedisServer, state_dir: P
         assert "corrupt state file" in warnings[0]["error"]
         assert not breaker.host_shared
         assert breaker.state_file is None
-        # A process that opens the file now finds it corrupt too.
+        # It let go of the file: the others can lock it, and one that opens it now
+        # finds it corrupt too.
+        assert_not_locked(path)
         assert_falls_back(state_dir, redis_server, "corrupt state file")
     finally:
+        kept.clear()
         client.close()
         dead.close()
