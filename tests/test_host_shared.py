@@ -410,6 +410,7 @@ def test_forked_children_lock_the_state_file_against_each_other(
     assert parent["host_shared"]
     assert parent["refused"] == 2 * 200
     assert parent["consecutive"] == parent["expected"] == 5 * 2 * 200, parent
+    assert parent["expected"] < parent["threshold"]
 
 
 @pytest.mark.timeout(180)
