@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._breaker import Breaker
+from ._client import client
 from ._config import BreakerConfig
 from ._errors import BreakerOpenError
 from ._guard import guard
@@ -19,6 +20,7 @@ __all__ = [
     "StateChange",
     "Stats",
     "all_breakers",
+    "client",
     "get_breaker",
     "guard",
 ]

@@ -11,275 +11,198 @@
 
 Closed: every call goes to the PRIMARY through the breaker. Open, or on a
 connection error: the FALLBACK serves it and keys that change are journaled
-(see ``_cache_journal``). Errors that are not an outage (``incr`` of a missing
-key) are the primary's own.
+(see ``journal``). Errors that are not an outage (``incr`` of a missing key)
+are the primary's own. Every public method and keyword of the primary exists
+here (django-redis's in ``families``); ``routing`` says where each call goes.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
 from asgiref.sync import sync_to_async
-from django.core.cache import caches
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
-from django.core.cache.backends.locmem import LocMemCache
-from django.core.exceptions import ImproperlyConfigured
 
-from redis_breaker._breaker import Breaker
-from redis_breaker._registry import get_breaker
-from redis_breaker._sentinel import sentinel_url
-from redis_breaker.conf import conf
+from .clients import KeyNotReplayedError
+from .families import DjangoRedisMethods
+from .journal import INTEGRATION, Foreign
+from .locations import first_location, sentinel_location, uses_sentinel
+from .routing import _Bound
 
-from .journal import INTEGRATION, Journal, journal_for
-from .options import OPTIONS, why_unusable
+__all__ = ["BreakerCache", "KeyNotReplayedError", "sentinel_location", "uses_sentinel"]
 
-__all__ = ["BreakerCache"]
-
-_DEFAULTS = {spec.key: spec.default for spec in OPTIONS}
+# The name other modules and tests have imported it by.
+_first_location = first_location
 
 _MISSING = object()
 
 
-def _first_raw_location(entry: Mapping[str, Any]) -> str | None:
-    location = entry.get("LOCATION")
-    if isinstance(location, (list, tuple)):
-        location = location[0] if location else None
-    if not isinstance(location, str) or not location:
-        return None
-    return re.split("[;,]", location)[0].strip()
+def _false(*args: Any, **kwargs: Any) -> bool:
+    return False
 
 
-def _first_location(entry: Mapping[str, Any]) -> str | None:
-    """The URL the breaker's probe takes from a primary cache entry, when one can be built.
-
-    For a django-redis Sentinel primary, a ``redis+sentinel://`` URL from its
-    ``SENTINELS`` and the master group its ``LOCATION`` names (the LOCATION's
-    host is a group name, not a server: PINGing it would keep the breaker open).
-    """
-    if uses_sentinel(entry):
-        return sentinel_location(entry)
-    first = _first_raw_location(entry)
-    return first if first and "://" in first else None
+def _add(bound: _Bound, key: Any, value: Any, timeout: Any, *, version: int) -> bool:
+    return bool(bound.fallback.add(key, value, timeout, version=version))
 
 
-def uses_sentinel(entry: Mapping[str, Any]) -> bool:
-    """Whether a cache entry is a django-redis cache that finds its master through Sentinel."""
-    options = entry.get("OPTIONS")
-    if not isinstance(options, Mapping):
+def _set_xx(bound: _Bound, key: Any, value: Any, timeout: Any, *, version: int) -> bool:
+    if not bound.fallback.has_key(key, version=version):
         return False
-    if options.get("SENTINELS"):
-        return True
-    backend = entry.get("BACKEND")
-    if not isinstance(backend, str) or "django_redis" not in backend:
-        return False
-    names = (options.get("CLIENT_CLASS"), options.get("CONNECTION_FACTORY"),
-             options.get("CONNECTION_POOL_CLASS"),
-             conf.DJANGO_REDIS_CONNECTION_FACTORY)
-    return any(isinstance(n, str) and "sentinel" in n.lower() for n in names)
+    bound.fallback.set(key, value, timeout, version=version)
+    return True
 
 
-def sentinel_location(entry: Mapping[str, Any]) -> str | None:
-    """``redis+sentinel://`` URL for a django-redis Sentinel primary, None if it cannot be built.
-
-    ``OPTIONS["SENTINELS"]`` gives the sentinels, the ``LOCATION``'s host the
-    master group, its path the database; the password is ``OPTIONS["PASSWORD"]``
-    or the LOCATION's, the sentinels' own is ``SENTINEL_KWARGS["password"]``.
-    """
-    options = entry.get("OPTIONS")
-    location = _first_raw_location(entry)
-    if not isinstance(options, Mapping) or not location:
-        return None
-    try:
-        parts = urlsplit(location)
-        service = parts.hostname
-        db_text = parts.path.strip("/") or (parse_qs(parts.query).get("db") or ["0"])[0]
-        sentinel_kwargs = options.get("SENTINEL_KWARGS") or {}
-        if not service or not db_text.isdigit() or not isinstance(sentinel_kwargs, Mapping):
-            return None
-        password = options.get("PASSWORD") or (unquote(parts.password) if parts.password
-                                                else None)
-        return sentinel_url(
-            options.get("SENTINELS") or (), service, db=int(db_text),
-            username=unquote(parts.username) if parts.username else None,
-            password=str(password) if password else None,
-            sentinel_username=sentinel_kwargs.get("username"),
-            sentinel_password=sentinel_kwargs.get("password"),
-        )
-    except (TypeError, ValueError):
-        return None
+def _set(bound: _Bound, key: Any, value: Any, timeout: Any, *, version: int) -> bool | None:
+    bound.fallback.set(key, value, timeout, version=version)
+    return True if bound.django_redis else None
 
 
-class _Bound:
-    """What one BreakerCache instance talks to, resolved once per breaker object."""
-
-    __slots__ = ("breaker", "fallback", "journal", "primary")
-
-    def __init__(self, breaker: Breaker, primary: BaseCache, fallback: BaseCache,
-                 journal: Journal) -> None:
-        self.breaker = breaker
-        self.primary = primary
-        self.fallback = fallback
-        self.journal = journal
+def _incr_or_create(bound: _Bound, key: Any, delta: int, *, version: int) -> int:
+    bound.fallback.add(key, 0, None, version=version)
+    return int(bound.fallback.incr(key, delta, version=version))
 
 
-def _options_error(options: dict[str, Any]) -> str | None:
-    problem = why_unusable(options, conf.CACHES)
-    if problem is None:
-        return None
-    return f"BreakerCache: {problem.message('OPTIONS')} {problem.fix('OPTIONS')}"
+def _delete_count(bound: _Bound, keys: list[Any], version: int) -> int:
+    return sum(bool(bound.fallback.delete(k, version=version)) for k in keys)
 
 
-class BreakerCache(BaseCache):
+class BreakerCache(DjangoRedisMethods):
     """Delegates to the PRIMARY cache alias through a breaker; FALLBACK while Redis is away."""
 
-    def __init__(self, location: str, params: dict[str, Any]) -> None:
-        super().__init__(params)
-        options = dict(params.get("OPTIONS") or {})
-        # A bad configuration is raised on first use, not here: Django builds every
-        # cache while running its own checks, and ours (redis_breaker.E010-E017)
-        # must get the chance to report it with the key and the fix.
-        self._config_error = _options_error(options)
-        primary = options.get("PRIMARY")
-        self._primary_alias = primary if isinstance(primary, str) else ""
-        self._fallback_alias: str | None = options.get("FALLBACK")
-        self._breaker_name = str(options.get("BREAKER", _DEFAULTS["BREAKER"]))
-        default_max_keys: int = _DEFAULTS["JOURNAL_MAX_KEYS"]
-        max_keys = options.get("JOURNAL_MAX_KEYS", default_max_keys)
-        self._max_keys = (max_keys if isinstance(max_keys, int) and max_keys >= 1
-                          else default_max_keys)
-        primary_entry = conf.CACHES.get(self._primary_alias, {})
-        self._probe_url = _first_location(primary_entry) if primary_entry else None
-        self._fallback_timeout = params.get("TIMEOUT", primary_entry.get("TIMEOUT", 300))
-        # Where the data lives: two BreakerCache aliases over the same stores share a journal.
-        self._identity = (self._primary_alias, repr(sorted(primary_entry.items())),
-                          self._fallback_alias, self._breaker_name, self._max_keys)
-        self._bound: _Bound | None = None
+    # ------------------------------------------------------- the primary's own
+    @property
+    def client(self) -> Any:
+        """The primary's cache client, handing out guarded redis-py clients.
 
-    # ------------------------------------------------------------- resolving
-    def _bind(self) -> _Bound:
-        if self._config_error is not None:
-            raise ImproperlyConfigured(self._config_error)
-        breaker = get_breaker(self._breaker_name)
-        bound = self._bound
-        if bound is not None and bound.breaker is breaker:
-            return bound
-        breaker.adopt_url(self._probe_url)
-        primary = caches[self._primary_alias]
-        if getattr(primary, "_ignore_exceptions", False):
-            # django-redis would swallow the errors: writes lost unjournaled, stale reads later.
-            raise ImproperlyConfigured(
-                f"BreakerCache: the primary {self._primary_alias!r} ignores exceptions "
-                "(django-redis IGNORE_EXCEPTIONS / DJANGO_REDIS_IGNORE_EXCEPTIONS); turn it off "
-                "so the breaker sees outages."
-            )
-        if self._fallback_alias is not None:
-            fallback = caches[self._fallback_alias]
-        else:
-            fallback = LocMemCache(
-                f"redis_breaker.fallback:{self._primary_alias}:{hash(self._identity)}",
-                {"TIMEOUT": self._fallback_timeout,
-                 "OPTIONS": {"MAX_ENTRIES": max(self._max_keys, 300)}},
-            )
-        journal = journal_for(
-            breaker, self._identity, self._primary_alias, fallback,
-            lambda: caches.create_connection(self._primary_alias), self._max_keys,
-        )
-        bound = _Bound(breaker, primary, journal.fallback or fallback, journal)
-        self._bound = bound
-        return bound
-
-    def adopt_breaker_url(self) -> Breaker:
-        """This cache's breaker, given the URL it adopts on first use, without binding the cache.
-
-        No primary, no journal (which would clear the fallback), no connection:
-        for the status surfaces of a process that never used the cache, which
-        must read the state file of the breaker's adopted URL.
+        django-redis: its client (``cache.client.get_client()``, what
+        ``django_redis.get_redis_connection`` returns); Django's RedisCache:
+        its ``RedisCacheClient`` (``get_client(key, write=...)``). Every command
+        sent through them goes through the breaker (``BreakerOpenError`` while
+        it is open); they share the primary's connection pools.
         """
-        breaker = get_breaker(self._breaker_name)
-        breaker.adopt_url(self._probe_url)
-        return breaker
+        bound = self._bind()
+        return bound.direct.client if bound.django_redis else bound.direct._cache  # type: ignore[attr-defined]
 
     @property
-    def primary(self) -> BaseCache:
-        return self._bind().primary
+    def _cache(self) -> Any:
+        # Django's RedisCache idiom (``cache._cache.get_client()``), guarded.
+        bound = self._bind()
+        if bound.django_redis:
+            raise AttributeError("_cache: the PRIMARY is django-redis; use .client")
+        return bound.direct._cache  # type: ignore[attr-defined]
 
     @property
-    def fallback(self) -> BaseCache:
-        return self._bind().fallback
+    def _class(self) -> Any:
+        return self._bind().primary._class  # type: ignore[attr-defined]
 
-    @property
-    def breaker(self) -> Breaker:
-        return self._bind().breaker
+    def get_backend_timeout(self, timeout: Any = DEFAULT_TIMEOUT) -> Any:
+        return self._bind().primary.get_backend_timeout(timeout)
 
-    def _version(self, bound: _Bound, version: int | None) -> int:
-        # Resolved once so the journal, the primary and the fallback agree on the key.
-        return bound.primary.version if version is None else version
+    def make_key(self, key: Any, version: int | None = None) -> str:
+        return self._bind().primary.make_key(key, version=version)
+
+    def validate_key(self, key: Any) -> None:
+        self._bind().primary.validate_key(key)
+
+    def make_and_validate_key(self, key: Any, version: int | None = None) -> str:
+        return self._bind().primary.make_and_validate_key(key, version=version)
 
     # ----------------------------------------------------------- single keys
-    def _read(self, op: str, key: Any, version: int | None, *args: Any) -> Any:
-        bound = self._bind()
-        v = self._version(bound, version)
-        journal = bound.journal
-        fallback = getattr(bound.fallback, op)
-        if journal.active and journal.diverts(key, v):
-            return fallback(key, *args, version=v)
-        return bound.breaker.call_with_fallback(
-            getattr(bound.primary, op), fallback, (key, *args), {"version": v},
-            integration=INTEGRATION,
-        )
+    def get(self, key: Any, default: Any = None, version: int | None = None,
+            client: Any = None) -> Any:
+        if client is not None:
+            return self._direct("get", (key,), (key, default),
+                                {"version": version, "client": client})
+        return self._read("get", key, version, (default,))
 
-    def _write(self, op: str, key: Any, version: int | None, *args: Any) -> Any:
-        bound = self._bind()
-        v = self._version(bound, version)
-        journal = bound.journal
-        written = (key,)
-        fallback = getattr(bound.fallback, op)
-
-        def served_by_fallback(*a: Any, **kw: Any) -> Any:
-            return journal.write(written, v, fallback, *a, **kw)
-
-        if journal.active and journal.diverts(key, v):
-            return served_by_fallback(key, *args, version=v)
-        return bound.breaker.call_with_fallback(
-            getattr(bound.primary, op), served_by_fallback, (key, *args), {"version": v},
-            integration=INTEGRATION,
-        )
-
-    def get(self, key: Any, default: Any = None, version: int | None = None) -> Any:
-        return self._read("get", key, version, default)
-
-    def has_key(self, key: Any, version: int | None = None) -> bool:
+    def has_key(self, key: Any, version: int | None = None, client: Any = None) -> bool:
+        if client is not None:
+            return bool(self._direct("has_key", (key,), (key,),
+                                     {"version": version, "client": client}))
         return bool(self._read("has_key", key, version))
 
     def set(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT,
-            version: int | None = None) -> Any:
-        return self._write("set", key, version, value, timeout)
+            version: int | None = None, client: Any = None, nx: bool = False,
+            xx: bool = False) -> Any:
+        if client is not None or nx or xx:
+            extra: dict[str, Any] = {k: True for k, on in (("nx", nx), ("xx", xx)) if on}
+            if client is not None:
+                return self._direct("set", (key,), (key, value, timeout),
+                                    {"version": version, "client": client, **extra})
+            if nx:
+                return self._add_like("set", key, value, timeout, version, extra)
+            return bool(self._write("set", key, version, (value, timeout), extra, _set_xx))
+        return self._write("set", key, version, (value, timeout), None, _set)
 
     def add(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT,
-            version: int | None = None) -> bool:
-        return bool(self._write("add", key, version, value, timeout))
+            version: int | None = None, client: Any = None) -> bool:
+        if client is not None:
+            return bool(self._direct("add", (key,), (key, value, timeout),
+                                     {"version": version, "client": client}))
+        return self._add_like("add", key, value, timeout, version, None)
 
-    def touch(self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:
-        return bool(self._write("touch", key, version, timeout))
+    def _add_like(self, op: str, key: Any, value: Any, timeout: Any, version: int | None,
+                  kwargs: dict[str, Any] | None) -> bool:
+        # ADD_FAIL_CLOSED: when Redis cannot say whether the key exists, say it does.
+        fallback = _false if self._add_fail_closed else _add
+        return bool(self._write(op, key, version, (value, timeout), kwargs, fallback))
 
-    def delete(self, key: Any, version: int | None = None) -> bool:
+    def touch(self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None,
+              client: Any = None) -> bool:
+        if client is not None:
+            return bool(self._direct("touch", (key,), (key, timeout),
+                                     {"version": version, "client": client}))
+        return bool(self._write("touch", key, version, (timeout,)))
+
+    def delete(self, key: Any, version: int | None = None, prefix: str | None = None,
+               client: Any = None) -> bool:
+        if client is not None:
+            extra = {"prefix": prefix} if prefix is not None else {}
+            return bool(self._direct("delete", (key,), (key,),
+                                     {"version": version, "client": client, **extra}))
+        if prefix is not None and prefix != self._bind().primary.key_prefix:
+            return self._delete_foreign(key, version, prefix)
         return bool(self._write("delete", key, version))
 
-    def incr(self, key: Any, delta: int = 1, version: int | None = None) -> int:
-        return int(self._write("incr", key, version, delta))
-
-    def decr(self, key: Any, delta: int = 1, version: int | None = None) -> int:
-        return int(self._write("incr", key, version, -delta))
-
-    def incr_version(self, key: Any, delta: int = 1, version: int | None = None) -> int:
+    def _delete_foreign(self, key: Any, version: int | None, prefix: str) -> bool:
+        # Another prefix's key: nothing of it is cached here, but Redis must lose it.
         bound = self._bind()
         v = self._version(bound, version)
-        return self._bump_version(bound, key, delta, v)
+        journal = bound.journal
+        foreign = (Foreign(prefix, key),)
 
-    def _bump_version(self, bound: _Bound, key: Any, delta: int, v: int) -> int:
+        def served_by_fallback(*a: Any, **kw: Any) -> bool:
+            return journal.write(foreign, v, _false)
+
+        return bool(bound.breaker.call_with_fallback(
+            bound.primary.delete, served_by_fallback, (key,), {"version": v, "prefix": prefix},
+            integration=INTEGRATION))
+
+    def incr(self, key: Any, delta: int = 1, version: int | None = None, client: Any = None,
+             ignore_key_check: bool = False) -> int:
+        if client is not None or ignore_key_check:
+            extra = {"ignore_key_check": True} if ignore_key_check else {}
+            if client is not None:
+                return int(self._direct("incr", (key,), (key, delta),
+                                        {"version": version, "client": client, **extra}))
+            return int(self._write("incr", key, version, (delta,), extra, _incr_or_create))
+        return int(self._write("incr", key, version, (delta,)))
+
+    def decr(self, key: Any, delta: int = 1, version: int | None = None,
+             client: Any = None) -> int:
+        if client is not None:
+            return int(self._direct("decr", (key,), (key, delta),
+                                    {"version": version, "client": client}))
+        return int(self._write("incr", key, version, (-delta,)))
+
+    def incr_version(self, key: Any, delta: int = 1, version: int | None = None,
+                     client: Any = None) -> int:
+        if client is not None:
+            return int(self._direct("incr_version", (key,), (key, delta),
+                                    {"version": version, "client": client}))
+        bound = self._bind()
+        v = self._version(bound, version)
         journal = bound.journal
         pair = (key,)
 
@@ -297,10 +220,14 @@ class BreakerCache(BaseCache):
         ))
 
     # ------------------------------------------------------------- many keys
-    def get_many(self, keys: Iterable[Any], version: int | None = None) -> dict[Any, Any]:
+    def get_many(self, keys: Iterable[Any], version: int | None = None,
+                 client: Any = None) -> dict[Any, Any]:
+        keys = list(keys)
+        if client is not None:
+            return dict(self._direct("get_many", keys, (keys,),
+                                     {"version": version, "client": client}))
         bound = self._bind()
         v = self._version(bound, version)
-        keys = list(keys)
         journal = bound.journal
         found: dict[Any, Any] = {}
         if journal.active:
@@ -316,12 +243,15 @@ class BreakerCache(BaseCache):
         return found
 
     def set_many(self, data: Mapping[Any, Any], timeout: Any = DEFAULT_TIMEOUT,
-                 version: int | None = None) -> list[Any]:
+                 version: int | None = None, client: Any = None) -> Any:
+        data = dict(data)
+        if client is not None:
+            return self._direct("set_many", data, (data, timeout),
+                                {"version": version, "client": client})
         bound = self._bind()
         v = self._version(bound, version)
         journal = bound.journal
         failed: list[Any] = []
-        data = dict(data)
         if journal.active:
             covered, rest = journal.divert_many(data, v)
             if covered:
@@ -329,7 +259,7 @@ class BreakerCache(BaseCache):
                                         {k: data[k] for k in covered}, timeout, version=v) or []
             data = {k: data[k] for k in rest}
             if not data:
-                return failed
+                return None if bound.django_redis else failed
         written = list(data)
 
         def served_by_fallback(*a: Any, **kw: Any) -> Any:
@@ -339,43 +269,53 @@ class BreakerCache(BaseCache):
             bound.primary.set_many, served_by_fallback, (data, timeout), {"version": v},
             integration=INTEGRATION,
         ) or []
-        return failed
+        return None if bound.django_redis else failed
 
-    def delete_many(self, keys: Iterable[Any], version: int | None = None) -> None:
+    def delete_many(self, keys: Iterable[Any], version: int | None = None,
+                    client: Any = None) -> Any:
+        keys = list(keys)
+        if client is not None:
+            return self._direct("delete_many", keys, (keys,),
+                                {"version": version, "client": client})
         bound = self._bind()
         v = self._version(bound, version)
-        keys = list(keys)
         journal = bound.journal
+        count = 0
         if journal.active:
             covered, keys = journal.divert_many(keys, v)
             if covered:
-                journal.write(covered, v, bound.fallback.delete_many, covered, version=v)
-            if not keys:
-                return
-        rest = keys
+                count += journal.write(covered, v, _delete_count, bound, covered, v)
+        if keys:
+            rest = keys
 
-        def served_by_fallback(*a: Any, **kw: Any) -> Any:
-            return journal.write(rest, v, bound.fallback.delete_many, *a, **kw)
+            def served_by_fallback(*a: Any, **kw: Any) -> int:
+                return journal.write(rest, v, _delete_count, bound, rest, v)
 
-        bound.breaker.call_with_fallback(
-            bound.primary.delete_many, served_by_fallback, (rest,), {"version": v},
-            integration=INTEGRATION,
-        )
+            count += int(bound.breaker.call_with_fallback(
+                bound.primary.delete_many, served_by_fallback, (rest,), {"version": v},
+                integration=INTEGRATION,
+            ) or 0)
+        # django-redis counts what it deleted; Django's RedisCache returns nothing.
+        return count if bound.django_redis else None
 
-    def clear(self) -> None:
+    def clear(self, client: Any = None) -> Any:
+        if client is not None:
+            return self._direct("clear", (), (), {"client": client})
         bound = self._bind()
         journal = bound.journal
 
         def served_by_fallback() -> None:
+            # Redis is cleared on recovery, of this cache's keys only (keyspace).
             with journal.lock:
                 journal.cover_all()
                 bound.fallback.clear()
 
-        bound.breaker.call_with_fallback(bound.primary.clear, served_by_fallback,
-                                         integration=INTEGRATION)
+        result = bound.breaker.call_with_fallback(bound.primary.clear, served_by_fallback,
+                                                  integration=INTEGRATION)
         with journal.lock:
             # Whatever the fallback held is older than an empty primary.
             bound.fallback.clear()
+        return result
 
     def close(self, **kwargs: Any) -> None:
         bound = self._bound
@@ -426,12 +366,11 @@ class BreakerCache(BaseCache):
         return result
 
     async def aset_many(self, data: Mapping[Any, Any], timeout: Any = DEFAULT_TIMEOUT,
-                        version: int | None = None) -> list[Any]:
-        result: list[Any] = await self._async(self.set_many, dict(data), timeout, version)
-        return result
+                        version: int | None = None) -> Any:
+        return await self._async(self.set_many, dict(data), timeout, version)
 
-    async def adelete_many(self, keys: Iterable[Any], version: int | None = None) -> None:
-        await self._async(self.delete_many, list(keys), version)
+    async def adelete_many(self, keys: Iterable[Any], version: int | None = None) -> Any:
+        return await self._async(self.delete_many, list(keys), version)
 
     async def aget_or_set(self, key: Any, default: Any, timeout: Any = DEFAULT_TIMEOUT,
                           version: int | None = None) -> Any:
@@ -457,4 +396,3 @@ def _fallback_incr_version(cache: BaseCache, key: Any, delta: int, version: int)
     cache.set(key, value, version=version + delta)
     cache.delete(key, version=version)
     return version + delta
-

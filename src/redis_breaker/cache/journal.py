@@ -13,19 +13,27 @@ The fallback only ever holds covered keys: a replayed key is deleted from the
 fallback too, so a value written during one outage cannot be served in a later
 one after Redis changed it in between.
 
+Besides keys, the journal holds ``delete_pattern`` calls made while Redis was
+away (a pattern covers every key it matches; the replay runs it on Redis) and
+deletes of keys under another prefix (``delete(key, prefix=...)``: replayed,
+never covering this cache's keys).
+
 Replay takes the journal out (``inflight``) so new writes journal afresh, and
 puts it back on failure. Past ``max_keys`` the journal stops naming keys and
-covers *everything*; its replay clears the primary (the documented choice: a
-version bump would be per process and forgotten on restart).
+covers *everything*; its replay deletes the cache's own keys from Redis
+(``keyspace.clear_own_keys``: SCAN + UNLINK over the cache's key pattern,
+never ``FLUSHDB`` of a database that other data may share).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import weakref
 from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis_breaker._background import BackgroundJob
@@ -34,15 +42,27 @@ from redis_breaker._events import emit
 from redis_breaker._redact import describe_error
 from redis_breaker._state import State, StateChange
 
+from .keyspace import clear_own_keys
+
 if TYPE_CHECKING:
     from django.core.cache.backends.base import BaseCache
 
     from redis_breaker._breaker import Breaker
 
-__all__ = ["INTEGRATION", "Journal", "journal_for"]
+__all__ = ["INTEGRATION", "Foreign", "Journal", "journal_for"]
 
 T = TypeVar("T")
 Key = tuple[Any, int]
+#: (pattern as given, version, prefix) of a ``delete_pattern`` made while Redis was away.
+Pattern = tuple[str, int, "str | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class Foreign:
+    """A key under another prefix (``delete(key, prefix=...)``): replayed, covers nothing."""
+
+    prefix: str
+    key: Any
 
 #: What the breaker's fallback counts and warnings call the cache.
 INTEGRATION = "cache"
@@ -76,6 +96,10 @@ class Journal:
         self._all = False
         self._inflight: dict[Key, None] = {}
         self._inflight_all = False
+        self._patterns: dict[Pattern, re.Pattern[str]] = {}
+        self._inflight_patterns: dict[Pattern, re.Pattern[str]] = {}
+        #: The primary's ``make_key`` (the Redis key), set by the cache: patterns match it.
+        self.make_key: Callable[[Any, int], Any] | None = None
         self._job = BackgroundJob(f"redis-breaker-cache-replay-{name}", self._run)
         #: Fast-path flag, read without the lock: False means nothing is covered.
         self.active = False
@@ -93,7 +117,17 @@ class Journal:
     # --------------------------------------------------------------- coverage
     def covers(self, key: Any, version: int) -> bool:
         k = (key, version)
-        return self._all or self._inflight_all or k in self._keys or k in self._inflight
+        return bool(self._all or self._inflight_all or k in self._keys or k in self._inflight
+                    or ((self._patterns or self._inflight_patterns)
+                        and self._pattern_covers(key, version)))
+
+    def _pattern_covers(self, key: Any, version: int) -> bool:
+        make_key = self.make_key
+        if make_key is None:
+            return True
+        made = str(make_key(key, version))
+        return any(m.fullmatch(made) for m in (*self._patterns.values(),
+                                                *self._inflight_patterns.values()))
 
     def split(self, keys: Iterable[Any], version: int) -> tuple[list[Any], list[Any]]:
         """``(covered, uncovered)`` in the given order."""
@@ -146,21 +180,47 @@ class Journal:
             k = (key, version)
             if k in self._keys:
                 continue
-            if len(self._keys) >= self.max_keys:
-                self._all = True
-                self._keys = {}
-                emit(logging.WARNING, "cache_journal_overflow", cache=self.name,
-                     breaker=self._breaker_name(), max_keys=self.max_keys,
-                     on_recovery="clear the primary cache")
+            if len(self._keys) + len(self._patterns) >= self.max_keys:
+                self._overflow()
                 break
             self._keys[k] = None
         self.active = True
+
+    def record_pattern(self, pattern: Pattern, matcher: re.Pattern[str]) -> list[Key]:
+        """Cover every key ``matcher`` matches (a ``delete_pattern``); the caller holds ``lock``.
+
+        Returns the named keys it covers, whose fallback copies the caller deletes.
+        """
+        if not self._all:
+            if len(self._keys) + len(self._patterns) >= self.max_keys:
+                self._overflow()
+            else:
+                self._patterns[pattern] = matcher
+        self.active = True
+        return self.named_matching(matcher)
+
+    def named_matching(self, matcher: re.Pattern[str]) -> list[Key]:
+        """Named keys (journaled or in flight) whose Redis key ``matcher`` matches."""
+        make_key = self.make_key
+        if make_key is None:
+            return []
+        return [k for k in (*self._keys, *self._inflight)
+                if not isinstance(k[0], Foreign) and matcher.fullmatch(str(make_key(*k)))]
+
+    def _overflow(self) -> None:
+        self._all = True
+        self._keys = {}
+        self._patterns = {}
+        emit(logging.WARNING, "cache_journal_overflow", cache=self.name,
+             breaker=self._breaker_name(), max_keys=self.max_keys,
+             on_recovery="delete the cache's own keys from Redis")
 
     def cover_all(self) -> None:
         """Cover every key (``clear()`` during an outage): recovery clears the primary."""
         with self.lock:
             self._all = True
             self._keys = {}
+            self._patterns = {}
             self.active = True
 
     def write(self, keys: Iterable[Any], version: int, fn: Callable[..., T], /,
@@ -179,37 +239,49 @@ class Journal:
         """Delete every covered key from the primary, then from the fallback.
 
         The deletes go through the breaker (in half-open they are trial calls)
-        and raise what it raises. Returns how many keys were replayed (-1: the
-        whole cache was cleared).
+        and raise what it raises. Returns how many keys and patterns were
+        replayed (-1: every key of the cache was deleted).
         """
         breaker = self._breaker()
         if breaker is None:
             return 0
         with self.lock:
-            if self._inflight or self._inflight_all or not (self._keys or self._all):
+            if (self._inflight or self._inflight_all or self._inflight_patterns
+                    or not (self._keys or self._all or self._patterns)):
                 return 0
-            keys, everything = self._keys, self._all
+            keys, everything, patterns = self._keys, self._all, self._patterns
             self._inflight, self._inflight_all = keys, everything
-            self._keys, self._all = {}, False
+            self._inflight_patterns = patterns
+            self._keys, self._all, self._patterns = {}, False, {}
         try:
             primary = self._primary or self._primary_factory()
             self._primary = primary
             # In half-open these are trial calls: they wait for a free trial slot.
             if everything:
-                breaker.call_as_trial(primary.clear)
+                clear_own_keys(primary, breaker.call_as_trial, name=self.name,
+                               breaker=breaker.name)
             else:
+                for pattern, version, prefix in patterns:
+                    breaker.call_as_trial(primary.delete_pattern,  # type: ignore[attr-defined]
+                                          pattern, version=version, prefix=prefix)
                 by_version: dict[int, list[Any]] = {}
                 for key, version in keys:
-                    by_version.setdefault(version, []).append(key)
+                    if isinstance(key, Foreign):
+                        breaker.call_as_trial(primary.delete, key.key,
+                                              version=version, prefix=key.prefix)
+                    else:
+                        by_version.setdefault(version, []).append(key)
                 for version, group in by_version.items():
                     breaker.call_as_trial(primary.delete_many, group, version=version)
         except BaseException:
             with self.lock:
                 if everything or self._all:
-                    self._all, self._keys = True, {}
+                    self._all, self._keys, self._patterns = True, {}, {}
                 else:
                     self._keys = {**keys, **self._keys}
+                    self._patterns = {**patterns, **self._patterns}
                 self._inflight, self._inflight_all = {}, False
+                self._inflight_patterns = {}
             raise
         with self.lock:
             fallback = self._fallback
@@ -221,16 +293,19 @@ class Journal:
                 else:
                     by_version = {}
                     for key, version in keys:
-                        if self._all or (key, version) not in self._keys:
+                        if not isinstance(key, Foreign) and (
+                                self._all or (key, version) not in self._keys):
                             by_version.setdefault(version, []).append(key)
                     for version, group in by_version.items():
                         fallback.delete_many(group, version=version)
             self._inflight, self._inflight_all = {}, False
-            self.active = bool(self._keys or self._all)
+            self._inflight_patterns = {}
+            self.active = bool(self._keys or self._all or self._patterns)
+        replayed = -1 if everything else len(keys) + len(patterns)
         emit(logging.INFO, "cache_journal_replayed", cache=self.name, breaker=breaker.name,
-             keys=-1 if everything else len(keys),
-             action="cleared the primary cache" if everything else "deleted from primary")
-        return -1 if everything else len(keys)
+             keys=replayed, action="deleted the cache's own keys from the primary"
+             if everything else "deleted from primary")
+        return replayed
 
     def _on_change(self, change: StateChange) -> None:
         # Runs in the thread that caused the transition (often the probe): never block it.

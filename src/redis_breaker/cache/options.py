@@ -2,7 +2,7 @@
 
 ``validate_options`` returns every problem with one BreakerCache's OPTIONS,
 each with a message, a fix and its stable check id (``redis_breaker.E010`` to
-``E016``). ``redis_breaker.cache.checks`` reports them all. The backend raises
+``E016``, ``E019``). ``redis_breaker.cache.checks`` reports them all. The backend raises
 ``ImproperlyConfigured`` on first use with the first problem that makes it
 unusable (an unknown option, a PRIMARY or FALLBACK that names no cache, a bad
 JOURNAL_MAX_KEYS: each option's ``usable`` rule); the others (a PRIMARY that is
@@ -161,6 +161,18 @@ def _journal_max_keys_positive(options: Mapping[str, Any],
         lambda path: f"Set {path} to an integer of 1 or more (default 10000), or remove it.")
 
 
+def _add_fail_closed_is_bool(options: Mapping[str, Any],
+                             caches: Mapping[str, Any]) -> OptionProblem | None:
+    if "ADD_FAIL_CLOSED" not in options or isinstance(options["ADD_FAIL_CLOSED"], bool):
+        return None
+    value = options["ADD_FAIL_CLOSED"]
+    return OptionProblem(
+        "redis_breaker.E019", "ADD_FAIL_CLOSED",
+        lambda path: f"{path} is {shown(value)}, not True or False.",
+        lambda path: f"Set {path} to True (add() returns False while Redis cannot be asked) "
+                     "or False (the default: add() is answered by the fallback), or remove it.")
+
+
 #: Every option a BreakerCache takes, in documentation order.
 OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("PRIMARY", None, "Alias of the Redis cache the breaker protects (required).",
@@ -172,6 +184,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
                usable=None, sound=_breaker_is_a_name),
     OptionSpec("JOURNAL_MAX_KEYS", 10_000, "How many changed keys the journal names one by one "
                "before it covers every key.", usable=_journal_max_keys_positive),
+    OptionSpec("ADD_FAIL_CLOSED", False, "add() (and set(nx=True)) returns False while Redis "
+               "cannot be asked, instead of asking the fallback.", usable=_add_fail_closed_is_bool),
 )
 
 _KEYS = tuple(spec.key for spec in OPTIONS)

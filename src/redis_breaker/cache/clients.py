@@ -1,0 +1,142 @@
+"""Guarded views of a primary cache: its backend, its cache client, its redis-py clients.
+
+``direct_backend(primary, breaker)`` is a shallow copy of the PRIMARY backend
+whose cache client (Django's ``RedisCacheClient`` as ``_cache``, django-redis's
+client as ``client``) hands out guarded redis-py clients: every command it
+sends goes through the breaker, ``BreakerOpenError`` while it is open. It is
+what ``BreakerCache.client`` returns and what serves the calls that have no
+fallback (collections, ``keys``, ``lock``, a call given ``client=``). The
+primary itself is untouched and shares its connection pools with the view.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from django.core.cache.backends.base import BaseCache
+from django.core.cache.backends.redis import RedisCache
+
+from redis_breaker._breaker import Breaker
+from redis_breaker._client import guard_client, guarded_view, is_guarded
+from redis_breaker._errors import BreakerOpenError
+
+__all__ = ["KeyNotReplayedError", "direct_backend", "is_django_redis", "raw_write_clients"]
+
+_classes: dict[type, type] = {}
+_classes_lock = threading.Lock()
+
+
+class KeyNotReplayedError(BreakerOpenError):
+    """A call with no fallback for a key that changed while Redis was away, not yet replayed.
+
+    Redis may still hold the key's value from before the outage until the
+    journal's replay deletes it (usually milliseconds after recovery); a call
+    that can only be answered by Redis (a collection, a lock, a call given
+    ``client=``) is refused meanwhile rather than served that value.
+    """
+
+    def __init__(self, name: str, key: Any) -> None:
+        super().__init__(name, None, "replaying")
+        self.key = key
+
+    def __str__(self) -> str:
+        return (f"cache key {self.key!r} changed while Redis was away and is not replayed yet "
+                f"(breaker {self.name!r}); retry shortly")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.name, self.key))
+
+
+def is_django_redis(cache: BaseCache) -> bool:
+    """Whether ``cache`` is django-redis's backend (else Django's own RedisCache)."""
+    return any(c.__module__.startswith("django_redis") for c in type(cache).__mro__)
+
+
+# Each guarded class subclasses the original alone, so ``__class__`` can be
+# swapped on a copy (a mixin base would change the instance layout).
+def _django_client(base: Any) -> type:
+    class GuardedRedisCacheClient(base):  # type: ignore[misc]
+        """Django's ``RedisCacheClient`` makes a redis-py client per call: each is guarded."""
+
+        def get_client(self, key: Any = None, *, write: bool = False) -> Any:
+            return guard_client(super().get_client(key, write=write), self._rb_breaker)
+
+    return GuardedRedisCacheClient
+
+
+def _django_redis_client(base: Any) -> type:
+    class GuardedClient(base):  # type: ignore[misc]
+        """django-redis's client caches its redis-py clients: they are seen through views."""
+
+        def _rb_view_of(self, raw: Any) -> Any:
+            if raw is None or is_guarded(raw):
+                return raw
+            found = self._rb_views.get(id(raw))
+            if found is None or found[0] is not raw:
+                found = (raw, guarded_view(raw, self._rb_breaker))
+                self._rb_views[id(raw)] = found
+            return found[1]
+
+        def get_client(self, write: bool = True, tried: Any = None) -> Any:
+            return self._rb_view_of(super().get_client(write=write, tried=tried))
+
+        def get_client_with_index(self, write: bool = True, tried: Any = None) -> Any:
+            raw, index = super().get_client_with_index(write=write, tried=tried)
+            return self._rb_view_of(raw), index
+
+        if hasattr(base, "get_server"):  # ShardClient
+            def get_server(self, key: Any) -> Any:
+                return self._rb_view_of(super().get_server(key))
+
+    return GuardedClient
+
+
+def _guarded_class(cls: type, factory: Callable[[Any], type]) -> type:
+    found = _classes.get(cls)
+    if found is None:
+        with _classes_lock:
+            found = _classes.get(cls)
+            if found is None:
+                found = factory(cls)
+                found.__name__ = found.__qualname__ = f"Guarded{cls.__name__}"
+                _classes[cls] = found
+    return found
+
+
+def _view(raw: Any, factory: Callable[[Any], type], breaker: Breaker) -> Any:
+    view = copy.copy(raw)
+    view.__class__ = _guarded_class(type(raw), factory)
+    view._rb_breaker = breaker
+    return view
+
+
+def direct_backend(primary: BaseCache, breaker: Breaker) -> BaseCache:
+    """A copy of ``primary`` whose every Redis command goes through ``breaker``.
+
+    A primary that is not a Redis cache (reported by ``redis_breaker.E011``)
+    has no Redis client to guard: it is used as it is.
+    """
+    backend = copy.copy(primary)
+    if is_django_redis(primary):
+        view = _view(primary.client, _django_redis_client, breaker)  # type: ignore[attr-defined]
+        view._rb_views = {}
+        backend._client = view  # type: ignore[attr-defined]
+    elif isinstance(primary, RedisCache):
+        # Django's RedisCache keeps its client in a cached_property.
+        backend.__dict__["_cache"] = _view(primary._cache,
+                                           _django_client, breaker)
+    return backend
+
+
+def raw_write_clients(primary: BaseCache) -> list[Any]:
+    """The primary's redis-py clients that take writes (one per shard), unguarded."""
+    if is_django_redis(primary):
+        client = primary.client  # type: ignore[attr-defined]
+        servers = getattr(client, "_serverdict", None)
+        if isinstance(servers, dict):
+            return list(servers.values())
+        return [client.get_client(write=True)]
+    return [primary._cache.get_client(None, write=True)]  # type: ignore[attr-defined]

@@ -1,0 +1,236 @@
+"""Where each ``BreakerCache`` call goes: the primary, the fallback, or Redis directly.
+
+Three routes, one per family of methods (docs/cache.md has the table):
+
+- ``_read``: the primary through the breaker; the fallback while the breaker is
+  open, on a connection error, or for a key the journal covers.
+- ``_write``: the same, and a call served by the fallback journals its key, so
+  Redis's older copy is deleted before Redis serves that key again.
+- ``_direct``: Redis and nothing else, for what no local store can answer
+  (collections, ``keys``, ``lock``, a call given ``client=``). Every command
+  goes through the breaker: ``BreakerOpenError`` while it is open,
+  ``KeyNotReplayedError`` for a key the journal still covers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from django.core.cache import caches
+from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
+from django.core.cache.backends.locmem import LocMemCache
+from django.core.exceptions import ImproperlyConfigured
+from redis.asyncio.client import Pipeline as AsyncPipeline
+from redis.client import Pipeline
+
+from redis_breaker._breaker import Breaker
+from redis_breaker._client import guarded_view, is_guarded
+from redis_breaker._registry import get_breaker
+from redis_breaker.conf import conf
+
+from .clients import KeyNotReplayedError, direct_backend, is_django_redis
+from .journal import INTEGRATION, Journal, journal_for
+from .locations import first_location
+from .options import OPTIONS, why_unusable
+
+__all__ = ["CacheRouting"]
+
+_DEFAULTS = {spec.key: spec.default for spec in OPTIONS}
+
+#: A fallback for one call: ``fallback(bound, key, *args, version=v)``.
+Fallback = Callable[..., Any]
+
+
+class _Bound:
+    """What one BreakerCache instance talks to, resolved once per breaker object."""
+
+    __slots__ = ("breaker", "direct", "django_redis", "fallback", "journal", "primary")
+
+    def __init__(self, breaker: Breaker, primary: BaseCache, fallback: BaseCache,
+                 journal: Journal) -> None:
+        self.breaker = breaker
+        self.primary = primary
+        self.fallback = fallback
+        self.journal = journal
+        self.django_redis = is_django_redis(primary)
+        #: The primary seen through guarded clients (``_direct``, ``client``).
+        self.direct = direct_backend(primary, breaker)
+
+
+def _options_error(options: dict[str, Any]) -> str | None:
+    problem = why_unusable(options, conf.CACHES)
+    if problem is None:
+        return None
+    return f"BreakerCache: {problem.message('OPTIONS')} {problem.fix('OPTIONS')}"
+
+
+def _versions(bound: _Bound, kwargs: dict[str, Any]) -> set[int]:
+    found = {kwargs.get(k) for k in ("version", "version_keys", "version_dest")}
+    found.discard(None)
+    found.add(bound.primary.version)
+    return found  # type: ignore[return-value]
+
+
+class CacheRouting(BaseCache):
+    """The configuration, the binding to primary/fallback/journal, and the three routes."""
+
+    def __init__(self, location: str, params: dict[str, Any]) -> None:
+        super().__init__(params)
+        options = dict(params.get("OPTIONS") or {})
+        # A bad configuration is raised on first use, not here: Django builds every
+        # cache while running its own checks, and ours (redis_breaker.E010-E019)
+        # must get the chance to report it with the key and the fix.
+        self._config_error = _options_error(options)
+        primary = options.get("PRIMARY")
+        self._primary_alias = primary if isinstance(primary, str) else ""
+        self._fallback_alias: str | None = options.get("FALLBACK")
+        self._breaker_name = str(options.get("BREAKER", _DEFAULTS["BREAKER"]))
+        self._add_fail_closed = options.get("ADD_FAIL_CLOSED") is True
+        default_max_keys: int = _DEFAULTS["JOURNAL_MAX_KEYS"]
+        max_keys = options.get("JOURNAL_MAX_KEYS", default_max_keys)
+        self._max_keys = (max_keys if isinstance(max_keys, int) and max_keys >= 1
+                          else default_max_keys)
+        primary_entry = conf.CACHES.get(self._primary_alias, {})
+        self._probe_url = first_location(primary_entry) if primary_entry else None
+        self._fallback_timeout = params.get("TIMEOUT", primary_entry.get("TIMEOUT", 300))
+        # Where the data lives: two BreakerCache aliases over the same stores share a journal.
+        self._identity = (self._primary_alias, repr(sorted(primary_entry.items())),
+                          self._fallback_alias, self._breaker_name, self._max_keys)
+        self._bound: _Bound | None = None
+
+    # ------------------------------------------------------------- resolving
+    def _bind(self) -> _Bound:
+        if self._config_error is not None:
+            raise ImproperlyConfigured(self._config_error)
+        breaker = get_breaker(self._breaker_name)
+        bound = self._bound
+        if bound is not None and bound.breaker is breaker:
+            return bound
+        breaker.adopt_url(self._probe_url)
+        primary = caches[self._primary_alias]
+        if getattr(primary, "_ignore_exceptions", False):
+            # django-redis would swallow the errors: writes lost unjournaled, stale reads later.
+            raise ImproperlyConfigured(
+                f"BreakerCache: the primary {self._primary_alias!r} ignores exceptions "
+                "(django-redis IGNORE_EXCEPTIONS / DJANGO_REDIS_IGNORE_EXCEPTIONS); turn it off "
+                "so the breaker sees outages."
+            )
+        if self._fallback_alias is not None:
+            fallback = caches[self._fallback_alias]
+        else:
+            fallback = LocMemCache(
+                f"redis_breaker.fallback:{self._primary_alias}:{hash(self._identity)}",
+                {"TIMEOUT": self._fallback_timeout,
+                 "OPTIONS": {"MAX_ENTRIES": max(self._max_keys, 300)}},
+            )
+        journal = journal_for(
+            breaker, self._identity, self._primary_alias, fallback,
+            lambda: caches.create_connection(self._primary_alias), self._max_keys,
+        )
+        if journal.make_key is None:
+            journal.make_key = primary.make_key
+        bound = _Bound(breaker, primary, journal.fallback or fallback, journal)
+        self._bound = bound
+        return bound
+
+    def adopt_breaker_url(self) -> Breaker:
+        """This cache's breaker, given the URL it adopts on first use, without binding the cache.
+
+        No primary, no journal (which would clear the fallback), no connection:
+        for the status surfaces of a process that never used the cache, which
+        must read the state file of the breaker's adopted URL.
+        """
+        breaker = get_breaker(self._breaker_name)
+        breaker.adopt_url(self._probe_url)
+        return breaker
+
+    @property
+    def primary(self) -> BaseCache:
+        return self._bind().primary
+
+    @property
+    def fallback(self) -> BaseCache:
+        return self._bind().fallback
+
+    @property
+    def breaker(self) -> Breaker:
+        return self._bind().breaker
+
+    def _version(self, bound: _Bound, version: int | None) -> int:
+        # Resolved once so the journal, the primary and the fallback agree on the key.
+        return bound.primary.version if version is None else version
+
+    def _timeout(self, bound: _Bound, timeout: Any) -> Any:
+        # The primary's default, not the fallback's, so both expire a key alike.
+        return bound.primary.default_timeout if timeout is DEFAULT_TIMEOUT else timeout
+
+    # ---------------------------------------------------------------- routes
+    def _read(self, op: str, key: Any, version: int | None, args: tuple[Any, ...] = (),
+              kwargs: dict[str, Any] | None = None, fallback: Fallback | None = None) -> Any:
+        bound = self._bind()
+        v = self._version(bound, version)
+        journal = bound.journal
+        if fallback is None:
+            served: Callable[..., Any] = getattr(bound.fallback, op)
+            if kwargs:
+                method = served
+                served = lambda *a, **kw: method(key, *args, version=v)  # noqa: E731
+        else:
+            served = lambda *a, **kw: fallback(bound, key, *args, version=v)  # noqa: E731
+        if journal.active and journal.diverts(key, v):
+            return served(key, *args, version=v)
+        return bound.breaker.call_with_fallback(
+            getattr(bound.primary, op), served, (key, *args),
+            {"version": v, **kwargs} if kwargs else {"version": v}, integration=INTEGRATION,
+        )
+
+    def _write(self, op: str, key: Any, version: int | None, args: tuple[Any, ...] = (),
+               kwargs: dict[str, Any] | None = None, fallback: Fallback | None = None) -> Any:
+        bound = self._bind()
+        v = self._version(bound, version)
+        journal = bound.journal
+        written = (key,)
+        if fallback is None:
+            method = getattr(bound.fallback, op)
+
+            def served_by_fallback(*a: Any, **kw: Any) -> Any:
+                return journal.write(written, v, method, key, *args, version=v)
+        else:
+            def served_by_fallback(*a: Any, **kw: Any) -> Any:
+                return journal.write(written, v, fallback, bound, key, *args, version=v)
+
+        if journal.active and journal.diverts(key, v):
+            return served_by_fallback()
+        return bound.breaker.call_with_fallback(
+            getattr(bound.primary, op), served_by_fallback, (key, *args),
+            {"version": v, **kwargs} if kwargs else {"version": v}, integration=INTEGRATION,
+        )
+
+    def _direct(self, op: str, keys: Iterable[Any], args: tuple[Any, ...],
+                kwargs: dict[str, Any]) -> Any:
+        bound = self._bind()
+        method = getattr(bound.direct, op, None)
+        if method is None:
+            raise NotImplementedError(
+                f"BreakerCache.{op}(): the PRIMARY {self._primary_alias!r} "
+                f"({type(bound.primary).__name__}) has no {op}(); django_redis.cache.RedisCache "
+                "has it.")
+        journal = bound.journal
+        if journal.active:
+            versions = _versions(bound, kwargs)
+            for key in keys:
+                if any(journal.covers(key, v) for v in versions):
+                    journal.kick()
+                    raise KeyNotReplayedError(bound.breaker.name, key)
+        given = kwargs.get("client")
+        if given is not None:
+            kwargs = {**kwargs, "client": self._guarded(bound, given)}
+        return method(*args, **kwargs)
+
+    @staticmethod
+    def _guarded(bound: _Bound, given: Any) -> Any:
+        # A pipeline only queues what the cache gives it; whoever executes it decides.
+        if is_guarded(given) or isinstance(given, (Pipeline, AsyncPipeline)):
+            return given
+        return guarded_view(given, bound.breaker)
