@@ -57,6 +57,8 @@ TARGET_WITH = 0.5
 TARGET_SCALING = 0.6
 THREADS = (1, 2, 4, 8)
 MODES = (("host-shared", True), ("per-process", False))
+#: The highest FAILURE_THRESHOLD the host-wide record can count.
+THRESHOLD_MAX = 65535
 
 perf_ns = time.perf_counter_ns
 
@@ -206,16 +208,27 @@ ENTRY_POINTS = ("Breaker.call", "@guard function", "call_with_fallback", "await 
 SYNC_ENTRY_POINTS = (*ENTRY_POINTS[:3], "with breaker:")
 
 
-def _interleaved(samplers: dict[str, Sampler], calls: int, repeats: int) -> dict[str, float]:
-    """Median ns per call of each sampler over ``repeats`` rounds, each round running all
-    of them in turn (drift on a shared machine hits every contestant alike)."""
+def _rounds(samplers: dict[str, Sampler], calls: int, repeats: int) -> dict[str, list[float]]:
+    """ns per call of each sampler in each of ``repeats`` rounds, every round running all
+    of them in turn: drift on a shared machine hits the contestants of a round alike, and
+    differences and ratios are taken within a round, then their median over the rounds."""
     samples: dict[str, list[float]] = {key: [] for key in samplers}
     for sample in samplers.values():  # warm-up
         sample(max(1, calls // 10))
     for _ in range(repeats):
         for key, sample in samplers.items():
             samples[key].append(sample(calls))
-    return {key: statistics.median(values) for key, values in samples.items()}
+    return samples
+
+
+def _above(samples: dict[str, list[float]], key: str, base: str) -> list[float]:
+    """Per round: ns per call of ``key`` above ``base``."""
+    return [x - b for x, b in zip(samples[key], samples[base], strict=True)]
+
+
+def _ratio(num: list[float], den: list[float]) -> float:
+    """Median over the rounds of the per-round ratio."""
+    return statistics.median(n / d for n, d in zip(num, den, strict=True))
 
 
 class _StateDirs:
@@ -258,25 +271,27 @@ def closed_overhead(dirs: _StateDirs, calls: int, repeats: int) -> dict[str, Any
             entries = {**_sync_entries(breaker), **_async_entries(breaker, loop)}
             for entry in ENTRY_POINTS:
                 samplers[f"{label}|{entry}"] = entries[entry]
-        medians = _interleaved(samplers, calls, repeats)
+        samples = _rounds(samplers, calls, repeats)
     finally:
         loop.close()
-    bare, abare = medians["bare"], medians["bare async"]
-    pb_over = medians["pybreaker.call"] - bare
+    med = statistics.median
+    pb_over = _above(samples, "pybreaker.call", "bare")
+    calling = _above(samples, "pybreaker calling()", "bare")
     result: dict[str, Any] = {
-        "bare_ns": bare,
-        "bare_async_ns": abare,
-        "pybreaker_ns": pb_over,
-        "pybreaker_calling_ns": medians["pybreaker calling()"] - bare,
+        "bare_ns": med(samples["bare"]),
+        "bare_async_ns": med(samples["bare async"]),
+        "pybreaker_ns": med(pb_over),
+        "pybreaker_calling_ns": med(calling),
+        "pybreaker_calling_ratio": _ratio(calling, pb_over),
         "entries": {},
     }
     for entry in ENTRY_POINTS:
-        base = abare if entry.startswith(("await", "async")) else bare
+        base = "bare async" if entry.startswith(("await", "async")) else "bare"
         row: dict[str, float] = {}
         for label, _ in MODES:
-            over = medians[f"{label}|{entry}"] - base
-            row[f"{label}_ns"] = over
-            row[f"{label}_ratio"] = over / pb_over
+            over = _above(samples, f"{label}|{entry}", base)
+            row[f"{label}_ns"] = med(over)
+            row[f"{label}_ratio"] = _ratio(over, pb_over)
         row["target"] = TARGET_WITH if "with" in entry.split()[:2] else TARGET_CLOSED
         result["entries"][entry] = row
     return result
@@ -293,9 +308,8 @@ def _print_closed(closed: dict[str, Any]) -> None:
     rows.append(["pybreaker CircuitBreaker.call", closed["pybreaker_ns"], 1.0,
                  closed["pybreaker_ns"], 1.0, "", ""])
     rows.append(["pybreaker calling() (with)", closed["pybreaker_calling_ns"],
-                 closed["pybreaker_calling_ns"] / closed["pybreaker_ns"],
-                 closed["pybreaker_calling_ns"], closed["pybreaker_calling_ns"] / closed["pybreaker_ns"],
-                 "", ""])
+                 closed["pybreaker_calling_ratio"], closed["pybreaker_calling_ns"],
+                 closed["pybreaker_calling_ratio"], "", ""])
     print_table("Closed state: ns per call above a bare call of a no-op function "
                 f"(bare {closed['bare_ns']:.0f} ns, bare await {closed['bare_async_ns']:.0f} ns; "
                 "medians of interleaved runs), and the ratio of pybreaker's overhead",
@@ -347,9 +361,8 @@ def thread_scaling(dirs: _StateDirs, seconds: float, repeats: int) -> dict[str, 
                 figures[key][k].append(_throughput(sample, k, seconds))
     result: dict[str, Any] = {}
     for key, by_threads in figures.items():
-        rates = {k: statistics.median(v) for k, v in by_threads.items()}
-        result[key] = {"calls_per_s_1": rates[1],
-                       **{f"relative_{k}": rates[k] / rates[1] for k in THREADS}}
+        result[key] = {"calls_per_s_1": statistics.median(by_threads[1]),
+                       **{f"relative_{k}": _ratio(by_threads[k], by_threads[1]) for k in THREADS}}
     return result
 
 
@@ -403,14 +416,15 @@ def open_costs(dirs: _StateDirs, calls: int, repeats: int) -> dict[str, Any]:
             samplers[f"{mode}|fallback"] = (
                 lambda n, b=breaker: _loop_fallback(n, b.call_with_fallback, _noop))
             samplers[f"{mode}|with"] = lambda n, b=breaker: _loop_reject_with(n, b, _noop)
-    medians = _interleaved(samplers, calls, repeats)
-    result: dict[str, Any] = {"pybreaker_reject_ns": medians["pybreaker"], "modes": {}}
+    samples = _rounds(samplers, calls, repeats)
+    med = statistics.median
+    result: dict[str, Any] = {"pybreaker_reject_ns": med(samples["pybreaker"]), "modes": {}}
     for mode in probes:
         result["modes"][mode] = {
-            "reject_ns": medians[f"{mode}|call"],
-            "fallback_ns": medians[f"{mode}|fallback"],
-            "with_reject_ns": medians[f"{mode}|with"],
-            "reject_vs_pybreaker": medians[f"{mode}|call"] / medians["pybreaker"],
+            "reject_ns": med(samples[f"{mode}|call"]),
+            "fallback_ns": med(samples[f"{mode}|fallback"]),
+            "with_reject_ns": med(samples[f"{mode}|with"]),
+            "reject_vs_pybreaker": _ratio(samples[f"{mode}|call"], samples["pybreaker"]),
             "probe_pid": probes[mode],
             "still_open": None,
         }
@@ -422,7 +436,10 @@ def open_costs(dirs: _StateDirs, calls: int, repeats: int) -> dict[str, Any]:
 
 def failure_costs(dirs: _StateDirs, calls: int, repeats: int) -> dict[str, Any]:
     """A call that raises ``redis.ConnectionError`` while closed, below the threshold."""
-    # A threshold never reached and no rate: every failure is counted, none trips.
+    # The highest threshold (the record counts 16 bits of consecutive failures), no rate,
+    # and a success before each run (it resets the count): every failure is counted,
+    # none trips.
+    calls = min(calls, THRESHOLD_MAX - 1)
     pb = pybreaker.CircuitBreaker(fail_max=10**9, reset_timeout=30)
     samplers: dict[str, Sampler] = {
         "bare": lambda n: _loop_raise(n, _fail, redis.ConnectionError),
@@ -431,18 +448,23 @@ def failure_costs(dirs: _StateDirs, calls: int, repeats: int) -> dict[str, Any]:
     breakers = {}
     for label, shared in MODES:
         breaker = _breaker(dirs, "bench-failure", shared, probe=False,
-                           failure_threshold=10**9, failure_rate=None)
+                           failure_threshold=THRESHOLD_MAX, failure_rate=None)
         breakers[label] = breaker
-        samplers[label] = lambda n, b=breaker: _loop_reject(n, b.call, _fail, redis.ConnectionError)
-    medians = _interleaved(samplers, calls, repeats)
-    bare = medians["bare"]
-    pb_over = medians["pybreaker"] - bare
-    result: dict[str, Any] = {"bare_ns": bare, "pybreaker_ns": pb_over, "modes": {}}
+        samplers[label] = lambda n, b=breaker: _loop_failures(n, b)
+    samples = _rounds(samplers, calls, repeats)
+    pb_over = _above(samples, "pybreaker", "bare")
+    result: dict[str, Any] = {"bare_ns": statistics.median(samples["bare"]),
+                              "pybreaker_ns": statistics.median(pb_over), "modes": {}}
     for label, breaker in breakers.items():
-        over = medians[label] - bare
-        result["modes"][label] = {"ns": over, "vs_pybreaker": over / pb_over,
+        over = _above(samples, label, "bare")
+        result["modes"][label] = {"ns": statistics.median(over), "vs_pybreaker": _ratio(over, pb_over),
                                   "closed": not breaker.is_open}
     return result
+
+
+def _loop_failures(n: int, breaker: Breaker) -> float:
+    breaker.call(_noop)
+    return _loop_reject(n, breaker.call, _fail, redis.ConnectionError)
 
 
 def _print_open(opened: dict[str, Any], failed: dict[str, Any]) -> None:
@@ -550,8 +572,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         _print_threads(scaling)
 
         progress("open-state rejection, counted failures")
-        opened = open_costs(dirs, calls, repeats)
-        failed = failure_costs(dirs, calls // 4, repeats)
+        opened = open_costs(dirs, calls // 4, repeats)
+        failed = failure_costs(dirs, calls // 20, repeats)
         _print_open(opened, failed)
 
         with RedisServer() as server:
