@@ -266,17 +266,8 @@ def assert_not_locked(path: str) -> None:
         os.close(fd)
 
 
-#: The detach closes the record's descriptor but neither unlocks nor unmaps: the
-#: mapping's own duplicate of the descriptor keeps the flock until the old record is
-#: garbage collected, which a caller holding the call's exception delays.
-DETACH_KEEPS_LOCK = pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "engine bug: Breaker._detach (lock held) closes the record's fd without LOCK_UN; the "
-    "mmap's dup of the fd keeps the flock while the old record lives (here: the caller "
-    "keeps the exception, whose traceback holds call()'s frame and its view of the map)"))
-
-
 @pytest.mark.parametrize("operation", [
-    "stats", pytest.param("failure", marks=DETACH_KEEPS_LOCK), "fallback", "reset"])
+    "stats", "failure", "fallback", "reset"])
 def test_a_record_corrupted_while_in_use(redis_server: RedisServer, state_dir: Path,
                                          operation: str) -> None:
     """The next locked operation finds the record corrupt: it goes on with the state in

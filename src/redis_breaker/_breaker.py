@@ -180,6 +180,9 @@ class _Guard:
         if b._replaced:
             b._replaced = False
             b._attach()
+        if b._events.pending:
+            # A transition made here, or another process's one this section caught up with.
+            b._publish()
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,6 +334,12 @@ class Breaker:
         """Stop sharing (the state file became unusable); keep the current state. Lock held."""
         old = self._record
         self._record = _shared.local_record(self._since)
+        # Unlock before closing: the mapping holds a descriptor of its own on the
+        # same file description, which would keep the lock held.
+        with contextlib.suppress(OSError):
+            old.unlock()
+        with contextlib.suppress(OSError, BufferError, ValueError):
+            old.release()
         old.close()
         if not self._detached_warned:
             self._detached_warned = True
