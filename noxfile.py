@@ -1,4 +1,4 @@
-"""Sessions: `nox -s tests` (the test suite), `nox -s drill` (the outage drill),
+"""Sessions: `nox -s tests` (the test suite, then the peers' cache suites), `nox -s drill` (the outage drill),
 `nox -s bench` (micro-benchmarks), `nox -s soak` (not in CI), `nox -s matrix` (every supported Python x Django),
 `nox -s oldest` (the oldest supported release of every dependency),
 `nox -s lint`, `nox -s docs`.
@@ -64,12 +64,25 @@ def install_project(session: nox.Session, *groups: str) -> None:
     session.install("-e", EXTRAS, *deps)
 
 
+# django-redis's own test suite needs these (run by tests/peers/run.py).
+PEER_DEPS = ["pytest-mock>=3", "pytest-xdist>=3"]
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The test suite on this Python with the newest supported Django."""
+    """The test suite on this Python with the newest supported Django, then the peers' suites.
+
+    The peers' suites are Django's and django-redis's own cache tests, run on the
+    plain backend and through BreakerCache (docs/cache.md); their sdists are kept
+    in .nox/tests/peers. REDIS_BREAKER_PEERS=0 skips them.
+    """
     ensure_system_packages(session)
     install_project(session, "test")
+    session.install(*PEER_DEPS)
     session.run("python", "-m", "pytest", *session.posargs)
+    if os.environ.get("REDIS_BREAKER_PEERS", "1") != "0":
+        cache_dir = Path(session.virtualenv.location) / "peers"
+        session.run("python", "tests/peers/run.py", "--cache-dir", str(cache_dir))
 
 
 def _version(text: str) -> tuple[int, ...]:

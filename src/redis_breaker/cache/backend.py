@@ -320,7 +320,8 @@ class BreakerCache(DjangoRedisMethods):
     def close(self, **kwargs: Any) -> None:
         bound = self._bound
         if bound is not None:
-            bound.primary.close(**kwargs)
+            # Through the guarded copy, which shares the primary's client and pools.
+            bound.direct.close(**kwargs)
 
     # ------------------------------------------------------------------ async
     # Neither Django's RedisCache nor django-redis has native async methods; a

@@ -14,7 +14,7 @@ Three routes, one per family of methods (docs/cache.md has the table):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from django.core.cache import caches
@@ -27,7 +27,6 @@ from redis.client import Pipeline
 from redis_breaker._breaker import Breaker
 from redis_breaker._client import guarded_view, is_guarded
 from redis_breaker._registry import get_breaker
-from redis_breaker.conf import conf
 
 from .clients import KeyNotReplayedError, direct_backend, is_django_redis
 from .journal import INTEGRATION, Journal, journal_for
@@ -58,8 +57,14 @@ class _Bound:
         self.direct = direct_backend(primary, breaker)
 
 
+def _cache_entries() -> Mapping[str, Any]:
+    # What the cache handler builds caches from (settings.CACHES as Django resolved it).
+    entries: Mapping[str, Any] = caches.settings
+    return entries
+
+
 def _options_error(options: dict[str, Any]) -> str | None:
-    problem = why_unusable(options, conf.CACHES)
+    problem = why_unusable(options, _cache_entries())
     if problem is None:
         return None
     return f"BreakerCache: {problem.message('OPTIONS')} {problem.fix('OPTIONS')}"
@@ -91,7 +96,7 @@ class CacheRouting(BaseCache):
         max_keys = options.get("JOURNAL_MAX_KEYS", default_max_keys)
         self._max_keys = (max_keys if isinstance(max_keys, int) and max_keys >= 1
                           else default_max_keys)
-        primary_entry = conf.CACHES.get(self._primary_alias, {})
+        primary_entry = _cache_entries().get(self._primary_alias, {})
         self._probe_url = first_location(primary_entry) if primary_entry else None
         self._fallback_timeout = params.get("TIMEOUT", primary_entry.get("TIMEOUT", 300))
         # Where the data lives: two BreakerCache aliases over the same stores share a journal.
@@ -108,7 +113,9 @@ class CacheRouting(BaseCache):
         if bound is not None and bound.breaker is breaker:
             return bound
         breaker.adopt_url(self._probe_url)
-        primary = caches[self._primary_alias]
+        # An instance of its own, like every alias's: built from the settings of now
+        # (a BreakerCache rebuilt after a settings change gets a primary built anew).
+        primary = caches.create_connection(self._primary_alias)
         if getattr(primary, "_ignore_exceptions", False):
             # django-redis would swallow the errors: writes lost unjournaled, stale reads later.
             raise ImproperlyConfigured(

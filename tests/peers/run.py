@@ -1,0 +1,206 @@
+"""Run the peers' own cache test suites on the plain backend and through ``BreakerCache``.
+
+    python tests/peers/run.py [--cache-dir DIR] [--suite django|django-redis] [--json PATH]
+
+The suites come from the sdists of the installed Django and django-redis
+(``pip download --no-deps --no-binary :all:``, kept in ``--cache-dir``):
+Django's ``cache/tests.py::RedisCacheTests`` and django-redis's ``tests/``
+(its default settings, ``settings.sqlite``). Each suite runs twice, at the
+same time, each run against a redis-server of its own: once as written, once
+with every Redis cache alias swapped for a ``BreakerCache`` over it
+(``swap.py``).
+
+Fails unless every test that passes on the plain backend passes through
+``BreakerCache`` or is listed, with its reason, in the table of
+``docs/cache.md`` (*The peers' test suites*); a listed test that no longer
+differs fails too, so the table stays true. Prints the counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+DOC = ROOT / "docs" / "cache.md"
+sys.path.insert(0, str(ROOT))
+
+from tests.harness import RedisServer  # noqa: E402
+
+INI = """[pytest]
+addopts =
+timeout = 600
+"""
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    #: Distribution whose sdist holds the tests, and what of it to extract.
+    dist: str
+    members: str
+    #: Where to run pytest (below the extracted sdist), its arguments, its PYTHONPATH.
+    workdir: str
+    args: tuple[str, ...]
+    paths: tuple[str, ...]
+    settings: str | None = None
+
+
+SUITES = {
+    "django": Suite(
+        "django", "Django", "tests/cache/", "tests",
+        ("cache/tests.py::RedisCacheTests",), ("tests",), settings="django_settings"),
+    "django-redis": Suite(
+        "django-redis", "django-redis", "tests/", ".",
+        # Its default settings only (the others need sentinels, a unix socket or compressors).
+        ("tests", "-k", "not sqlite_", "-p", "no:django"), (".", "tests")),
+}
+
+
+def fetch(dist: str, version: str, cache_dir: Path, attempt: int = 0) -> Path:
+    """The sdist of ``dist==version`` in ``cache_dir``, downloaded once."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    wanted = f"{dist.lower().replace('-', '_')}-{version}.tar.gz"
+    for found in cache_dir.glob("*.tar.gz"):
+        name, _, rest = found.name.lower().partition(f"-{version}")
+        if f"{name.replace('-', '_')}-{version}{rest}" == wanted:
+            return found
+    if attempt:
+        raise RuntimeError(f"pip downloaded no {wanted} into {cache_dir}")
+    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                    "--no-binary", ":all:", "--disable-pip-version-check",
+                    f"{dist}=={version}", "-d", str(cache_dir)], check=True)
+    return fetch(dist, version, cache_dir, attempt=1)
+
+
+def extract(tarball: Path, members: str, dest: Path) -> Path:
+    """The sdist's ``members`` (a folder) below ``dest``; returns the sdist's top folder."""
+    top = dest / tarball.name.removesuffix(".tar.gz")
+    marker = top / ".extracted"
+    if marker.exists():
+        return top
+    with tarfile.open(tarball) as tar:
+        chosen = [m for m in tar.getmembers()
+                  if m.name.partition("/")[2].startswith(members) and (m.isfile() or m.isdir())]
+        try:
+            tar.extractall(dest, members=chosen, filter="data")
+        except TypeError:  # Python without extraction filters (before 3.10.12 / 3.11.4)
+            tar.extractall(dest, members=chosen)
+        top = dest / chosen[0].name.partition("/")[0]
+    (top / ".extracted").touch()
+    return top
+
+
+def run_suite(suite: Suite, top: Path, mode: str, work: Path) -> tuple[subprocess.Popen[bytes],
+                                                                         Path, RedisServer, Path]:
+    server = RedisServer()
+    server.start()
+    report = work / f"{suite.name}-{mode}.json"
+    log = work / f"{suite.name}-{mode}.log"
+    ini = work / "pytest.ini"
+    ini.write_text(INI)
+    env = {**os.environ,
+           "PEERS_MODE": mode, "PEERS_REDIS_PORT": str(server.port), "PEERS_REPORT": str(report),
+           "PYTHONPATH": os.pathsep.join([str(HERE), *(str(top / p) for p in suite.paths)]),
+           # The breakers' host-wide state files, private to this run.
+           "TMPDIR": tempfile.mkdtemp(prefix=f"peers-{mode}-")}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    if suite.settings:
+        env["DJANGO_SETTINGS_MODULE"] = suite.settings
+    command = [sys.executable, "-m", "pytest", "-c", str(ini), "--rootdir", str(top / suite.workdir),
+               "-p", "swap", "-p", "no:cacheprovider", "-q", "-rN", *suite.args]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, cwd=top / suite.workdir, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    return proc, report, server, log
+
+
+def listed_differences() -> dict[tuple[str, str], str]:
+    """(suite, test) -> reason, from the table in docs/cache.md."""
+    found: dict[tuple[str, str], str] = {}
+    section = DOC.read_text().partition("## The peers' test suites")[2]
+    for row in re.finditer(r"^\| (Django|django-redis) \| `([^`]+)` \| (.+?) \|$", section,
+                           re.MULTILINE):
+        suite = "django" if row.group(1) == "Django" else "django-redis"
+        found[(suite, row.group(2))] = row.group(3)
+    return found
+
+
+def short(nodeid: str) -> str:
+    """``tests/test_backend.py::TestX::test_y[sqlite]`` -> ``test_backend.py::TestX::test_y``."""
+    nodeid = re.sub(r"\[sqlite\]$", "", nodeid)
+    return nodeid.removeprefix("tests/").removeprefix("cache/tests.py::")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cache-dir", type=Path, default=ROOT / ".nox" / "peers")
+    parser.add_argument("--suite", choices=sorted(SUITES), action="append")
+    parser.add_argument("--json", type=Path, help="write the outcomes here")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="peers-"))
+    runs = []
+    for name in args.suite or sorted(SUITES):
+        suite = SUITES[name]
+        version = importlib.metadata.version(suite.dist)
+        top = extract(fetch(suite.dist, version, args.cache_dir), suite.members,
+                      args.cache_dir / "src")
+        for mode in ("plain", "breaker"):
+            runs.append((suite, version, mode, *run_suite(suite, top, mode, work)))
+    outcomes: dict[tuple[str, str], dict[str, str]] = {}
+    problems: list[str] = []
+    for suite, _version, mode, proc, report, server, log in runs:
+        proc.wait()
+        server.close()
+        if not report.exists():
+            problems.append(f"{suite.name} ({mode}) reported nothing; see {log}:\n"
+                            + log.read_text()[-3000:])
+            continue
+        outcomes[(suite.name, mode)] = {short(k): v for k, v in
+                                        json.loads(report.read_text()).items()}
+    listed = listed_differences()
+    summary: dict[str, dict[str, object]] = {}
+    for suite, version, mode, *_ in runs:
+        if mode != "plain" or (suite.name, "breaker") not in outcomes:
+            continue
+        plain = outcomes.get((suite.name, "plain"), {})
+        through = outcomes[(suite.name, "breaker")]
+        differ = sorted(t for t, o in plain.items() if o == "passed" and through.get(t) != "passed")
+        for test in differ:
+            if (suite.name, test) not in listed:
+                problems.append(f"{suite.name}: {test} passes on the plain backend, "
+                                f"{through.get(test, 'missing')} through BreakerCache, and is not "
+                                "listed in docs/cache.md")
+        for (name, test), _reason in listed.items():
+            if name == suite.name and test not in differ:
+                problems.append(f"{suite.name}: {test} is listed in docs/cache.md but does not "
+                                "differ any more: remove it from the table")
+        passed = {m: sum(o == "passed" for o in outcomes[(suite.name, m)].values())
+                  for m in ("plain", "breaker")}
+        summary[suite.name] = {"version": version, "tests": len(plain), **passed,
+                               "listed": len(differ)}
+        print(f"{suite.dist} {version}: {len(plain)} tests; passed plain {passed['plain']}, "
+              f"through BreakerCache {passed['breaker']} ({len(differ)} listed in docs/cache.md)")
+    print(f"peers' suites: {time.monotonic() - started:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps({"summary": summary, "outcomes": {
+            f"{s}:{m}": o for (s, m), o in outcomes.items()}}, indent=1, sort_keys=True))
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
