@@ -560,7 +560,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--json", type=Path, help="write the figures to this file")
     args = parser.parse_args(argv)
-    calls, repeats = (20_000, 5) if args.quick else (200_000, 9)
+    calls, repeats = (20_000, 5) if args.quick else (100_000, 9)
     dirs = _StateDirs()
     try:
         progress("closed-state overhead of every entry point")
