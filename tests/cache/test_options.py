@@ -33,6 +33,8 @@ REFUSED: list[tuple[str, dict[str, Any], str]] = [
     ("journal-zero", {"PRIMARY": "redis", "JOURNAL_MAX_KEYS": 0}, "redis_breaker.E016"),
     ("journal-none", {"PRIMARY": "redis", "JOURNAL_MAX_KEYS": None}, "redis_breaker.E016"),
     ("journal-bool", {"PRIMARY": "redis", "JOURNAL_MAX_KEYS": True}, "redis_breaker.E016"),
+    ("add-fail-closed-not-bool", {"PRIMARY": "redis", "ADD_FAIL_CLOSED": "yes"},
+     "redis_breaker.E019"),
 ]
 
 # Options the checks report but the backend runs with, as it always has.

@@ -1,4 +1,4 @@
-"""System checks of every ``BreakerCache`` in ``CACHES`` (``redis_breaker.E010`` to ``E018``, ``W001``).
+"""System checks of every ``BreakerCache`` in ``CACHES`` (``redis_breaker.E010`` to ``E019``, ``W001``, ``W010``).
 
 Registered by ``redis_breaker.checks``, under the name ``check_caches``. The
 OPTIONS themselves are judged by the table in ``options`` (the same that the
@@ -27,6 +27,7 @@ from redis_breaker.conf import conf
 
 from .backend import sentinel_location, uses_sentinel
 from .options import OPTIONS, is_breaker_cache, validate_options
+from .sharing import shared_databases
 
 __all__ = ["check_caches"]
 
@@ -59,7 +60,8 @@ def _check_breaker_cache(alias: str, entry: Mapping[str, Any],
     split = next((i for i, p in enumerate(problems) if p.key in _AFTER_PRIMARY), len(problems))
     primary = options["PRIMARY"]
     return [*errors[:split], *_check_primary(primary, caches[primary]),
-            *_check_sentinel_primary(options, primary, caches[primary]), *errors[split:]]
+            *_check_sentinel_primary(options, primary, caches[primary]), *errors[split:],
+            *_check_shared_database(alias, primary, caches[primary])]
 
 
 def _locations(entry: Mapping[str, Any]) -> list[str]:
@@ -132,3 +134,19 @@ def _check_sentinel_primary(options: Mapping[str, Any], primary: str,
              f"sentinels and master group), or fix {where}[\"OPTIONS\"][\"SENTINELS\"].",
         id="redis_breaker.E018",
     )]
+
+
+def _check_shared_database(alias: str, primary: str, entry: Any) -> list[CheckMessage]:
+    """A primary whose Redis database also holds a Celery broker or a channel layer (W010)."""
+    if not isinstance(entry, Mapping):
+        return []
+    where = setting_path("CACHES", primary, "LOCATION")
+    return [CheckWarning(
+        f"{where} ({alias!r}'s PRIMARY) writes to Redis database {db} of {host or 'a socket'}"
+        f"{f':{port}' if port else ''}, which also holds {tenant}: the cache's clear() is "
+        "FLUSHDB of that database and deletes their data too.",
+        hint=f"Give the cache a database of its own (another number in {where}, such as "
+             "/1). After an outage BreakerCache deletes only the cache's own keys, but a "
+             "clear() while Redis is healthy is the primary's FLUSHDB.",
+        id="redis_breaker.W010",
+    ) for tenant, (host, port, db) in shared_databases(entry)]
