@@ -82,7 +82,7 @@ def test_capture_events_collects_dicts() -> None:
     ("text", "expected"),
     [
         ("redis://:pw@h:6379/0", "redis://:***@h:6379/0"),
-        ("rediss://user:pw@h:6379", "rediss://user:***@h:6379"),
+        ("rediss://user:pw@h:6379", "rediss://***:***@h:6379"),
         ("redis://token@h", "redis://***@h"),
         ("redis://h:6379/0", "redis://h:6379/0"),
         ("{'password': 'pw', 'host': 'h'}", "{'password': '***', 'host': 'h'}"),

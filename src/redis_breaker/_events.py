@@ -8,6 +8,7 @@ it), with the fields both in the message and as ``extra`` attributes.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,12 +16,19 @@ from typing import Any
 
 import structlog
 
+from ._redact import redact_value
+
 __all__ = ["capture", "emit"]
 
 LOGGER_NAME = "redis_breaker"
 _stdlib = logging.getLogger(LOGGER_NAME)
 _captures: list[list[dict[str, Any]]] = []
 _captures_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _captures_lock
+    _captures_lock = threading.Lock()  # a thread of the parent may have held it
 
 # Fields that would collide with LogRecord attributes when passed as extra.
 _RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
@@ -34,7 +42,9 @@ def _render(value: Any) -> str:
 
 
 def emit(level: int, event: str, **fields: Any) -> None:
-    """Send one event at ``level`` (a ``logging`` level)."""
+    """Send one event at ``level`` (a ``logging`` level), every field's text without
+    credentials (``_redact.redact_value``)."""
+    fields = {key: redact_value(value) for key, value in fields.items()}
     if _captures:
         record = {"event": event, "log_level": logging.getLevelName(level).lower(), **fields}
         with _captures_lock:
@@ -62,3 +72,7 @@ def capture() -> Iterator[list[dict[str, Any]]]:
     finally:
         with _captures_lock:
             _captures.remove(sink)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

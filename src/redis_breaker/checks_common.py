@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from django.utils.module_loading import import_string
 
-from ._redact import redact
+from ._redact import shown as _shown
 from .conf import conf
 
 __all__ = ["EXAMPLE_TIMEOUT", "SENTINEL_URL_EXAMPLE", "TIMEOUTS", "breaker_has_url", "given",
@@ -31,8 +31,9 @@ def setting_path(root: str, *keys: Any) -> str:
 
 
 def shown(value: Any) -> str:
-    """``value`` for a message: its type and repr, never a password."""
-    return redact(f"{type(value).__name__} {value!r}")
+    """``value`` for a message: its type and repr, never a credential (bytes, lists and dicts
+    masked element by element; ``_redact.shown``)."""
+    return _shown(value)
 
 
 def is_subclass(backend: Any, dotted: Iterable[str]) -> bool:
