@@ -92,8 +92,14 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
         raise ValueError(f"does not start with {SENTINEL_SCHEME}://")
     try:
         parts = urlsplit(url)
-    except ValueError as exc:
-        raise ValueError(f"is not a valid URL ({exc})") from None
+    except ValueError:
+        raise ValueError("is not a valid URL (an unbalanced [ or ] in a sentinel address)") \
+            from None
+    if "@" not in parts.netloc and "@" in url[len(SENTINEL_SCHEME) + 3 + len(parts.netloc):]:
+        # A raw '/', '?' or '#' in the password cut the address list short: what would
+        # be read as addresses is part of the password, and must not be repeated.
+        raise ValueError("cannot be read (an @ after the sentinels: a '/', '?' or '#' in the "
+                         "user name or password must be percent-encoded as %2F, %3F, %23)")
     userinfo, at, hosts = parts.netloc.rpartition("@")
     if not at:
         userinfo, hosts = "", parts.netloc
@@ -232,7 +238,7 @@ def ping_sentinel(url: str, timeout: float) -> tuple[str, int]:
     """
     import redis
     from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import ResponseError
+    from redis.exceptions import NoPermissionError, ResponseError
 
     target = parse_sentinel_url(url)
     host, port = resolve_master(url, timeout)
@@ -243,8 +249,10 @@ def ping_sentinel(url: str, timeout: float) -> tuple[str, int]:
         try:
             reply = client.execute_command("ROLE")  # type: ignore[no-untyped-call]
         except ResponseError:
-            # ROLE renamed away or not allowed to this user: a PING is all we can ask.
-            client.ping()
+            # ROLE renamed away or not allowed to this user: a PING is all we can ask,
+            # and a NOPERM reply to it (an ACL user) still proves the server up.
+            with contextlib.suppress(NoPermissionError):
+                client.ping()
             return host, port
         role = reply[0] if isinstance(reply, (list, tuple)) and reply else reply
         if isinstance(role, bytes):

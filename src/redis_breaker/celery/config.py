@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from redis_breaker._redact import redact
+from redis_breaker._config import MAX_SECONDS, MIN_SECONDS
+from redis_breaker._redact import shown
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -59,8 +60,7 @@ class CelerySetting:
         """The check's message for ``value`` (None: unset or accepted)."""
         if value is None or self.accepts(value):
             return None
-        shown = redact(f"{type(value).__name__} {value!r}")
-        return f"{self.name} is {shown}, not {self.expected}."
+        return f"{self.name} is {shown(value)}, not {self.expected}."
 
 
 def _seconds(value: Any) -> bool:
@@ -68,11 +68,13 @@ def _seconds(value: Any) -> bool:
 
 
 def _positive(value: Any) -> bool:
-    return _seconds(value) and value > 0
+    # Finite and in range: an infinite or subnormal socket timeout cannot be given to a socket.
+    return _seconds(value) and bool(MIN_SECONDS <= value <= MAX_SECONDS)
 
 
 def _not_negative(value: Any) -> bool:
-    return _seconds(value) and value >= 0
+    # 0 turns the relay off; anything else is a finite interval a thread can wait.
+    return _seconds(value) and (value == 0 or bool(MIN_SECONDS <= value <= MAX_SECONDS))
 
 
 FALLBACK = CelerySetting(
@@ -94,20 +96,24 @@ BREAKER_NAME = CelerySetting(
 )
 TIMEOUT = CelerySetting(
     "CELERY_REDIS_BREAKER_TIMEOUT", 1.0, _positive,
-    expected="a positive number",
+    expected=f"a number of seconds from {MIN_SECONDS} to {MAX_SECONDS:.0f}",
     hint="Set CELERY_REDIS_BREAKER_TIMEOUT to the dispatch socket timeout in seconds "
-         "(greater than 0; default 1.0), or remove it.",
+         f"(greater than 0: from {MIN_SECONDS} to {MAX_SECONDS:.0f}; default 1.0), "
+         "or remove it.",
     id="redis_breaker.E032",
-    subject="CELERY_REDIS_BREAKER_TIMEOUT", requirement="a number of seconds greater than 0",
+    subject="CELERY_REDIS_BREAKER_TIMEOUT",
+    requirement=f"a number of seconds greater than 0 (from {MIN_SECONDS} to {MAX_SECONDS:.0f})",
 )
 RELAY_INTERVAL = CelerySetting(
     "CELERY_REDIS_BREAKER_RELAY_INTERVAL", 10.0, _not_negative,
-    expected="a number of seconds",
+    expected=f"0 or a number of seconds from {MIN_SECONDS} to {MAX_SECONDS:.0f}",
     hint="Set CELERY_REDIS_BREAKER_RELAY_INTERVAL to how often Celery workers relay "
-         "outbox rows left behind, in seconds (default 10; 0 turns it off), or remove it.",
+         f"outbox rows left behind, in seconds (from {MIN_SECONDS} to {MAX_SECONDS:.0f}; "
+         "default 10; 0 turns it off), or remove it.",
     id="redis_breaker.E033",
     subject="CELERY_REDIS_BREAKER_RELAY_INTERVAL",
-    requirement="a number of seconds (0 turns the worker relay off)",
+    requirement=f"a number of seconds from {MIN_SECONDS} to {MAX_SECONDS:.0f} "
+                "(0 turns the worker relay off)",
 )
 
 #: Every Celery setting, in the order of their check ids.
