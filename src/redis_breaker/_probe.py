@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import threading
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.backoff import NoBackoff
+from redis.exceptions import NoPermissionError
 from redis.retry import Retry
 
 from ._sentinel import is_sentinel_url, ping_sentinel
@@ -16,31 +18,79 @@ from ._sentinel import is_sentinel_url, ping_sentinel
 if TYPE_CHECKING:
     from ._breaker import Breaker
 
-__all__ = ["Probe", "ping_url"]
+__all__ = ["Probe", "answered", "ping", "ping_url", "probe_client"]
 
 _RUNNING: weakref.WeakSet[Probe] = weakref.WeakSet()
+
+
+def answered(exc: BaseException) -> bool:
+    """Whether ``exc`` is a reply that proves the server up: ``NOPERM``.
+
+    An ACL user may be denied ``PING`` (``+@all -ping``), or ``SELECT`` of its
+    database on connect, and still run every command the integrations use: the
+    server authenticated it and answered, so Redis is up.
+    """
+    return isinstance(exc, NoPermissionError)
+
+
+def ping(client: Any) -> None:
+    """PING with ``client``; a ``NOPERM`` reply counts as an answer (see ``answered``)."""
+    try:
+        client.ping()
+    except NoPermissionError:
+        return
+
+
+def probe_client(url: str, timeout: float) -> redis.Redis:
+    """A client of ``url`` on one fresh connection, connected now, no retries.
+
+    ``timeout`` is the connect and read timeout whatever the URL's own
+    ``socket_timeout`` says. A URL redis-py cannot use raises ``ValueError``
+    naming the problem without the URL's credentials (``_config.url_problem``).
+    A ``NOPERM`` reply while connecting (an ACL user denied ``SELECT``) is
+    raised as it comes: ``answered`` tells it apart.
+    """
+    from redis.connection import Connection, ConnectionPool, parse_url
+
+    from ._config import url_problem
+    from ._redact import redact_url
+
+    why = url_problem(url)
+    if why is not None:
+        raise ValueError(f"{redact_url(url)!r} {why}")
+    kwargs = parse_url(url)  # type: ignore[no-untyped-call]
+    connection_class = kwargs.pop("connection_class", Connection)
+    retry = Retry(NoBackoff(), 0)
+    kwargs.update(socket_timeout=timeout, socket_connect_timeout=timeout, retry=retry)
+    pool = ConnectionPool(connection_class=connection_class, **kwargs)
+    try:
+        client = redis.Redis(connection_pool=pool, single_connection_client=True, retry=retry)
+    except BaseException:
+        pool.disconnect()
+        raise
+    client.auto_close_connection_pool = True  # close() disconnects, as from_url's client does
+    return client
 
 
 def ping_url(url: str, timeout: float) -> None:
     """PING ``url`` on a fresh connection, no retries; raise on any failure.
 
+    A ``NOPERM`` reply counts as an answer (an ACL user that may not PING).
     A ``redis+sentinel://`` URL is resolved through its sentinels on every
     call, and the master they name must answer as a master (see ``_sentinel``).
     """
     if is_sentinel_url(url):
         ping_sentinel(url, timeout)
         return
-    client = redis.Redis.from_url(
-        url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
-        single_connection_client=True,
-    )
     try:
-        client.ping()
+        client = probe_client(url, timeout)
+    except NoPermissionError:
+        return  # denied SELECT on connect: the server answered
+    try:
+        ping(client)
     finally:
-        client.close()
+        with contextlib.suppress(Exception):  # a connection that cannot close is gone
+            client.close()
 
 
 class Probe(threading.Thread):

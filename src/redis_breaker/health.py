@@ -20,12 +20,11 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from . import _registry
 from ._breaker import Breaker
-from ._probe import ping_url
+from ._probe import answered, ping_url, probe_client
+from ._probe import ping as ping_client
 from ._redact import describe_error
 from ._registry import configured_names, get_breaker
 from ._sentinel import is_sentinel_url
@@ -194,8 +193,7 @@ def _is_timeout(exc: BaseException) -> bool:
 
 def _connect(url: str, timeout: float) -> redis.Redis:
     """A client on one fresh connection, connected now (as ``ping_url`` makes one)."""
-    return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                retry=Retry(NoBackoff(), 0), single_connection_client=True)
+    return probe_client(url, timeout)
 
 
 def _ping(b: Breaker, timeout: float | None) -> float | None:
@@ -229,13 +227,15 @@ def _ping(b: Breaker, timeout: float | None) -> float | None:
 
     def ping() -> None:
         try:
-            if setup_error is not None:
-                raise setup_error
             started = time.perf_counter()
-            if client is None:
+            if setup_error is not None:
+                if not answered(setup_error):
+                    raise setup_error
+                # NOPERM while connecting (an ACL user denied SELECT): Redis answered.
+            elif client is None:
                 ping_url(url, limit)  # Sentinel: the master is found on every PING
             else:
-                client.ping()
+                ping_client(client)  # NOPERM (an ACL user denied PING) is an answer
             took.append(time.perf_counter() - started)
         except Exception as exc:
             # Through sentinels, a timeout shows as "no master found", like a refusal.
