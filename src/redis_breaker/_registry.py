@@ -7,6 +7,7 @@ if the application already imported it.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from typing import Any
@@ -66,12 +67,37 @@ def all_breakers() -> dict[str, Breaker]:
         return dict(_breakers)
 
 
-def reload_breakers() -> None:
-    """Re-read the settings of every existing breaker (after ``override_settings``)."""
+def reload_breakers() -> dict[str, str]:
+    """Re-read the settings of every existing breaker (after ``override_settings``).
+
+    Never raises: a breaker whose new settings are invalid (or whose entry, or
+    ``REDIS_BREAKERS`` itself, is not a dict) keeps its configuration, and is
+    returned by name with the reason (credentials removed). The system checks
+    report such settings.
+    """
+    from ._redact import describe_error
+
     with _lock:
         breakers = list(_breakers.values())
+    kept: dict[str, str] = {}
     for breaker in breakers:
-        breaker.configure(config_for(breaker.name))
+        try:
+            breaker.configure(_reloaded_config(breaker.name))
+        except Exception as exc:
+            kept[breaker.name] = describe_error(exc)
+    return kept
+
+
+def _reloaded_config(name: str) -> BreakerConfig:
+    conf = sys.modules.get("django.conf")
+    if conf is not None and conf.settings.configured:
+        breakers = getattr(conf.settings, "REDIS_BREAKERS", None)
+        if breakers is not None and not isinstance(breakers, dict):
+            raise ValueError(f"REDIS_BREAKERS is {type(breakers).__name__}, not a dict")
+        entry = breakers.get(name) if breakers else None
+        if entry is not None and not isinstance(entry, dict):
+            raise ValueError(f"REDIS_BREAKERS[{name!r}] is {type(entry).__name__}, not a dict")
+    return config_for(name)
 
 
 def reset_breakers() -> None:
@@ -80,3 +106,14 @@ def reset_breakers() -> None:
         breakers = list(_breakers.values())
     for breaker in breakers:
         breaker.reset()
+
+
+def _after_fork_in_child() -> None:
+    # The breakers stay (each renews its own locks); the lock a parent's thread may have
+    # held while creating one does not.
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

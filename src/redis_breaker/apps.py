@@ -9,10 +9,31 @@ from django.core.signals import setting_changed
 
 
 def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
-    if setting == "REDIS_BREAKERS":
+    """Reconfigure the breakers in place; never raise from a signal handler.
+
+    A breaker whose new settings are invalid keeps its configuration: one
+    WARNING ``breaker_settings_invalid`` names them all, and ``manage.py check``
+    says what to fix.
+    """
+    if setting != "REDIS_BREAKERS":
+        return
+    try:
         from ._registry import reload_breakers
 
-        reload_breakers()
+        kept = reload_breakers()
+    except Exception as exc:  # nothing a setting holds may raise from here
+        from ._redact import describe_error
+
+        kept = {"*": describe_error(exc)}
+    if kept:
+        import logging
+
+        from ._events import emit
+
+        emit(logging.WARNING, "breaker_settings_invalid", breakers=sorted(kept),
+             errors="; ".join(f"{name}: {why}" for name, why in sorted(kept.items())),
+             action="kept the previous settings",
+             hint="Run manage.py check: each problem is a redis_breaker.E0xx error.")
 
 
 class RedisBreakerConfig(AppConfig):
