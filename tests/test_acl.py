@@ -1,0 +1,148 @@
+"""A Redis ACL user that may not run PING: the breaker still closes after an outage, and the
+health check, the status and the status view report instead of raising.
+
+The probe counts a ``NOPERM`` reply as an answer: the server authenticated the
+user and answered, so Redis is up (docs/health.md, docs/security.md). Every
+test runs against a real redis-server whose user is made with
+``redis-cli ACL SETUSER``; users made that way do not survive a restart, so the
+helper grants it again after each start.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from django.core.cache import caches
+from django.test import RequestFactory
+
+from redis_breaker import State, get_breaker
+from redis_breaker._probe import ping_url
+from redis_breaker.health import check_redis_health, get_redis_status
+from redis_breaker.views import status
+from tests.harness import RedisServer
+
+from .cache.conftest import caches_for, wait_for
+
+USER = "cache-only"
+PASSWORD = "acl-pw-7Hq"
+#: Every command but PING: what an operator may give a cache's user.
+RULES = ("on", f">{PASSWORD}", "~*", "&*", "+@all", "-ping")
+
+
+def grant(server: RedisServer) -> None:
+    """``redis-cli ACL SETUSER`` on the running server (lost at every restart)."""
+    done = subprocess.run(
+        ["redis-cli", "-h", server.host, "-p", str(server.port), "ACL", "SETUSER", USER,
+         *RULES], capture_output=True, text=True, timeout=10)
+    assert done.stdout.strip() == "OK", done.stdout + done.stderr
+
+
+def start(server: RedisServer) -> None:
+    server.start()
+    grant(server)
+
+
+def acl_url(server: RedisServer) -> str:
+    return f"redis://{USER}:{PASSWORD}@{server.host}:{server.port}/0"
+
+
+@pytest.fixture
+def acl_server(redis_server: RedisServer) -> RedisServer:
+    grant(redis_server)
+    return redis_server
+
+
+@pytest.fixture
+def acl_cache(settings: Any, acl_server: RedisServer) -> Iterator[Any]:
+    """``caches["default"]``: a BreakerCache whose primary logs in as the ACL user."""
+    settings.CACHES = caches_for(acl_url(acl_server))
+    settings.REDIS_BREAKERS = {"default": {"FAILURE_THRESHOLD": 2, "RESET_TIMEOUT": 0.2,
+                                           "MAX_RESET_TIMEOUT": 1.0}}
+    settings.REDIS_BREAKER_STATUS_TOKEN = "tok-acl"
+    yield caches["default"]
+
+
+def _use(cache: Any, n: int = 4) -> None:
+    for i in range(n):
+        cache.set(f"k{i}", i)
+        cache.get(f"k{i}")
+
+
+def _view() -> tuple[int, dict[str, Any]]:
+    response = status(RequestFactory().get("/status/", HTTP_X_REDIS_BREAKER_TOKEN="tok-acl"))
+    return response.status_code, json.loads(response.content)
+
+
+def test_the_user_really_may_not_ping(acl_server: RedisServer) -> None:
+    """The premise: PING is refused with NOPERM while the cache's commands work."""
+    client = redis.Redis.from_url(acl_url(acl_server), socket_timeout=1)
+    try:
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            client.ping()
+        assert client.set("k", "v")
+        assert client.get("k") == b"v"
+    finally:
+        client.close()
+    ping_url(acl_url(acl_server), 1.0)  # the probe's PING counts NOPERM as an answer
+
+
+@pytest.mark.django_db
+def test_breaker_closes_after_outages_for_a_user_without_ping(
+        acl_cache: Any, acl_server: RedisServer) -> None:
+    """Refused, then hung: each time the probe finds Redis back and the breaker closes; health,
+    status and the view report all along and never raise."""
+    breaker = get_breaker("default")
+    _use(acl_cache)
+    assert breaker.state is State.CLOSED
+    assert check_redis_health() is True
+    report = get_redis_status()
+    assert report["healthy"] is True
+    assert report["breakers"]["default"]["latency_ms"] is not None
+    assert _view()[0] == 200
+
+    for outage in ("refused", "hung"):
+        if outage == "refused":
+            acl_server.stop()
+        else:
+            acl_server.freeze()
+        wait_for(lambda: (_use(acl_cache, 1), breaker.is_open)[1], timeout=30,
+                 what=f"the breaker to open ({outage})")
+        assert check_redis_health() is False
+        assert get_redis_status(timeout=0.2)["healthy"] is False
+        code, body = _view()
+        assert code == 503
+        assert body["breakers"]["default"]["state"] == "open"
+        if outage == "refused":
+            start(acl_server)
+        else:
+            acl_server.thaw()
+        # No user traffic: the probe's PINGs (answered NOPERM) close the breaker.
+        wait_for(lambda: breaker.state is State.CLOSED, timeout=30,
+                 what=f"the breaker to close after the {outage} outage")
+        _use(acl_cache)
+        assert acl_cache.get("k1") == 1
+        assert check_redis_health() is True
+        assert _view()[0] == 200
+        assert get_redis_status()["breakers"]["default"]["state"] == "closed"
+
+
+@pytest.mark.django_db
+def test_health_and_status_report_a_user_that_may_do_nothing(
+        settings: Any, acl_server: RedisServer) -> None:
+    """A user denied everything but AUTH: NOPERM still proves Redis up to the health check; the
+    integrations' own commands would fail, which is theirs to report, never the status's."""
+    subprocess.run(["redis-cli", "-h", acl_server.host, "-p", str(acl_server.port), "ACL",
+                    "SETUSER", "nobody", "on", ">nobody-pw", "-@all"],
+                   check=True, capture_output=True, timeout=10)
+    settings.REDIS_BREAKERS = {"default": {
+        "URL": f"redis://nobody:nobody-pw@{acl_server.host}:{acl_server.port}/0"}}
+    settings.REDIS_BREAKER_STATUS_TOKEN = "tok-acl"
+    assert check_redis_health() is True
+    report = get_redis_status()
+    assert report["breakers"]["default"]["state"] == "closed"
+    assert _view()[0] == 200
