@@ -28,6 +28,7 @@ _URL_FIX = ("Set {key} to a redis://, rediss:// or unix:// URL, or for Redis Sen
 #: infinite value that the clock arithmetic, socket timeouts or waits cannot take.
 MIN_SECONDS = 0.001
 MAX_SECONDS = 86400.0
+MIN_RATE = 0.001
 #: The consecutive failures the host-wide record counts (its hot word has 16 bits for them).
 MAX_FAILURE_THRESHOLD = 65535
 MAX_COUNT = 1_000_000
@@ -78,7 +79,7 @@ def _seconds(v: Any) -> bool:
 
 
 def _rate(v: Any) -> bool:
-    return bool(0 < v <= 1)
+    return bool(MIN_RATE <= v <= 1)
 
 
 def _failure_threshold(v: Any) -> bool:
@@ -111,7 +112,8 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("FAILURE_THRESHOLD", 5, (int,), "an integer", _failure_threshold,
                 f"from 1 to {MAX_FAILURE_THRESHOLD}",
                 "Consecutive counted failures that open the breaker."),
-    SettingSpec("FAILURE_RATE", 0.5, _NUM, "a number", _rate, "greater than 0 and at most 1",
+    SettingSpec("FAILURE_RATE", 0.5, _NUM, "a number", _rate,
+                f"greater than 0 (at least {MIN_RATE}) and at most 1",
                 "Failure rate over WINDOW that opens the breaker (None turns rate tripping off).",
                 nullable=True),
     SettingSpec("WINDOW", 10.0, _NUM, "a number of seconds", _seconds, _SECONDS_RULE,
