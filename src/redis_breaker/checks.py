@@ -117,8 +117,11 @@ def _state_dirs() -> dict[str, list[str]]:
             continue
         directory = entry.get("STATE_DIR")
         if isinstance(directory, os.PathLike):
-            directory = os.fspath(directory)
-        if isinstance(directory, str) and os.path.isabs(directory):
+            try:
+                directory = os.fspath(directory)
+            except Exception:  # E004/E005 report it
+                continue
+        if isinstance(directory, str) and os.path.isabs(directory) and "\x00" not in directory:
             dirs.setdefault(directory, []).append(name)
     return dirs
 
