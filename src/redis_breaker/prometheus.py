@@ -20,6 +20,7 @@ Labels carry breaker names, states and integration names only: never a URL.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 
@@ -125,3 +126,12 @@ def register(registry: CollectorRegistry = REGISTRY) -> BreakerCollector | None:
         registry.register(collector)
         _registered.add(id(registry))
         return collector
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # a thread of the parent may have held it
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

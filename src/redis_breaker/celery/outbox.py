@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 import weakref
@@ -293,3 +294,13 @@ def outbox_status(using: str | None = None) -> dict[str, Any]:
         status["oldest_pending_age_s"] = round(max(0.0, age), 3)
     status["failed_tasks"] = failed
     return status
+
+
+def _after_fork_in_child() -> None:
+    # Each relay is a BackgroundJob, renewed by _background; the lock of the table is not.
+    global _relays_lock
+    _relays_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

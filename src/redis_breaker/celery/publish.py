@@ -129,3 +129,13 @@ def publish_outboxed(app: Celery, name: str, args: Any, kwargs: Any, *, task_id:
     if expires is not None:
         extra["expires"] = expires
     return publish(app.tasks[name], args, kwargs, task_id, extra)
+
+
+def _after_fork_in_child() -> None:
+    # The producer pool is per pid already (``_producers``); the lock that builds it is not.
+    global _pool_lock
+    _pool_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

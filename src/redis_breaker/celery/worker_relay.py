@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from typing import Any
 
@@ -131,3 +132,14 @@ def connect() -> None:
                                  dispatch_uid="redis_breaker_worker_relay")
     signals.worker_shutdown.connect(_on_worker_shutdown, weak=False,
                                     dispatch_uid="redis_breaker_worker_relay_stop")
+
+
+def _after_fork_in_child() -> None:
+    # A child of a worker (the prefork pool) runs no relay: the parent's are the parent's.
+    global _lock
+    _lock = threading.Lock()
+    _relays.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

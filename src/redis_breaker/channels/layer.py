@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import copy
 import logging
+import os
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
@@ -91,6 +92,21 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         # A command that went through only on a new connection: Redis may have
         # restarted empty with no error and no transition to tell.
         self.redis.on_reconnect = _weak_reconnect(self)
+        _LAYERS.add(self)
+
+    def _forked(self) -> None:
+        """In a forked child: the layer of a process of its own.
+
+        The Redis side gets a client prefix of its own (``RedisLayer.forked``);
+        the group memberships, local queues and per-loop state made by the
+        parent's consumers are the parent's, not re-applied or served here.
+        """
+        self.redis.forked()
+        self.mirror = GroupMirror(self.group_expiry)
+        self.local = LocalQueues(self.expiry, self.get_capacity, self.mirror.drop_channel)
+        self._ours = self.redis.client_prefix + "!"
+        self._loops = LoopStates()
+        self._resync_wanted = False
 
     def __str__(self) -> str:
         # channels_redis's own str() lists its hosts with their passwords
@@ -395,3 +411,15 @@ def _weak_reconnect(layer: BreakerChannelLayer) -> Callable[[], None]:
 
     return reconnected
 
+
+#: Every layer of the process, to be made the child's own after fork.
+_LAYERS: weakref.WeakSet[BreakerChannelLayer] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for layer in list(_LAYERS):
+        layer._forked()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -10,6 +10,7 @@ Recovery runs on one loop only, the home loop, where consumers receive.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import weakref
 from collections.abc import Coroutine
@@ -58,6 +59,10 @@ class LoopState:
             await asyncio.wait(tasks)
 
 
+#: Every LoopStates of the process, for their locks to be renewed after fork.
+_ALL: weakref.WeakSet[LoopStates] = weakref.WeakSet()
+
+
 class LoopStates:
     """A ``LoopState`` per event loop, held no longer than the loop, and the home loop."""
 
@@ -67,6 +72,7 @@ class LoopStates:
         )
         # The listener reads the states from the thread that made the transition.
         self._lock = threading.Lock()
+        _ALL.add(self)
         self._home: weakref.ref[asyncio.AbstractEventLoop] | None = None
 
     def of(self, loop: asyncio.AbstractEventLoop, *, home: bool = False) -> LoopState:
@@ -111,3 +117,12 @@ async def wait(event: asyncio.Event, timeout: float) -> None:
         await asyncio.wait((waiter,), timeout=timeout)
     finally:
         waiter.cancel()
+
+
+def _after_fork_in_child() -> None:
+    for states in list(_ALL):
+        states._lock = threading.Lock()  # a thread of the parent may have held it
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import os
 import threading
 import types
 import weakref
@@ -57,6 +58,8 @@ from redis_breaker._sentinel import aclose_sentinel, sentinel_url
 __all__ = ["RedisLayer", "close_with_loop", "probe_url", "sentinel_probe_url"]
 
 _UPSTREAM_POP_TIMEOUT = 5.0
+#: Every RedisLayer of the process, for their locks to be renewed after fork.
+_LAYERS: weakref.WeakSet[RedisLayer] = weakref.WeakSet()
 
 
 class _ReconnectWatch:
@@ -122,10 +125,29 @@ class RedisLayer(RedisChannelLayer):  # type: ignore[misc]
             weakref.WeakKeyDictionary()
         )
         self._loop_pools_lock = threading.Lock()
+        _LAYERS.add(self)
         # These pools only tell the timeouts: they never connect.
         self.brpop_timeout = pop_timeout(
             [read_timeout(_create_pool(with_reconnect(host))) for host in self.hosts]
         )
+
+    def forked(self) -> None:
+        """Make this layer the forked child's own.
+
+        A client prefix of its own: the parent's process-local channels live under
+        the old one, and two processes popping the same Redis key would take each
+        other's messages. No receive in progress (the parent's, on a loop that does
+        not run here), no connections of the parent's loops (their sockets are
+        shared with the parent), fresh locks.
+        """
+        fresh = RedisChannelLayer(hosts=self.hosts[:1], capacity=self.capacity)
+        for name in _RECEIVE_STATE:
+            if hasattr(fresh, name):
+                setattr(self, name, getattr(fresh, name))
+        self.client_prefix = fresh.client_prefix
+        self._watch = _ReconnectWatch(self)
+        self._loop_pools = weakref.WeakKeyDictionary()
+        self._loop_pools_lock = threading.Lock()
 
     def create_pool(self, index: int) -> Any:
         pool = _create_pool(with_reconnect(self.hosts[index]))
@@ -307,3 +329,17 @@ def sentinel_probe_url(host: dict[str, Any]) -> str | None:
         )
     except (TypeError, ValueError):
         return None
+
+
+#: What channels_redis keeps of the receives in progress and of its per-loop connections.
+_RECEIVE_STATE = ("receive_count", "receive_lock", "receive_event_loop", "receive_buffer",
+                  "receive_cleaners", "receive_clean_locks", "_layers")
+
+
+def _after_fork_in_child() -> None:
+    for layer in list(_LAYERS):
+        layer.forked()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -7,6 +7,7 @@ other layer is guarded by the named breaker.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import weakref
 from collections.abc import Coroutine
@@ -97,3 +98,12 @@ def safe_group_send(group: str, message: Message, *, alias: str = DEFAULT_CHANNE
     result: bool = async_to_sync(async_safe_group_send)(group, message, alias=alias,
                                                         breaker=breaker)
     return result
+
+
+def _after_fork_in_child() -> None:
+    global _pools_closing_lock
+    _pools_closing_lock = threading.Lock()  # a thread of the parent may have held it
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
