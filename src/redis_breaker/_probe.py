@@ -53,8 +53,9 @@ def probe_client(url: str, timeout: float) -> redis.Redis:
     from redis.connection import Connection, ConnectionPool, parse_url
 
     from ._config import url_problem
-    from ._redact import redact_url
+    from ._redact import redact_url, remember_url
 
+    remember_url(url)  # its password is masked in any text from now on
     why = url_problem(url)
     if why is not None:
         raise ValueError(f"{redact_url(url)!r} {why}")

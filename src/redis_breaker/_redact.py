@@ -316,6 +316,8 @@ def redact(text: str) -> str:
     password this process was given in a URL."""
     if not text:
         return text
+    if _VALUE_URL.match(text):
+        remember_url(text)  # a URL on its own (a breaker's URL in stats(), a state file)
     # password= pairs first: a URL's user name and password end at the last '@' of its
     # line, which may be inside such a pair.
     return _remembered(_structural(_keywords(text)))
@@ -325,6 +327,7 @@ def _redact_string(text: str) -> str:
     """A string that is a URL (a setting) is masked whole, line breaks and all; other
     text as free text."""
     if _VALUE_URL.match(text):
+        remember_url(text)
         return _remembered(_keywords(_structural(text, lines=False)))
     return redact(text)
 
