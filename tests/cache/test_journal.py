@@ -204,3 +204,70 @@ def test_replay_needs_no_user_traffic(settings: Any, redis_server: RedisServer) 
     replayed = [e for e in events if e["event"] == "cache_journal_replayed"]
     assert replayed[0]["keys"] == 1
     assert next(e["reason"] for e in events if e["event"] == "breaker_state_changed") == "probe ok"
+
+
+def test_an_idle_process_replays_after_a_blip(settings: Any, redis_server: RedisServer) -> None:
+    """A write that failed while the breaker stayed closed is replayed without another call."""
+    settings.CACHES = caches_for(redis_server.url)
+    cache = caches["default"]
+    cache.set("k", "v1")
+    redis_server.stop(save=True)
+    cache.set("k", "v2")  # refused: one failure, the breaker stays closed; journaled
+    assert cache.breaker.state is State.CLOSED
+    redis_server.start()
+    wait_for(lambda: not _in_redis(redis_server, "k"), what="replay with no call after the write")
+
+
+WRITER = """
+import sys, time, django
+from django.conf import settings
+url, state_dir, control = sys.argv[1:4]
+settings.configure(
+    CACHES={"redis": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url,
+                      "OPTIONS": {"socket_timeout": 0.25, "socket_connect_timeout": 0.25}},
+            "default": {"BACKEND": "redis_breaker.cache.BreakerCache",
+                        "OPTIONS": {"PRIMARY": "redis"}}},
+    REDIS_BREAKERS={"default": {"STATE_DIR": state_dir}}, LOGGING_CONFIG=None)
+django.setup()
+from pathlib import Path
+from django.core.cache import caches
+cache = caches["default"]
+cache.get("warm-up")
+Path(control, "ready").touch()
+while not Path(control, "write").exists():
+    time.sleep(0.01)
+assert cache.breaker.is_open  # opened by the other process, for the host
+cache.set("k", "v2")  # rejected: the fallback, journaled; then no cache call at all
+Path(control, "written").touch()
+while not Path(control, "stop").exists():
+    time.sleep(0.01)
+"""
+
+
+def test_another_process_journal_is_replayed_while_it_idles(
+        settings: Any, tmp_path: Any, redis_server: RedisServer) -> None:
+    """Host-wide state: the breaker closed by another process, an idle writer still replays."""
+    import subprocess
+    import sys
+
+    from redis_breaker import _shared
+
+    settings.CACHES = caches_for(redis_server.url)
+    here = caches["default"].breaker  # this process: same name, URL and state file
+    control = tmp_path / "control"
+    control.mkdir()
+    redis_server.client().set(":1:k", "old")
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, redis_server.url,
+                               _shared.default_state_dir(), str(control)])
+    try:
+        wait_for(lambda: (control / "ready").exists(), what="writer ready")
+        here.force_open("the outage, seen here")
+        (control / "write").touch()
+        wait_for(lambda: (control / "written").exists(), what="writer wrote")
+        time.sleep(0.3)
+        assert _in_redis(redis_server, "k")  # no replay while open
+        here.reset("recovered, seen here")
+        wait_for(lambda: not _in_redis(redis_server, "k"), what="the idle writer's replay")
+    finally:
+        (control / "stop").touch()
+        writer.wait(30)

@@ -70,6 +70,7 @@ class Foreign:
 INTEGRATION = "cache"
 _RETRY_FAILED_S = 0.25  # replay failed while the breaker stayed closed
 _RETRY_FAILED_MAX_S = 5.0
+_WATCH_S = 0.02  # how often an idle process looks whether the host's breaker lets calls through
 _journals: weakref.WeakKeyDictionary[Breaker, dict[Hashable, Journal]] = (
     weakref.WeakKeyDictionary()
 )
@@ -186,7 +187,15 @@ class Journal:
                 self._overflow()
                 break
             self._keys[k] = None
-        self.active = True
+        self._activate()
+
+    def _activate(self) -> None:
+        # The replay is this process's work, whoever notices the recovery and
+        # whether or not this process makes another call: it starts now and
+        # waits, in the background, for the breaker to let calls through.
+        if not self.active or not self._job.running:
+            self.active = True
+            self.kick()
 
     def record_pattern(self, pattern: Pattern, matcher: re.Pattern[str]) -> list[Key]:
         """Cover every key ``matcher`` matches (a ``delete_pattern``); the caller holds ``lock``.
@@ -198,7 +207,7 @@ class Journal:
                 self._overflow()
             else:
                 self._patterns[pattern] = matcher
-        self.active = True
+        self._activate()
         return self.named_matching(matcher)
 
     def named_matching(self, matcher: re.Pattern[str]) -> list[Key]:
@@ -223,7 +232,7 @@ class Journal:
             self._all = True
             self._keys = {}
             self._patterns = {}
-            self.active = True
+            self._activate()
 
     def write(self, keys: Iterable[Any], version: int, fn: Callable[..., T], /,
               *args: Any, **kwargs: Any) -> T:
@@ -327,12 +336,19 @@ class Journal:
         pause = _RETRY_FAILED_S
         while self.active:
             breaker = self._breaker()
-            if breaker is None or breaker.state.rejects:
-                return  # the next transition to half-open kicks again
+            if breaker is None:
+                return
+            if breaker.state.rejects:
+                # With host-wide state the probe that ends the outage may run in
+                # another process: this one hears of it when it reads the state,
+                # so an idle process keeps reading it rather than wait for a call.
+                del breaker
+                time.sleep(_WATCH_S)
+                continue
             try:
                 self.replay()
             except BreakerOpenError:
-                # No longer half-open: open again (the loop returns), or closed by
+                # No longer half-open: open again (the loop waits), or closed by
                 # other trial calls meanwhile (the loop replays again).
                 del breaker
             except Exception as exc:
