@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suite", choices=sorted(SUITES), action="append")
     parser.add_argument("--json", type=Path, help="write the outcomes here")
     args = parser.parse_args(argv)
+    args.cache_dir = args.cache_dir.resolve()  # the runs change directory
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="peers-"))
     runs = []
