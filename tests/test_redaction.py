@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from io import StringIO
 from urllib.parse import quote, quote_plus
 
@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 
-from redis_breaker import BreakerConfig, get_breaker
+from redis_breaker import BreakerConfig, _redact, get_breaker
 from redis_breaker import _registry as registry
 from redis_breaker._probe import ping_url
 from redis_breaker._redact import describe_error, redact, redact_url, redact_value, shown
@@ -55,6 +55,18 @@ any_credential = st.text(alphabet=MARKERS + HOSTILE + CONTROL, min_size=1, max_s
     lambda s: any(c in MARKERS for c in s))
 #: A stopped port: every connection to it is refused, so redis-py raises at once.
 STOPPED = free_port()
+
+
+@pytest.fixture(autouse=True)
+def _forget_remembered() -> Iterator[None]:
+    """The passwords these tests make the process remember are forgotten after each test:
+    the rest of the session pays for no generated password in its redactions."""
+    remembered = _redact._REMEMBERED
+    with remembered.lock:
+        saved = (dict(remembered.secrets), remembered.pattern)
+    yield
+    with remembered.lock:
+        remembered.secrets, remembered.pattern = saved
 
 
 def spellings(secret: str) -> set[str]:

@@ -59,17 +59,21 @@ SHOWN_QUERY = frozenset({
 _SCHEME = re.compile(r"(?<![A-Za-z0-9+.\-:@%\\])[A-Za-z][A-Za-z0-9+.\-]*://")
 _LINE_END = re.compile(r"[\r\n]")
 _VALUE_URL = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.\-]*://")
-# password=secret, 'password': 'secret', "password": "secret", password=b'secret'
+# password=secret, 'password': 'secret', "password": "secret", password=b'secret'. An
+# unquoted value runs to the next "name=" (a repr's "k=v,k=v" list, "a=1 b=2"), or to a
+# closing bracket, ';', '&' or the end of the line: commas and spaces may be in it.
 _KEYWORD = re.compile(
     r"(?P<key>(?:password|passwd|pwd|auth|username|token|secret)['\"]?\s*[:=]\s*)"
-    r"(?P<value>b?'(?:[^'\\]|\\.)*'|b?\"(?:[^\"\\]|\\.)*\"|[^\s,;&)}\]]+)",
+    r"(?P<value>b?'(?:[^'\\]|\\.)*'|b?\"(?:[^\"\\]|\\.)*\""
+    r"|(?:[^\s,;&)}\]>]|[ \t,](?![,\s]{0,16}[A-Za-z_][A-Za-z0-9_]{0,64}=))+)",
     re.IGNORECASE,
 )
 #: Query parameters whose values are remembered (``remember_url``) as well as masked.
 _CREDENTIAL = re.compile(r"pass|pwd|secret|token|auth|cred", re.IGNORECASE)
 #: Shorter remembered secrets are masked inside URLs only: they would mask ordinary words.
 MIN_REMEMBERED = 4
-_MAX_REMEMBERED = 512
+#: A process meets a few URLs; the oldest passwords are forgotten past this many.
+_MAX_REMEMBERED = 64
 _SHOWN_MAX = 200
 
 
