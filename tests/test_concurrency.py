@@ -92,7 +92,7 @@ def test_half_open_rejects_beyond_the_permits_at_once() -> None:
 
 def test_many_threads_count_every_failure_exactly() -> None:
     """Counters stay exact under contention: 8 threads x 500 calls are all in the window."""
-    breaker = Breaker("c", BreakerConfig(probe=False, failure_threshold=10**6, failure_rate=None,
+    breaker = Breaker("c", BreakerConfig(probe=False, failure_threshold=65535, failure_rate=None,
                                          window=3600.0))
 
     def refused() -> None:
