@@ -75,6 +75,9 @@ MIN_REMEMBERED = 4
 #: A process meets a few URLs; the oldest passwords are forgotten past this many.
 _MAX_REMEMBERED = 64
 _SHOWN_MAX = 200
+#: Longer texts are no URL of a setting, and longer strings no password: not remembered.
+_MAX_URL = 4096
+_MAX_SECRET = 512
 
 
 # ------------------------------------------------------------------ URLs
@@ -196,13 +199,16 @@ def _structural(text: str, *, lines: bool = True) -> str:
         return text
     masks: list[Span] = []
     position = 0
+    line_end = -1  # the end of the line being read, found once per line
     while True:
         match = _SCHEME.search(text, position)
         if match is None:
             break
         start = match.end()
-        line_end = _LINE_END.search(text, start) if lines else None
-        end = _url_end(text, start, line_end.start() if line_end is not None else len(text))
+        if start > line_end:
+            found = _LINE_END.search(text, start) if lines else None
+            line_end = found.start() if found is not None else len(text)
+        end = _url_end(text, start, line_end)
         masks += _url_masks(text, start, end)
         position = max(end, start)
     return _apply(text, masks)
@@ -228,7 +234,8 @@ class _Remembered:
         self.pattern: re.Pattern[str] | None = None
 
     def add(self, secrets: list[str]) -> None:
-        fresh = [s for s in secrets if len(s) >= MIN_REMEMBERED and s not in self.secrets]
+        fresh = [s for s in secrets
+                 if MIN_REMEMBERED <= len(s) <= _MAX_SECRET and s not in self.secrets]
         if not fresh:
             return
         with self.lock:
@@ -291,7 +298,7 @@ def remember_url(url: Any) -> None:
     """Note the passwords of ``url``, so that they are masked wherever they appear later."""
     if isinstance(url, (bytes, bytearray)):
         url = bytes(url).decode("utf-8", "replace")
-    if not isinstance(url, str) or "://" not in url:
+    if not isinstance(url, str) or "://" not in url or len(url) > _MAX_URL:
         return
     secrets: list[str] = []
     for part in _urls_of(url):
