@@ -63,10 +63,10 @@ def _forget_remembered() -> Iterator[None]:
     the rest of the session pays for no generated password in its redactions."""
     remembered = _redact._REMEMBERED
     with remembered.lock:
-        saved = (dict(remembered.secrets), remembered.pattern)
+        saved = (dict(remembered.secrets), remembered.spellings)
     yield
     with remembered.lock:
-        remembered.secrets, remembered.pattern = saved
+        remembered.secrets, remembered.spellings = saved
 
 
 def spellings(secret: str) -> set[str]:
@@ -110,7 +110,8 @@ def url_forms(user: str, password: str, port: int) -> dict[str, str]:
     }
 
 
-@settings(max_examples=300, deadline=None)
+@pytest.mark.timeout(900)
+@settings(max_examples=200, deadline=None)
 @given(user=any_credential, password=any_credential)
 def test_redact_masks_every_url_form(user: str, password: str) -> None:
     """Every URL form, alone, inside a sentence, a repr, JSON or a dict, is masked."""
@@ -129,7 +130,8 @@ def test_redact_masks_every_url_form(user: str, password: str) -> None:
         assert leaks(secrets, *outputs) == [], (form, url, outputs)
 
 
-@settings(max_examples=200, deadline=None)
+@pytest.mark.timeout(900)
+@settings(max_examples=150, deadline=None)
 @given(user=any_credential, password=any_credential)
 def test_config_and_checks_show_no_credential(user: str, password: str) -> None:
     """BreakerConfig (its repr, or its ValueError) and the system checks, for every form and
@@ -194,6 +196,7 @@ _LIVE_FORMS = ("encoded", "password-only", "query", "query-plus", "unix", "unix-
 
 
 @pytest.mark.django_db
+@pytest.mark.timeout(900)
 @settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(user=credential, password=credential, form=st.sampled_from(_LIVE_FORMS))

@@ -61,11 +61,11 @@ _LINE_END = re.compile(r"[\r\n]")
 _VALUE_URL = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.\-]*://")
 # password=secret, 'password': 'secret', "password": "secret", password=b'secret'. An
 # unquoted value runs to the next "name=" (a repr's "k=v,k=v" list, "a=1 b=2"), or to a
-# closing bracket, ';', '&' or the end of the line: commas and spaces may be in it.
+# quote, a closing bracket, ';', '&' or the end of the line: commas and spaces may be in it.
 _KEYWORD = re.compile(
     r"(?P<key>(?:password|passwd|pwd|auth|username|token|secret)['\"]?\s*[:=]\s*)"
     r"(?P<value>b?'(?:[^'\\]|\\.)*'|b?\"(?:[^\"\\]|\\.)*\""
-    r"|(?:[^\s,;&)}\]>]|[ \t,](?![,\s]{0,16}[A-Za-z_][A-Za-z0-9_]{0,64}=))+)",
+    r"|(?:[^\s,;&)}\]>'\"]|[ \t,](?![,\s]{0,16}[A-Za-z_][A-Za-z0-9_]{0,64}=))+)",
     re.IGNORECASE,
 )
 #: Query parameters whose values are remembered (``remember_url``) as well as masked.
@@ -226,12 +226,13 @@ def _keywords(text: str) -> str:
 
 # ------------------------------------------------------------ remembered secrets
 class _Remembered:
-    """Passwords seen in URLs, and one pattern that finds any of their spellings."""
+    """Passwords seen in URLs, and every spelling of them, longest first."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.secrets: dict[str, None] = {}
-        self.pattern: re.Pattern[str] | None = None
+        #: Replaced in one assignment, so readers need no lock.
+        self.spellings: tuple[str, ...] = ()
 
     def add(self, secrets: list[str]) -> None:
         fresh = [s for s in secrets
@@ -246,9 +247,8 @@ class _Remembered:
             spellings: set[str] = set()
             for secret in self.secrets:
                 spellings.update(_spellings(secret))
-            ordered = sorted((s for s in spellings if len(s) >= MIN_REMEMBERED),
-                             key=len, reverse=True)
-            self.pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+            self.spellings = tuple(sorted((s for s in spellings if len(s) >= MIN_REMEMBERED),
+                                          key=len, reverse=True))
 
 
 def _spellings(secret: str) -> set[str]:
@@ -307,8 +307,10 @@ def remember_url(url: Any) -> None:
 
 
 def _remembered(text: str) -> str:
-    pattern = _REMEMBERED.pattern
-    return text if pattern is None else pattern.sub(MASK, text)
+    for spelling in _REMEMBERED.spellings:  # a few hundred substring tests at most
+        if spelling in text:
+            text = text.replace(spelling, MASK)
+    return text
 
 
 # ------------------------------------------------------------------ API
