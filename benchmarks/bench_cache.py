@@ -8,6 +8,9 @@ this one run:
 
 - healthy: get/set p50/p99 of BreakerCache over Django's RedisCache vs bare
   RedisCache, and over django-redis vs bare django-redis;
+- django-redis's methods beyond BaseCache (TTL, patterns, collections, lock,
+  the keywords): p50/p99 through BreakerCache vs bare django-redis, and the
+  Redis commands each sends (counted by the server), which must be the same;
 - outage (refused = stopped, hung = SIGSTOP, blackhole = packets dropped in a
   network namespace, root only), socket_timeout=0.5: p50/p99/max of ``get`` for
   Django's RedisCache, django-redis with IGNORE_EXCEPTIONS, and BreakerCache
@@ -139,6 +142,64 @@ def bench_healthy(n: int) -> dict[str, Any]:
     return results
 
 
+# django-redis's methods beyond BaseCache, as an application calls them.
+METHODS: dict[str, Callable[[Any], object]] = {
+    "ttl": lambda c: c.ttl("bench-key"),
+    "expire": lambda c: c.expire("bench-key", 300),
+    "persist": lambda c: c.persist("bench-key"),
+    "set(nx=True)": lambda c: c.set("bench-key", "z", nx=True),
+    "incr(ignore_key_check)": lambda c: c.incr("bench-n", ignore_key_check=True),
+    "delete_many (count)": lambda c: c.delete_many(["absent-1", "absent-2"]),
+    "keys": lambda c: c.keys("bench-key*"),
+    "delete_pattern": lambda c: c.delete_pattern("absent-*"),
+    "sadd": lambda c: c.sadd("bench-set", "a"),
+    "smembers": lambda c: c.smembers("bench-set"),
+    "hset": lambda c: c.hset("bench-hash", "f", "v"),
+    "hlen": lambda c: c.hlen("bench-hash"),
+    "zadd": lambda c: c.zadd("bench-z", {"m": 1.0}),
+    "zrange": lambda c: c.zrange("bench-z", 0, -1),
+    "lock acquire+release": lambda c: _lock_cycle(c),
+}
+
+
+def _lock_cycle(cache: Any) -> None:
+    lock = cache.lock("bench-lock", timeout=10)
+    lock.acquire(blocking=False)
+    lock.release()
+
+
+def _commands_per_call(fn: Callable[[], object], client: Any, calls: int = 200) -> float:
+    """Redis commands ``fn`` sends, as the server counts them (the INFO calls taken out)."""
+    before = int(client.info("stats")["total_commands_processed"])
+    for _ in range(calls):
+        fn()
+    after = int(client.info("stats")["total_commands_processed"])
+    return (after - before - 1) / calls
+
+
+def bench_methods(server: RedisServer, n: int) -> dict[str, Any]:
+    from django.core.cache import caches
+
+    bare, wrapped = caches["dr"], caches["bc_dr"]
+    client = server.client()
+    results: dict[str, Any] = {}
+    for name, op in METHODS.items():
+        fns = {"bare": lambda c=bare, op=op: op(c), "breaker": lambda c=wrapped, op=op: op(c)}
+        for fn in fns.values():  # warm: connections, scripts loaded
+            for _ in range(50):
+                fn()
+        samples = _interleaved(fns, n)
+        base, ours = _percentiles(samples["bare"]), _percentiles(samples["breaker"])
+        results[name] = {
+            "bare": base, "breaker": ours,
+            "ratio_p50": ours["p50_us"] / base["p50_us"],
+            "ratio_p99": ours["p99_us"] / base["p99_us"],
+            "commands_bare": _commands_per_call(fns["bare"], client),
+            "commands_breaker": _commands_per_call(fns["breaker"], client),
+        }
+    return results
+
+
 @contextmanager
 def _fault(server: RedisServer, kind: str) -> Iterator[None]:
     if kind == "refused":
@@ -205,6 +266,15 @@ def _print(report: dict[str, Any]) -> None:
               f"{_fmt_us(row['breaker']['p50_us']):>14}{row['ratio_p50']:>7.3f}x"
               f"{_fmt_us(row['bare']['p99_us']):>12}{_fmt_us(row['breaker']['p99_us']):>14}"
               f"{row['ratio_p99']:>7.3f}x")
+    print("\ndjango-redis's other methods (interleaved blocks), n =", report["methods_n"])
+    print(f"{'operation':<26}{'bare p50':>12}{'breaker p50':>14}{'ratio':>8}"
+          f"{'bare p99':>12}{'breaker p99':>14}{'ratio':>8}{'commands':>16}")
+    for name, row in report["methods"].items():
+        commands = f"{row['commands_bare']:.2f} / {row['commands_breaker']:.2f}"
+        print(f"{name:<26}{_fmt_us(row['bare']['p50_us']):>12}"
+              f"{_fmt_us(row['breaker']['p50_us']):>14}{row['ratio_p50']:>7.3f}x"
+              f"{_fmt_us(row['bare']['p99_us']):>12}{_fmt_us(row['breaker']['p99_us']):>14}"
+              f"{row['ratio_p99']:>7.3f}x{commands:>16}")
     for kind, rows in report["outage"].items():
         if not isinstance(rows, dict) or "skipped" in rows:
             print(f"\nOutage: {kind}: skipped ({rows.get('skipped') if isinstance(rows, dict) else rows})")
@@ -224,6 +294,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     args = parser.parse_args(argv)
     healthy_n = 2000 if args.quick else 20000
+    methods_n = 500 if args.quick else 5000
     slow_n = 3 if args.quick else 10
     fast_n = 10000 if args.quick else 100000
 
@@ -245,6 +316,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         _configure(server.url, ns_server.url if ns_server else None)
         report: dict[str, Any] = {"healthy_n": healthy_n, "python": sys.version.split()[0]}
         report["healthy"] = bench_healthy(healthy_n)
+        report["methods_n"] = methods_n
+        report["methods"] = bench_methods(server, methods_n)
         report["outage"] = {
             "refused": bench_outage(server, "refused", "", slow_n, fast_n),
             "hung": bench_outage(server, "hung", "", slow_n, fast_n),

@@ -183,7 +183,7 @@ class DjangoRedisMethods(CacheRouting):
     def iter_keys(self, search: str, itersize: int | None = None, client: Any = None,
                   version: int | None = None) -> Iterator[Any]:
         return self._direct("iter_keys", (), (search,), {  # type: ignore[no-any-return]
-            "itersize": itersize, "client": client, "version": version})
+            "itersize": itersize, "client": client, "version": version}, lasting=True)
 
     # ------------------------------------------------------------------- lock
     def lock(self, key: Any, version: int | None = None, timeout: float | None = None,
@@ -193,7 +193,7 @@ class DjangoRedisMethods(CacheRouting):
         return self._direct("lock", (key,), (key,), {
             "version": version, "timeout": timeout, "sleep": sleep, "blocking": blocking,
             "blocking_timeout": blocking_timeout, "client": client,
-            "thread_local": thread_local})
+            "thread_local": thread_local}, lasting=True)
 
     # ------------------------------------------------------------ collections
     # One key first, unless said otherwise; the arguments are django-redis's own.
@@ -240,7 +240,7 @@ class DjangoRedisMethods(CacheRouting):
         return self._direct("sscan", args[:1], args, kwargs)
 
     def sscan_iter(self, *args: Any, **kwargs: Any) -> Any:
-        return self._direct("sscan_iter", args[:1], args, kwargs)
+        return self._direct("sscan_iter", args[:1], args, kwargs, lasting=True)
 
     def sunion(self, *args: Any, **kwargs: Any) -> Any:
         return self._direct("sunion", args, args, kwargs)

@@ -7,9 +7,11 @@ Three routes, one per family of methods (docs/cache.md has the table):
 - ``_write``: the same, and a call served by the fallback journals its key, so
   Redis's older copy is deleted before Redis serves that key again.
 - ``_direct``: Redis and nothing else, for what no local store can answer
-  (collections, ``keys``, ``lock``, a call given ``client=``). Every command
-  goes through the breaker: ``BreakerOpenError`` while it is open,
-  ``KeyNotReplayedError`` for a key the journal still covers.
+  (collections, ``keys``, ``lock``, a call given ``client=``), through the
+  breaker: ``BreakerOpenError`` while it is open, ``KeyNotReplayedError`` for a
+  key the journal still covers. What talks to Redis after the call returns (a
+  lock, an iterator) or through a client the caller gave is served by the
+  primary's guarded copy, whose every command goes through the breaker.
 """
 
 from __future__ import annotations
@@ -215,9 +217,10 @@ class CacheRouting(BaseCache):
         )
 
     def _direct(self, op: str, keys: Iterable[Any], args: tuple[Any, ...],
-                kwargs: dict[str, Any]) -> Any:
+                kwargs: dict[str, Any], *, lasting: bool = False) -> Any:
+        """Redis alone. ``lasting``: the result talks to Redis later (a lock, an iterator)."""
         bound = self._bind()
-        method = getattr(bound.direct, op, None)
+        method = getattr(bound.primary, op, None)
         if method is None:
             raise NotImplementedError(
                 f"BreakerCache.{op}(): the PRIMARY {self._primary_alias!r} "
@@ -231,9 +234,13 @@ class CacheRouting(BaseCache):
                     journal.kick()
                     raise KeyNotReplayedError(bound.breaker.name, key)
         given = kwargs.get("client")
+        if given is None and not lasting:
+            # One breaker call for the whole operation, as for reads and writes.
+            return bound.breaker.call(method, *args, **kwargs)
         if given is not None:
             kwargs = {**kwargs, "client": self._guarded(bound, given)}
-        return method(*args, **kwargs)
+        # Through the guarded clients: every command the result sends later is guarded too.
+        return getattr(bound.direct, op)(*args, **kwargs)
 
     @staticmethod
     def _guarded(bound: _Bound, given: Any) -> Any:
