@@ -19,6 +19,7 @@ such method) and takes the same arguments, ``client=`` included.
 from __future__ import annotations
 
 import datetime
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -150,31 +151,36 @@ class DjangoRedisMethods(CacheRouting):
         v = self._version(bound, version)
         primary = bound.primary
         own = prefix is None or prefix == primary.key_prefix
-        matcher = glob_regex(str(primary.key_func(
-            pattern, glob_escape(primary.key_prefix if prefix is None else prefix),
-            glob_escape(str(v)))))
         journal = bound.journal
 
-        def forget_local() -> int:
+        def matcher() -> re.Pattern[str]:
+            # Only needed while the journal is in use: the healthy path never builds it.
+            return glob_regex(str(primary.key_func(
+                pattern, glob_escape(primary.key_prefix if prefix is None else prefix),
+                glob_escape(str(v)))))
+
+        def forget_local(matching: re.Pattern[str]) -> int:
             # Covered keys the pattern matches lose their fallback copy (a miss, never
             # the value the pattern deleted); the pattern keeps covering them.
             gone = 0
             if own:
-                for key, ver in journal.named_matching(matcher):
+                for key, ver in journal.named_matching(matching):
                     gone += bool(bound.fallback.delete(key, version=ver))
             return gone
 
         def served_by_fallback(*a: Any, **kw: Any) -> int:
+            matching = matcher()
             with journal.lock:
-                journal.record_pattern((pattern, v, prefix), matcher)
-                return forget_local()
+                journal.record_pattern((pattern, v, prefix), matching)
+                return forget_local(matching)
 
         count = bound.breaker.call_with_fallback(
             primary.delete_pattern, served_by_fallback,  # type: ignore[attr-defined]
             (pattern,), kwargs, integration=INTEGRATION)
         if journal.active:
+            matching = matcher()
             with journal.lock:
-                forget_local()
+                forget_local(matching)
         return int(count)
 
     def keys(self, search: str, version: int | None = None, client: Any = None) -> Any:
