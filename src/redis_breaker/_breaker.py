@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import fcntl
 import inspect
 import logging
 import os
 import random
+import struct
 import threading
 import time
 import weakref
@@ -93,7 +95,8 @@ _HALF_OPEN = State.HALF_OPEN
 _PASSING = (State.CLOSED, State.DISABLED)
 #: State codes of the shared record.
 _CODES = (State.CLOSED, State.OPEN, State.HALF_OPEN, State.FORCED_OPEN, State.DISABLED)
-_CODE = {state: code for code, state in enumerate(_CODES)}
+# Keyed by id(): an Enum member's hash runs Python code (it is on every locked path).
+_CODE = {id(state): code for code, state in enumerate(_CODES)}
 #: How often a process that does not hold the probe lease looks at the shared record.
 FOLLOW_EVERY_S = 0.1
 #: The probe lease outlives its holder by this much (plus PROBE_TIMEOUT): another
@@ -104,6 +107,13 @@ TRIAL_GRACE_S = 5.0
 _NAN = float("nan")
 _NO_KWARGS: Mapping[str, Any] = {}
 _PID_NS = _shared.pid_namespace()
+_flock, _LOCK_EX, _LOCK_UN = fcntl.flock, fcntl.LOCK_EX, fcntl.LOCK_UN
+_CONSEC_BITS, _CONSEC_MAX = _shared.CONSEC_BITS, _shared.CONSEC_MAX
+# The record's fields every locked section reads and writes, in two runs of slots.
+_INTS = struct.Struct("=6q")  # GEN, STATE, CONSEC, TRIALS, TRIAL_OK, STEP
+_INTS_AT = _shared.GEN * 8
+_FLOATS = struct.Struct("=5d")  # SINCE, OPEN_UNTIL, NEXT_TRIAL_AT, LEFT_CLOSED_AT, CLOSED_AT
+_FLOATS_AT = _shared.SINCE * 8
 #: How often a breaker makes sure its state file is still the one at its path.
 REPLACED_CHECK_EVERY_S = 5.0
 
@@ -157,7 +167,7 @@ class _Guard:
         record = b._record
         if record.shared:
             try:
-                record.lock()
+                _flock(record.fd, _LOCK_EX)
             except OSError as exc:
                 b._detach(f"cannot lock the state file: {exc.strerror or exc}")
                 return
@@ -174,8 +184,9 @@ class _Guard:
         try:
             b._store()
         finally:
-            with contextlib.suppress(OSError):
-                record.unlock()
+            if record.fd >= 0:
+                with contextlib.suppress(OSError):
+                    _flock(record.fd, _LOCK_UN)
             self._tlock.release()
         if b._replaced:
             b._replaced = False
@@ -298,7 +309,7 @@ class Breaker:
                 else:
                     try:
                         if (old is not record and self._state not in _PASSING
-                                and record.ints[_shared.STATE] == _CODE[State.CLOSED]):
+                                and record.ints[_shared.STATE] == _CODE[id(State.CLOSED)]):
                             # The same breaker under the key of the URL it just adopted:
                             # a state set before (forced open, or open) carries over.
                             self._generation = record.ints[_shared.GEN] + 1
@@ -321,8 +332,8 @@ class Breaker:
         if change is None:
             return
         ints, floats = record.ints, record.floats
-        ints[_shared.LAST_FROM] = _CODE[change.from_state]
-        ints[_shared.LAST_TO] = _CODE[change.to_state]
+        ints[_shared.LAST_FROM] = _CODE[id(change.from_state)]
+        ints[_shared.LAST_TO] = _CODE[id(change.to_state)]
         ints[_shared.LAST_FAILURES] = change.failures
         ints[_shared.LAST_FALLBACKS] = change.fallback_calls
         floats[_shared.LAST_AT] = change.at
@@ -358,17 +369,20 @@ class Breaker:
 
     def _sync_hot(self) -> None:
         """Derive what the lock-free paths compare with (lock held, or no other thread)."""
-        word = hot_word(self._generation, self._consecutive)
+        generation = self._generation
+        word = (generation << _CONSEC_BITS) | min(self._consecutive, _CONSEC_MAX)
         self._seen_word = word
-        if self._state is _CLOSED or self._state is _DISABLED:
-            self._pass_word = hot_word(self._generation, 0)
-            self._pass_ticket = self._generation << 1
+        state = self._state
+        if state is _CLOSED or state is _DISABLED:
+            self._pass_word = generation << _CONSEC_BITS
+            self._pass_ticket = generation << 1
         else:
             self._pass_word = -1
             self._pass_ticket = -2
-        self._hot = self._record.hot
-        if not self._record.shared:
-            self._record.ints[_shared.HOT] = word
+        record = self._record
+        self._hot = record.hot
+        if not record.shared:
+            record.hot[0] = word
 
     def _load(self) -> None:
         """Read the shared record into the attributes (lock held).
@@ -378,40 +392,37 @@ class Breaker:
         that made it), and its local bookkeeping follows.
         """
         record = self._record
-        ints, floats = record.ints, record.floats
-        code = ints[_shared.STATE]
-        if not 0 <= code < len(_CODES) or ints[_shared.TRIALS] < 0:
+        buffer = record.buffer
+        generation, code, consecutive, trials, trial_ok, step = _INTS.unpack_from(buffer, _INTS_AT)
+        if not 0 <= code < len(_CODES) or trials < 0 or consecutive < 0:
             self._detach(record.problem() or "corrupt state file")
             return
+        (self._since, self._open_until, self._next_trial_at, left, closed,
+         ) = _FLOATS.unpack_from(buffer, _FLOATS_AT)
+        self._trial_started_at = record.floats[_shared.TRIAL_STARTED_AT]
+        self._consecutive = consecutive
+        self._trials = trials
+        self._trial_successes = trial_ok
+        self._backoff_step = step
+        self._left_closed_at = None if left != left else left
+        self._closed_at = None if closed != closed else closed
         now = time.monotonic()
         if now >= self._replaced_check_at:
             # Rare (the window's buckets send a success here once a second at most).
             self._replaced_check_at = now + REPLACED_CHECK_EVERY_S
             self._replaced = record.replaced()
-        generation = ints[_shared.GEN]
         state = _CODES[code]
         previous = self._state
-        self._consecutive = ints[_shared.CONSEC]
-        self._trials = ints[_shared.TRIALS]
-        self._trial_successes = ints[_shared.TRIAL_OK]
-        self._backoff_step = ints[_shared.STEP]
-        self._open_until = floats[_shared.OPEN_UNTIL]
-        self._next_trial_at = floats[_shared.NEXT_TRIAL_AT]
-        self._trial_started_at = floats[_shared.TRIAL_STARTED_AT]
-        self._since = floats[_shared.SINCE]
-        left = floats[_shared.LEFT_CLOSED_AT]
-        self._left_closed_at = None if left != left else left
-        closed = floats[_shared.CLOSED_AT]
-        self._closed_at = None if closed != closed else closed
+        self._state = state
         if generation == self._generation:
-            self._state = state
             return
         self._generation = generation
-        self._state = state
         if state is previous:
             if state in _PASSING:
                 self._window.clear()
             return
+        ints, floats = record.ints, record.floats
+        open_for = floats[_shared.LAST_OPEN_FOR]
         change = StateChange(
             breaker=self.name,
             from_state=previous,
@@ -420,8 +431,7 @@ class Breaker:
             at=floats[_shared.LAST_AT],
             failures=ints[_shared.LAST_FAILURES],
             last_error=record.text(_shared.ERROR_TEXT, _shared.ERR_LEN),
-            open_for_s=None if floats[_shared.LAST_OPEN_FOR] != floats[_shared.LAST_OPEN_FOR]
-            else floats[_shared.LAST_OPEN_FOR],
+            open_for_s=None if open_for != open_for else open_for,
             fallback_calls=self._ledger.current_total(),
             remote=True,
         )
@@ -431,21 +441,16 @@ class Breaker:
         """Write the attributes back to the shared record, the hot word last (lock held)."""
         record = self._record
         if record.shared:
-            ints, floats = record.ints, record.floats
-            ints[_shared.GEN] = self._generation
-            ints[_shared.STATE] = _CODE[self._state]
-            ints[_shared.CONSEC] = self._consecutive
-            ints[_shared.TRIALS] = self._trials
-            ints[_shared.TRIAL_OK] = self._trial_successes
-            ints[_shared.STEP] = self._backoff_step
-            floats[_shared.OPEN_UNTIL] = self._open_until
-            floats[_shared.NEXT_TRIAL_AT] = self._next_trial_at
-            floats[_shared.TRIAL_STARTED_AT] = self._trial_started_at
-            floats[_shared.SINCE] = self._since
-            floats[_shared.LEFT_CLOSED_AT] = (_NAN if self._left_closed_at is None
-                                              else self._left_closed_at)
-            floats[_shared.CLOSED_AT] = _NAN if self._closed_at is None else self._closed_at
-            ints[_shared.HOT] = hot_word(self._generation, self._consecutive)
+            buffer = record.buffer
+            _INTS.pack_into(buffer, _INTS_AT, self._generation, _CODE[id(self._state)],
+                            self._consecutive, self._trials, self._trial_successes,
+                            self._backoff_step)
+            left, closed = self._left_closed_at, self._closed_at
+            _FLOATS.pack_into(buffer, _FLOATS_AT, self._since, self._open_until,
+                              self._next_trial_at, _NAN if left is None else left,
+                              _NAN if closed is None else closed)
+            record.floats[_shared.TRIAL_STARTED_AT] = self._trial_started_at
+            record.hot[0] = hot_word(self._generation, self._consecutive)
         self._sync_hot()
 
     # ----------------------------------------------------------------- config
@@ -593,10 +598,10 @@ class Breaker:
         return self._last_error
 
     def _set_error(self, text: str | None) -> None:
-        self._last_error = text
         record = self._record
-        if record.shared:
+        if record.shared and (text is not self._last_error or record.ints[_shared.ERR_LEN] < 0):
             record.set_text(_shared.ERROR_TEXT, _shared.ERR_LEN, text)
+        self._last_error = text
 
     def stats(self) -> Stats:
         with self._lock:
@@ -841,8 +846,8 @@ class Breaker:
         record = self._record
         if record.shared:
             ints, floats = record.ints, record.floats
-            ints[_shared.LAST_FROM] = _CODE[previous]
-            ints[_shared.LAST_TO] = _CODE[to]
+            ints[_shared.LAST_FROM] = _CODE[id(previous)]
+            ints[_shared.LAST_TO] = _CODE[id(to)]
             ints[_shared.LAST_FAILURES] = change.failures
             ints[_shared.LAST_FALLBACKS] = change.fallback_calls
             floats[_shared.LAST_AT] = now
@@ -1292,10 +1297,33 @@ class Breaker:
             self._on_error(ticket, started, exc)
 
     async def __aenter__(self) -> Breaker:
-        return self.__enter__()
+        # Always a stack per task (context): coroutines of one thread interleave.
+        ticket = self._pass_ticket if self._hot[0] == self._pass_word else self._admit()
+        clock = self._clock
+        _BLOCKS.set((self, ticket, clock() if clock is not None else time.monotonic(),
+                     _BLOCKS.get()))
+        return self
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        self.__exit__(exc_type, exc, tb)
+        top = _BLOCKS.get()
+        if top is not None and top[0] is self:
+            _BLOCKS.set(top[3])
+            ticket, started = top[1], top[2]
+        else:
+            found = _pop_block(self)
+            if found is None:  # pragma: no cover - __aexit__ without __aenter__
+                return
+            ticket, started = found
+        if exc is None:
+            window = self._window
+            if (ticket == self._pass_ticket and self._slow_threshold is None
+                    and started < window.bucket_end and self._hot[0] == self._pass_word):
+                window.current.step()
+                self._successes.step()
+            else:
+                self._on_success(ticket, started)
+        else:
+            self._on_error(ticket, started, exc)
 
     def __repr__(self) -> str:
         return f"<Breaker {self.name!r} {self._state.value}>"

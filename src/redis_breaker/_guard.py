@@ -73,16 +73,40 @@ def guard(
 
             return async_fallback  # type: ignore[return-value]
 
+        if isinstance(breaker, Breaker):
+            # A breaker given by object: its bound methods, found once.
+            call, call_with_fallback = breaker.call, breaker.call_with_fallback
+            if fallback is None:
+                @functools.wraps(fn)
+                def raising_on(*args: Any, **kwargs: Any) -> Any:
+                    return call(fn, *args, **kwargs)
+
+                return raising_on  # type: ignore[return-value]
+
+            @functools.wraps(fn)
+            def with_fallback_on(*args: Any, **kwargs: Any) -> Any:
+                return call_with_fallback(fn, fallback, args, kwargs, integration=name)
+
+            return with_fallback_on  # type: ignore[return-value]
+
+        # A breaker by name, looked up on every call (the registry may be reset):
+        # the registry's dict, read without its lock, is the common case.
+        breakers, key = _registry._breakers, breaker
+
         if fallback is None:
             @functools.wraps(fn)
             def raising(*args: Any, **kwargs: Any) -> Any:
-                return resolve().call(fn, *args, **kwargs)
+                found = breakers.get(key)
+                return (found if found is not None else get_breaker(key)).call(
+                    fn, *args, **kwargs)
 
             return raising  # type: ignore[return-value]
 
         @functools.wraps(fn)
         def with_fallback(*args: Any, **kwargs: Any) -> Any:
-            return resolve().call_with_fallback(fn, fallback, args, kwargs, integration=name)
+            found = breakers.get(key)
+            return (found if found is not None else get_breaker(key)).call_with_fallback(
+                fn, fallback, args, kwargs, integration=name)
 
         return with_fallback  # type: ignore[return-value]
 
