@@ -472,3 +472,22 @@ def test_reconfigure_keeps_the_state(clock: FrozenDateTimeFactory) -> None:
     breaker.configure(BreakerConfig(probe=False, failure_threshold=1, window=5.0))
     assert breaker.state is State.OPEN
     assert breaker.config.failure_threshold == 1
+
+
+def test_totals_count_every_success_across_buckets_and_outages(
+        clock: FrozenDateTimeFactory) -> None:
+    """The success total for metrics is exact whichever path recorded each success."""
+    breaker = make(window=1.0)
+    for _ in range(7):
+        breaker.call(ok)
+        clock.tick(0.35)  # across the window's buckets, and out of the window
+    with breaker:
+        pass
+    assert breaker.call_with_fallback(ok, lambda: "fallback") == "ok"
+    fail(breaker, 5)
+    clock.tick(1)
+    breaker.call(ok)  # two trials close it: the window is cleared
+    breaker.call(ok)
+    breaker.call(ok)
+    assert breaker.state is State.CLOSED
+    assert breaker.totals().successes == 7 + 1 + 1 + 3

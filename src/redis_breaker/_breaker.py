@@ -260,6 +260,7 @@ class Breaker:
         self._record: Record = _shared.local_record(self._since)
         # Stepped without a lock on the hot paths; read under the lock.
         self._rejected = Counter()
+        #: Successes the window does not hold (trials, outcomes of an older generation).
         self._successes = Counter()
         self._failures_total = 0
         self._ledger = FallbackLedger()
@@ -463,7 +464,9 @@ class Breaker:
         old = self._config
         with self._lock:
             if config.window != self._config.window:
-                self._window = Window(config.window)
+                window = Window(config.window)
+                window.retired = self._window.successes()
+                self._window = window
             self._config = config
             self._slow_threshold = config.slow_call_threshold
         if (config.host_shared, config.state_dir, config.url) != (
@@ -703,7 +706,6 @@ class Breaker:
                 # A normal call while closed, in the window's live bucket: record it
                 # without the lock (each step is atomic), as ``call`` does inline.
                 window.current.step()
-                self._successes.step()
                 return
         else:
             now = self._now()
@@ -712,11 +714,12 @@ class Breaker:
                     f"call took {now - started:.3f}s (slow-call threshold {threshold:g}s)"
                 ))
                 return
-        self._successes.step()
         with self._lock:
             if ticket >> 1 != self._generation:
+                self._successes.step()  # not for the window: the breaker moved on
                 return
             if ticket & 1:
+                self._successes.step()
                 self._trials = max(0, self._trials - 1)
                 self._trial_successes += 1
                 if self._trial_successes >= self._config.success_threshold:
@@ -902,7 +905,7 @@ class Breaker:
         """Counters since the breaker was created, for metrics (they never go down)."""
         with self._lock:
             return Totals(
-                successes=self._successes.value,
+                successes=self._successes.value + self._window.successes(),
                 failures=self._failures_total,
                 rejected=self._rejected.value,
                 fallbacks=self._ledger.totals(),
@@ -1107,7 +1110,6 @@ class Breaker:
         if (self._slow_threshold is None and started < window.bucket_end
                 and hot[0] == self._pass_word and ticket == self._pass_ticket):
             window.current.step()
-            self._successes.step()
         else:
             self._on_success(ticket, started)
         return result
@@ -1129,7 +1131,6 @@ class Breaker:
         if (self._slow_threshold is None and started < window.bucket_end
                 and hot[0] == self._pass_word and ticket == self._pass_ticket):
             window.current.step()
-            self._successes.step()
         else:
             self._on_success(ticket, started)
         return result
@@ -1169,7 +1170,6 @@ class Breaker:
         if (self._slow_threshold is None and started < window.bucket_end
                 and hot[0] == self._pass_word and ticket == self._pass_ticket):
             window.current.step()
-            self._successes.step()
         else:
             self._on_success(ticket, started)
         return result
@@ -1206,7 +1206,6 @@ class Breaker:
                 if (self._slow_threshold is None and started < window.bucket_end
                         and hot[0] == self._pass_word and ticket == self._pass_ticket):
                     window.current.step()
-                    self._successes.step()
                 else:
                     self._on_success(ticket, started)
                 return result
@@ -1290,7 +1289,6 @@ class Breaker:
             if (ticket == self._pass_ticket and self._slow_threshold is None
                     and started < window.bucket_end and self._hot[0] == self._pass_word):
                 window.current.step()
-                self._successes.step()
             else:
                 self._on_success(ticket, started)
         else:
@@ -1319,7 +1317,6 @@ class Breaker:
             if (ticket == self._pass_ticket and self._slow_threshold is None
                     and started < window.bucket_end and self._hot[0] == self._pass_word):
                 window.current.step()
-                self._successes.step()
             else:
                 self._on_success(ticket, started)
         else:

@@ -16,14 +16,20 @@ class Window:
     breaker's lock.
     """
 
-    __slots__ = ("_fail", "_index", "_slots", "_succ", "_width", "bucket_end", "current")
+    __slots__ = ("_fail", "_index", "_slots", "_succ", "_width", "bucket_end", "current",
+                 "retired")
 
     def __init__(self, length: float, buckets: int = 10) -> None:
         self._slots = buckets
         self._width = length / buckets
+        #: Successes of the buckets that were dropped (rotation, clear): with the
+        #: live buckets, every success ever recorded, so the hot path steps one counter.
+        self.retired = 0
+        self._succ = [Counter() for _ in range(self._slots)]
         self.clear()
 
     def clear(self) -> None:
+        self.retired += sum(counter.value for counter in self._succ)
         self._succ = [Counter() for _ in range(self._slots)]
         self._fail = [0] * self._slots
         self._index = [-(2**62)] * self._slots
@@ -36,6 +42,7 @@ class Window:
         slot = index % self._slots
         held = self._index[slot]
         if held < index:
+            self.retired += self._succ[slot].value
             self._succ[slot] = Counter()
             self._fail[slot] = 0
             self._index[slot] = index
@@ -52,6 +59,10 @@ class Window:
 
     def failure(self, now: float) -> None:
         self._fail[self._rotate(now)] += 1
+
+    def successes(self) -> int:
+        """Every success recorded since the window was made (caller holds the lock)."""
+        return self.retired + sum(counter.value for counter in self._succ)
 
     def totals(self, now: float) -> tuple[int, int]:
         """(calls, failures) in the window ending at ``now``."""
