@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -58,13 +57,13 @@ def acl_server(redis_server: RedisServer) -> RedisServer:
 
 
 @pytest.fixture
-def acl_cache(settings: Any, acl_server: RedisServer) -> Iterator[Any]:
+def acl_cache(settings: Any, acl_server: RedisServer) -> Any:
     """``caches["default"]``: a BreakerCache whose primary logs in as the ACL user."""
     settings.CACHES = caches_for(acl_url(acl_server))
     settings.REDIS_BREAKERS = {"default": {"FAILURE_THRESHOLD": 2, "RESET_TIMEOUT": 0.2,
                                            "MAX_RESET_TIMEOUT": 1.0}}
     settings.REDIS_BREAKER_STATUS_TOKEN = "tok-acl"
-    yield caches["default"]
+    return caches["default"]
 
 
 def _use(cache: Any, n: int = 4) -> None:
