@@ -256,7 +256,8 @@ def _redis_py_problem(url: str, hint: str) -> str | None:
         name = re.search(r"unexpected keyword argument '([^']*)'", str(exc))
         # A name is repeated only when the query is surely one: after an '@' that follows
         # the host, the "query" may be part of a password.
-        what = f" ({name.group(1)!r})" if name is not None and not hint else ""
+        surely = not hint and "@" not in url.partition("?")[2]
+        what = f" ({name.group(1)!r})" if name is not None and surely else ""
         return f"has a query parameter redis-py does not take{what}{hint}"
     except Exception:
         return "has query parameters redis-py cannot use" + hint

@@ -33,6 +33,7 @@ import re
 import stat
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from ._events import emit
 from ._redact import redact
@@ -228,8 +229,27 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:40] or "breaker"
 
 
+def _endpoint(url: str | None) -> str:
+    """The URL without its user name and password: the key names the endpoint, and a
+    file name must not let anyone guess a password offline."""
+    if not url:
+        return ""
+    try:
+        parts = urlsplit(url)
+        host = parts.netloc.rpartition("@")[2]
+        query = "&".join(pair for pair in parts.query.split("&")
+                         if pair.partition("=")[0].lower() in _KEY_QUERY)
+        return urlunsplit((parts.scheme, host, parts.path, query, ""))
+    except ValueError:
+        return redact(url)
+
+
+#: Query parameters that change which endpoint or database a URL names.
+_KEY_QUERY = frozenset({"db", "path", "service_name"})
+
+
 def state_path(directory: str, name: str, url: str | None) -> str:
-    digest = hashlib.sha256(f"{name}\0{url or ''}".encode()).hexdigest()[:16]
+    digest = hashlib.sha256(f"{name}\0{_endpoint(url)}".encode()).hexdigest()[:16]
     return os.path.join(directory, f"{_slug(name)}-{digest}.state")
 
 

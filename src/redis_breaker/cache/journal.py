@@ -90,6 +90,7 @@ class Journal:
     ) -> None:
         self.name = name
         self.max_keys = max_keys
+        self._in_replay = False
         self._breaker = weakref.ref(breaker)
         self._fallback = fallback
         self._primary_factory = primary_factory
@@ -329,8 +330,8 @@ class Journal:
 
     @property
     def replaying(self) -> bool:
-        """True while a replay runs in the background."""
-        return self._job.running
+        """True while a replay's calls run (not while it waits for the breaker to let them)."""
+        return self._job.running and self._in_replay
 
     def _run(self) -> None:
         pause = _RETRY_FAILED_S
@@ -345,13 +346,16 @@ class Journal:
                 del breaker
                 time.sleep(_WATCH_S)
                 continue
+            self._in_replay = True
             try:
                 self.replay()
             except BreakerOpenError:
                 # No longer half-open: open again (the loop waits), or closed by
                 # other trial calls meanwhile (the loop replays again).
+                self._in_replay = False
                 del breaker
             except Exception as exc:
+                self._in_replay = False
                 if not breaker.counts(exc):
                     emit(logging.ERROR, "cache_journal_replay_failed", cache=self.name,
                          breaker=breaker.name, error=describe_error(exc))
@@ -361,6 +365,8 @@ class Journal:
                 del breaker
                 time.sleep(pause)
                 pause = min(pause * 2, _RETRY_FAILED_MAX_S)
+            finally:
+                self._in_replay = False
 
 
 def journal_for(
