@@ -236,7 +236,7 @@ class Breaker:
         self._config = config or BreakerConfig()
         self._slow_threshold = self._config.slow_call_threshold
         self._clock = clock
-        self._random = rng or random.random
+        self._rng = rng
         self._probe_fn = probe
         self._adopted_url: str | None = None
         self._events = Publisher(name)
@@ -279,8 +279,12 @@ class Breaker:
         self._probe: Probe | None = None
         #: True while a probe thread is running: rejections then need no lock.
         self._probe_running = False
+        # A generator of its own, seeded afresh in every process (a forked child must
+        # not draw its parent's jitter), never the random module's shared one.
+        generator = random.Random()
+        self._random = self._rng or generator.random
         #: Who holds the probe lease in the shared record (this object, this process).
-        self._token = random.getrandbits(62) | 1
+        self._token = generator.getrandbits(62) | 1
         if self._record.shared and not self._record.reopen():
             self._detach("the state file was removed or replaced")
         self._sync_hot()
