@@ -18,7 +18,9 @@ what it shares (its pool, its connection).
 from __future__ import annotations
 
 import copy
+import os
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -32,8 +34,50 @@ __all__ = ["client", "guard_client", "guarded_view", "is_guarded"]
 
 C = TypeVar("C")
 
-_classes: dict[type, type] = {}
-_classes_lock = threading.Lock()
+
+
+class ClassCache:
+    """Guarded subclasses, made once per class and named ``Guarded<name>``.
+
+    Made under a lock (double-checked); the lock is renewed after ``fork``, in
+    case another thread of the parent held it.
+    """
+
+    def __init__(self) -> None:
+        self._made: dict[type, type] = {}
+        self._lock = threading.Lock()
+        _CLASS_CACHES.add(self)
+
+    def get(self, cls: type) -> type | None:
+        return self._made.get(cls)
+
+    def make(self, cls: type, factory: Callable[[Any], type]) -> type:
+        found = self._made.get(cls)
+        if found is None:
+            with self._lock:
+                found = self._made.get(cls)
+                if found is None:
+                    found = factory(cls)
+                    found.__name__ = found.__qualname__ = f"Guarded{cls.__name__}"
+                    self._made[cls] = found
+        return found
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+
+
+_CLASS_CACHES: weakref.WeakSet[ClassCache] = weakref.WeakSet()
+
+
+def _renew_class_caches() -> None:
+    for cache in list(_CLASS_CACHES):
+        cache._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_class_caches)
+
+_classes = ClassCache()
 
 
 # Each guarded class subclasses the original class alone (a mixin base would
@@ -167,13 +211,7 @@ def _guarded_class(cls: type) -> type | None:
     factory = _factory_for(cls)
     if factory is None:
         return None
-    with _classes_lock:
-        found = _classes.get(cls)
-        if found is None:
-            found = factory(cls)
-            found.__name__ = found.__qualname__ = f"Guarded{cls.__name__}"
-            _classes[cls] = found
-        return found
+    return _classes.make(cls, factory)
 
 
 def is_guarded(obj: object) -> bool:

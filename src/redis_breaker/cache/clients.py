@@ -12,7 +12,6 @@ primary itself is untouched and shares its connection pools with the view.
 from __future__ import annotations
 
 import copy
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -20,13 +19,12 @@ from django.core.cache.backends.base import BaseCache
 from django.core.cache.backends.redis import RedisCache
 
 from redis_breaker._breaker import Breaker
-from redis_breaker._client import guard_client, guarded_view, is_guarded
+from redis_breaker._client import ClassCache, guard_client, guarded_view, is_guarded
 from redis_breaker._errors import BreakerOpenError
 
 __all__ = ["KeyNotReplayedError", "direct_backend", "is_django_redis", "raw_write_clients"]
 
-_classes: dict[type, type] = {}
-_classes_lock = threading.Lock()
+_classes = ClassCache()
 
 
 class KeyNotReplayedError(BreakerOpenError):
@@ -95,15 +93,7 @@ def _django_redis_client(base: Any) -> type:
 
 
 def _guarded_class(cls: type, factory: Callable[[Any], type]) -> type:
-    found = _classes.get(cls)
-    if found is None:
-        with _classes_lock:
-            found = _classes.get(cls)
-            if found is None:
-                found = factory(cls)
-                found.__name__ = found.__qualname__ = f"Guarded{cls.__name__}"
-                _classes[cls] = found
-    return found
+    return _classes.make(cls, factory)
 
 
 def _view(raw: Any, factory: Callable[[Any], type], breaker: Breaker) -> Any:
