@@ -24,6 +24,8 @@ from .conftest import caches_for, recovered, wait_for
 
 DOC = (Path(__file__).parents[2] / "docs" / "cache.md").read_text()
 COLLECTIONS = [n for n in dir(DjangoRedis) if re.fullmatch(r"[hsz][a-z]+", n)]
+#: django-redis 6 added the hash, set and sorted-set methods (the oldest supported is 5.4).
+HAS_COLLECTIONS = hasattr(DjangoRedis, "sadd")
 
 
 def _public(cls: type) -> set[str]:
@@ -47,7 +49,8 @@ def test_every_public_method_of_both_primaries_exists() -> None:
     """Each public method of Django's RedisCache and of django-redis's is a method of BreakerCache."""
     missing = (_public(DjangoRedisCache) | _public(DjangoRedis)) - _public(BreakerCache)
     assert not missing
-    assert len(COLLECTIONS) >= 35
+    if HAS_COLLECTIONS:
+        assert len(COLLECTIONS) >= 35
 
 
 def test_every_keyword_of_django_redis_is_taken() -> None:
@@ -98,12 +101,13 @@ def test_healthy_answers_are_django_redis_answers(cache: BreakerCache,
         assert sorted(c.iter_keys("p-*")) == ["p-a", "p-b"]
         assert c.delete_pattern("p-*") == 2
         assert c.delete_many(["q", "nope"]) == 1
-        assert c.sadd("s", "a", "b") == 2
-        assert c.smembers("s") == {"a", "b"}
-        assert c.hset("h", "f", "v") == 1
-        assert c.hkeys("h") == ["f"]
-        assert c.zadd("z", {"m": 1.0}) == 1
-        assert c.zrange("z", 0, -1) == ["m"]
+        if HAS_COLLECTIONS:
+            assert c.sadd("s", "a", "b") == 2
+            assert c.smembers("s") == {"a", "b"}
+            assert c.hset("h", "f", "v") == 1
+            assert c.hkeys("h") == ["f"]
+            assert c.zadd("z", {"m": 1.0}) == 1
+            assert c.zrange("z", 0, -1) == ["m"]
         c.set("other", 1)
         assert c.delete("other", prefix="") is True
         pipe = c.client.get_client(write=True).pipeline()
@@ -158,20 +162,23 @@ def test_delete_pattern_while_open_covers_what_it_matches(cache: BreakerCache,
 def test_direct_families_fail_fast_while_open(cache: BreakerCache,
                                               redis_server: RedisServer) -> None:
     """Collections, keys, iter_keys, lock and client= calls raise BreakerOpenError, sending nothing."""
-    cache.sadd("s", "a")
+    if HAS_COLLECTIONS:
+        cache.sadd("s", "a")
     raw = redis_server.client()
     with forced_open(cache.breaker):
         before = _commands(raw)
-        calls = [lambda: cache.smembers("s"), lambda: cache.sadd("s", "b"),
-                 lambda: cache.hset("h", "f", "v"), lambda: cache.zadd("z", {"m": 1}),
-                 lambda: cache.keys("*"), lambda: list(cache.iter_keys("*")),
+        calls = [lambda: cache.keys("*"), lambda: list(cache.iter_keys("*")),
                  lambda: cache.lock("L").acquire(blocking=False),
                  lambda: cache.get("s", client=cache.client.get_client())]
+        if HAS_COLLECTIONS:
+            calls += [lambda: cache.smembers("s"), lambda: cache.sadd("s", "b"),
+                      lambda: cache.hset("h", "f", "v"), lambda: cache.zadd("z", {"m": 1})]
         for call in calls:
             with pytest.raises(BreakerOpenError):
                 call()
         assert _commands(raw) - before == 1
-    assert cache.smembers("s") == {"a"}
+    if HAS_COLLECTIONS:
+        assert cache.smembers("s") == {"a"}
 
 
 def test_lock_is_never_granted_while_open_and_excludes_when_healthy(
@@ -195,7 +202,7 @@ def test_direct_calls_refuse_a_key_not_replayed_yet(cache: BreakerCache,
                                                     redis_server: RedisServer) -> None:
     """Closed but the replay failing (a read-only replica): a covered key is refused, not read."""
     cache.set("k", "v1")
-    cache.sadd("members", "a")
+    cache.set("other", "a")
     client = redis_server.client()
     client.replicaof("127.0.0.1", free_port())
     try:
@@ -203,7 +210,7 @@ def test_direct_calls_refuse_a_key_not_replayed_yet(cache: BreakerCache,
         assert cache.breaker.state.value == "closed"
         with pytest.raises(KeyNotReplayedError, match="not replayed yet"):
             cache.ttl("k", client=cache.client.get_client())
-        assert cache.smembers("members") == {"a"}  # other keys: Redis, as usual
+        assert cache.get("other", client=cache.client.get_client()) == "a"  # Redis, as usual
     finally:
         client.replicaof("no", "one")
     wait_for(lambda: recovered(cache), what="journal replay")

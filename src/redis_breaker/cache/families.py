@@ -196,10 +196,13 @@ class DjangoRedisMethods(CacheRouting):
              sleep: float = 0.1, blocking: bool = True, blocking_timeout: float | None = None,
              client: Any = None, thread_local: bool = True) -> Any:
         """A redis-py ``Lock`` on a guarded client: acquiring it while Redis is away raises."""
-        return self._direct("lock", (key,), (key,), {
-            "version": version, "timeout": timeout, "sleep": sleep, "blocking": blocking,
-            "blocking_timeout": blocking_timeout, "client": client,
-            "thread_local": thread_local}, lasting=True)
+        kwargs = {"version": version, "timeout": timeout, "sleep": sleep,
+                  "blocking_timeout": blocking_timeout, "client": client,
+                  "thread_local": thread_local}
+        if not blocking:
+            # Only when asked: django-redis before 6 takes no ``blocking``.
+            kwargs["blocking"] = blocking
+        return self._direct("lock", (key,), (key,), kwargs, lasting=True)
 
     # ------------------------------------------------------------ collections
     # One key first, unless said otherwise; the arguments are django-redis's own.
