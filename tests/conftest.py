@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 
@@ -38,6 +39,21 @@ def _fresh_registry(tmp_path_factory: pytest.TempPathFactory,
     for breaker in list(_registry._breakers.values()):
         breaker.reset()
     _registry._breakers.clear()
+
+
+#: redis-py before 5.1 leaves the socket of a failed unix-socket connect open (its
+#: UnixDomainSocketConnection._connect does not close it): for tests that make such
+#: connects on purpose, with the ``collect_leaked_sockets`` fixture.
+UNCLOSED_UNIX_SOCKETS = pytest.mark.filterwarnings(
+    "ignore:Exception ignored in. <socket.socket fd=[0-9]+, family=AddressFamily.AF_UNIX"
+    ":pytest.PytestUnraisableExceptionWarning")
+
+
+@pytest.fixture
+def collect_leaked_sockets() -> Iterator[None]:
+    """Collect after the test, so sockets it leaked are reported (or ignored) in it."""
+    yield
+    gc.collect()
 
 
 def pytest_report_header() -> list[str]:

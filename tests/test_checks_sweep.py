@@ -15,13 +15,11 @@ The expected verdicts are written here from the documented rules
 
 from __future__ import annotations
 
-import gc
 import math
 import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,19 +32,11 @@ from redis_breaker._config import SETTINGS
 from redis_breaker.checks import check_breakers, check_celery
 from redis_breaker.health import check_redis_health, get_redis_status
 from redis_breaker.testing import capture_events
+from tests.conftest import UNCLOSED_UNIX_SOCKETS
 
-# redis-py before 5.1 leaves the socket of a failed unix-socket connect open
-# (its UnixDomainSocketConnection._connect does not close it): these tests make
-# such connects on purpose, so collect the sockets here, where they are expected.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Exception ignored in. <socket.socket fd=[0-9]+, family=AddressFamily.AF_UNIX"
-    ":pytest.PytestUnraisableExceptionWarning")
+# These tests make failed unix-socket connects on purpose (see tests/conftest.py).
+pytestmark = [UNCLOSED_UNIX_SOCKETS, pytest.mark.usefixtures("collect_leaked_sockets")]
 
-
-@pytest.fixture(autouse=True)
-def _collect_leaked_unix_sockets() -> Iterator[None]:
-    yield
-    gc.collect()
 
 
 ROOT = Path(__file__).parent.parent

@@ -19,7 +19,6 @@ metrics and the state file.
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -43,20 +42,11 @@ from redis_breaker.health import check_redis_health, get_redis_status
 from redis_breaker.prometheus import BreakerCollector
 from redis_breaker.testing import capture_events
 from redis_breaker.views import status
+from tests.conftest import UNCLOSED_UNIX_SOCKETS
 from tests.harness import free_port
 
-# redis-py before 5.1 leaves the socket of a failed unix-socket connect open
-# (its UnixDomainSocketConnection._connect does not close it): these tests make
-# such connects on purpose, so collect the sockets here, where they are expected.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Exception ignored in. <socket.socket fd=[0-9]+, family=AddressFamily.AF_UNIX"
-    ":pytest.PytestUnraisableExceptionWarning")
-
-
-@pytest.fixture(autouse=True)
-def _collect_leaked_unix_sockets() -> Iterator[None]:
-    yield
-    gc.collect()
+# These tests make failed unix-socket connects on purpose (see tests/conftest.py).
+pytestmark = [UNCLOSED_UNIX_SOCKETS, pytest.mark.usefixtures("collect_leaked_sockets")]
 
 MARKERS = "αβγδεζηθλμπσφψωЖЯ密码"
 HOSTILE = "@:/%?#&=+;,. \"'\\~!$*()[]<>-_" + "abcXYZ019"

@@ -152,7 +152,9 @@ class _Guard:
     """The breaker's lock: its thread lock and, when shared, the state file's ``flock``.
 
     Entering loads the shared record into the breaker's attributes; leaving
-    writes them back, the hot word last.
+    writes them back, the hot word last, releases the locks and delivers the
+    transitions queued meanwhile (the breaker's own, or another process's it
+    caught up with), so no caller of the lock publishes by itself.
     """
 
     __slots__ = ("_breaker", "_tlock")
@@ -530,9 +532,7 @@ class Breaker:
 
     def _catch_up(self) -> None:
         with self._lock:
-            pass  # entering loads the shared record; leaving refreshes the hot word
-        if self._events.pending:
-            self._publish()
+            pass  # entering loads the shared record; leaving delivers what it caught up with
 
     @property
     def last_change(self) -> StateChange | None:
@@ -595,7 +595,6 @@ class Breaker:
                 self._backoff_step = 0
                 self._closed_at = None
                 self._trials = 0
-        self._publish()
 
     def _error(self) -> str | None:
         """The last counted failure's description (lock held)."""
@@ -687,8 +686,6 @@ class Breaker:
                     ticket = (self._generation << 1) | 1
             if ticket < 0:
                 self._rejected.step()
-        if self._events.pending:
-            self._publish()
         return ticket
 
     def _rejection(self) -> BreakerOpenError:
@@ -733,8 +730,6 @@ class Breaker:
             else:
                 self._consecutive = 0
                 self._window.success(started)
-        if self._events.pending:
-            self._publish()
 
     def _on_error(self, ticket: int, started: float, exc: BaseException) -> bool:
         """Record ``exc``; return True when it counts as a failure."""
@@ -777,8 +772,6 @@ class Breaker:
             emit(logging.ERROR, "redis_misconfigured", breaker=self.name, error=error,
                  hint="Redis refused the credentials: check the password (or ACL user) in "
                       "the URL or client options. Fallbacks serve until it is fixed.")
-        if self._events.pending:
-            self._publish()
 
     def _trip_reason(self, now: float) -> str | None:
         config = self._config
@@ -1022,7 +1015,6 @@ class Breaker:
                     # Redis answers, but it failed a trial (or flapped) lately: the
                     # backoff holds trial traffic back until the open interval ends.
                     self._next_ping_at = self._open_until
-        self._publish()
         return True
 
     def probe_plan(self) -> float | None:
@@ -1057,8 +1049,6 @@ class Breaker:
                 self._probe_running = False
                 self._release_lease()
                 delay = None
-        if self._events.pending:
-            self._publish()
         return delay
 
     def probe_ended(self, probe: Probe) -> None:
