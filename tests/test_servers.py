@@ -386,6 +386,9 @@ def test_every_worker_rides_through_outages(
             time.sleep(2.0)  # load against open breakers
             paused = load.pause()
             # No traffic from here on: only each worker's own probe can find Redis again.
+            # Stamped before the restore: the probe may find Redis while restore() is
+            # still waiting for it to answer.
+            restoring = time.time()
             restore(redis_server, fault)
             restored = time.time()
 
@@ -401,7 +404,7 @@ def test_every_worker_rides_through_outages(
             # One probe for the host: the worker holding the probe lease half-opened
             # the shared breaker from its probe thread; the others followed the record.
             probed = [e for pid in pids for e in all_events[pid]
-                      if e["t"] >= restored and e["to"] == "half_open" and not e["remote"]]
+                      if e["t"] >= restoring and e["to"] == "half_open" and not e["remote"]]
             assert probed, json.dumps(all_events, indent=1)
             assert all(e["reason"] == "probe ok" for e in probed[:1]), probed
             assert all(e["thread"].startswith("redis-breaker-probe-") for e in probed), probed
