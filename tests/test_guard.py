@@ -110,3 +110,78 @@ def test_guard_rejects_a_wrong_breaker_argument() -> None:
     """Passing something that is neither a name nor a Breaker fails at decoration time."""
     with pytest.raises(TypeError, match="breaker name or a Breaker"):
         guard(42)  # type: ignore[call-overload]
+
+
+SHAPES = [(is_async, by, with_fallback) for is_async in (False, True)
+          for by in ("object", "name") for with_fallback in (False, True)]
+
+
+@pytest.mark.parametrize(("is_async", "by", "with_fallback"), SHAPES,
+                         ids=[f"{'async' if a else 'sync'}-by-{b}-{'fallback' if f else 'raising'}"
+                              for a, b, f in SHAPES])
+async def test_every_shape_of_guard_goes_through_the_breaker(
+        is_async: bool, by: str, with_fallback: bool) -> None:
+    """Each wrapper guard builds (sync/async, breaker by object/by name, with/without a
+    fallback) counts successes and failures, trips, rejects without calling the function,
+    and passes again once the breaker is reset."""
+    config = BreakerConfig(probe=False, failure_threshold=2, failure_rate=None)
+    breaker = get_breaker("shapes") if by == "name" else Breaker("shapes-object", config)
+    if by == "name":
+        breaker.configure(config)
+    calls: list[str] = []
+
+    def body(mode: str) -> str:
+        calls.append(mode)
+        if mode == "down":
+            raise redis.ConnectionError("refused")
+        if mode == "bad":
+            raise ValueError("bad input")
+        return f"redis:{mode}"
+
+    async def abody(mode: str) -> str:
+        return body(mode)
+
+    def local(mode: str) -> str:
+        return f"local:{mode}"
+
+    target = breaker if by == "object" else "shapes"
+    fallback = local if with_fallback else None
+    guarded = guard(target, fallback=fallback)(abody if is_async else body)
+
+    async def call(mode: str) -> str:
+        result = guarded(mode)
+        return await result if is_async else result  # type: ignore[no-any-return]
+
+    assert await call("up") == "redis:up"
+    assert breaker.totals().successes == 1
+    with pytest.raises(ValueError, match="bad input"):  # not counted, always propagates
+        await call("bad")
+    assert breaker.stats().consecutive_failures == 0
+    if with_fallback:
+        assert await call("down") == "local:down"
+    else:
+        with pytest.raises(redis.ConnectionError):
+            await call("down")
+    assert breaker.stats().consecutive_failures == 1
+    assert not breaker.is_open
+    if with_fallback:
+        assert await call("down") == "local:down"
+    else:
+        with pytest.raises(redis.ConnectionError):
+            await call("down")
+    assert breaker.is_open
+    calls.clear()
+    if with_fallback:
+        assert await call("up") == "local:up"
+        fallbacks = breaker.totals().fallbacks
+        assert sum(fallbacks.values()) == 3
+        assert all(k.startswith("guard:") for k in fallbacks)
+    else:
+        with pytest.raises(BreakerOpenError):
+            await call("up")
+    assert calls == []  # rejected: the function was not called
+    assert breaker.totals().rejected == 1
+    breaker.reset()
+    assert await call("up") == "redis:up"
+    assert breaker.totals().successes == 2
+

@@ -1324,6 +1324,112 @@ class Breaker:
         return f"<Breaker {self.name!r} {self._state.value}>"
 
 
+def guarded_function(fn: Callable[..., T], *, breaker: Breaker | None = None,
+                     breakers: Mapping[str, Breaker] | None = None, key: str = "",
+                     lookup: Callable[[str], Breaker] | None = None,
+                     fallback: Callable[..., T] | None = None,
+                     integration: str = "guard") -> Callable[..., T]:
+    """``fn`` wrapped so that each call goes through a breaker (what ``guard`` returns).
+
+    The breaker is ``breaker``, or ``breakers[key]`` looked up on every call
+    (``lookup(key)`` when it is not there). The closed path is inlined here too
+    (see *call paths* above): a wrapper that called ``Breaker.call`` would pay
+    a second Python call on every call; the rest goes through the breaker's
+    own methods, as ``call`` and ``call_with_fallback`` do.
+    """
+    monotonic = time.monotonic
+
+    def guarded(*args: Any, **kwargs: Any) -> T:
+        b = breaker
+        if b is None:
+            b = breakers.get(key) if breakers is not None else None
+            if b is None:
+                b = lookup(key) if lookup is not None else None
+                if b is None:  # pragma: no cover - guard() always gives one or the other
+                    raise TypeError("guarded_function() needs a breaker or a lookup")
+        hot = b._hot
+        if hot[0] == b._pass_word:
+            ticket = b._pass_ticket
+            clock = b._clock
+            started = clock() if clock is not None else monotonic()
+        elif fallback is None:
+            return b._run(b._admit(), fn, args, kwargs)
+        else:
+            ticket = b._try_admit()
+            if ticket < 0:
+                b.note_fallback(integration)
+                return fallback(*args, **kwargs)
+            started = b._now()
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            if not b._on_error(ticket, started, exc) or fallback is None:
+                raise
+            b.note_fallback(integration, exc)
+            return fallback(*args, **kwargs)
+        window = b._window
+        if (b._slow_threshold is None and started < window.bucket_end
+                and hot[0] == b._pass_word and ticket == b._pass_ticket):
+            window.current.step()
+        else:
+            b._on_success(ticket, started)
+        return result
+
+    return guarded
+
+
+def aguarded_function(fn: Callable[..., Awaitable[T]], *, breaker: Breaker | None = None,
+                      breakers: Mapping[str, Breaker] | None = None, key: str = "",
+                      lookup: Callable[[str], Breaker] | None = None,
+                      fallback: Callable[..., Awaitable[T] | T] | None = None,
+                      integration: str = "guard") -> Callable[..., Awaitable[T]]:
+    """The coroutine-function form of ``guarded_function``; ``fallback`` may be sync or async."""
+    monotonic = time.monotonic
+
+    async def guarded(*args: Any, **kwargs: Any) -> T:
+        b = breaker
+        if b is None:
+            b = breakers.get(key) if breakers is not None else None
+            if b is None:
+                b = lookup(key) if lookup is not None else None
+                if b is None:  # pragma: no cover - guard() always gives one or the other
+                    raise TypeError("aguarded_function() needs a breaker or a lookup")
+        hot = b._hot
+        if hot[0] == b._pass_word:
+            ticket = b._pass_ticket
+            clock = b._clock
+            started = clock() if clock is not None else monotonic()
+        elif fallback is None:
+            return await b._arun(b._admit(), fn, args, kwargs)
+        else:
+            ticket = b._try_admit()
+            started = b._now()
+        if ticket >= 0:
+            try:
+                result = await fn(*args, **kwargs)
+            except BaseException as exc:
+                if not b._on_error(ticket, started, exc) or fallback is None:
+                    raise
+                b.note_fallback(integration, exc)
+            else:
+                window = b._window
+                if (b._slow_threshold is None and started < window.bucket_end
+                        and hot[0] == b._pass_word and ticket == b._pass_ticket):
+                    window.current.step()
+                else:
+                    b._on_success(ticket, started)
+                return result
+        else:
+            b.note_fallback(integration)
+        assert fallback is not None
+        fallen = fallback(*args, **kwargs)
+        if inspect.isawaitable(fallen):
+            fallen = await fallen
+        return fallen
+
+    return guarded
+
+
 async def _maybe_await(value: Any) -> Any:
     if inspect.isawaitable(value):
         return await value
