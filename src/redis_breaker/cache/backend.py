@@ -114,13 +114,28 @@ class BreakerCache(DjangoRedisMethods):
         if client is not None:
             return self._direct("get", (key,), (key, default),
                                 {"version": version, "client": client})
-        return self._read("get", key, version, (default,))
+        # ``_read`` inlined: the open path's cost is what an outage costs every call.
+        bound = self._bind()
+        v = bound.primary.version if version is None else version
+        journal = bound.journal
+        if journal.active and journal.diverts(key, v):
+            return bound.fallback.get(key, default, version=v)
+        return bound.breaker.call_with_fallback(
+            bound.primary.get, bound.get_uncovered, (key, default), {"version": v},
+            integration=INTEGRATION)
 
     def has_key(self, key: Any, version: int | None = None, client: Any = None) -> bool:
         if client is not None:
             return bool(self._direct("has_key", (key,), (key,),
                                      {"version": version, "client": client}))
-        return bool(self._read("has_key", key, version))
+        bound = self._bind()
+        v = bound.primary.version if version is None else version
+        journal = bound.journal
+        if journal.active and journal.diverts(key, v):
+            return bool(bound.fallback.has_key(key, version=v))
+        return bool(bound.breaker.call_with_fallback(
+            bound.primary.has_key, bound.has_uncovered, (key,), {"version": v},
+            integration=INTEGRATION))
 
     def set(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT,
             version: int | None = None, client: Any = None, nx: bool = False,
@@ -237,7 +252,7 @@ class BreakerCache(DjangoRedisMethods):
             if not keys:
                 return found
         found.update(bound.breaker.call_with_fallback(
-            bound.primary.get_many, bound.fallback.get_many, (keys,), {"version": v},
+            bound.primary.get_many, bound.get_many_uncovered, (keys,), {"version": v},
             integration=INTEGRATION,
         ))
         return found

@@ -58,6 +58,32 @@ class _Bound:
         #: The primary seen through guarded clients (``_direct``, ``client``).
         self.direct = direct_backend(primary, breaker)
 
+    # The fallbacks of the reads. The fallback only ever holds keys the journal
+    # covers (it is cleared when the journal is made, and a replayed key leaves
+    # it before it stops being covered), so while the journal is empty every
+    # read of a key it does not cover is a miss: answered here without asking
+    # the fallback (key validation, its lock, unpickling: most of an open-state
+    # read's cost). Coverage is looked up again: a write may have covered the
+    # key since the caller looked.
+    def get_uncovered(self, key: Any, default: Any = None, version: int = 0) -> Any:
+        journal = self.journal
+        if journal.active and journal.covers(key, version):
+            return self.fallback.get(key, default, version=version)
+        return default
+
+    def has_uncovered(self, key: Any, version: int = 0) -> bool:
+        journal = self.journal
+        if journal.active and journal.covers(key, version):
+            return bool(self.fallback.has_key(key, version=version))
+        return False
+
+    def get_many_uncovered(self, keys: list[Any], version: int = 0) -> dict[Any, Any]:
+        journal = self.journal
+        if not journal.active:
+            return {}
+        covered = journal.split(keys, version)[0]
+        return dict(self.fallback.get_many(covered, version=version)) if covered else {}
+
 
 def _cache_entries() -> Mapping[str, Any]:
     # What the cache handler builds caches from (settings.CACHES as Django resolved it).
