@@ -86,16 +86,19 @@ def test_local_messages_expire(redis_server: RedisServer) -> None:
     breaker.reset()
 
 
-async def test_open_send_to_another_process_is_dropped_not_raised(
+async def test_open_send_to_another_process_is_kept_then_forwarded(
     layer: BreakerChannelLayer, redis_server: RedisServer
 ) -> None:
-    """Open, a message for a channel of another process cannot be delivered: counted, never raised."""
+    """Open, a message for a channel of another process is kept, never raised, and reaches it on recovery."""
     other = BreakerChannelLayer(hosts(redis_server), breaker=fast_breaker("other"))
     elsewhere = await other.new_channel()
     layer.breaker.force_open()
-    await layer.send(elsewhere, {"type": "lost"})
-    assert layer.dropped == 1
-    assert len(layer.local) == 0
+    await layer.send(elsewhere, {"type": "kept"})
+    assert (len(layer.pending), len(layer.local), layer.dropped) == (1, 0, 0)
+    layer.breaker.reset()
+    assert await asyncio.wait_for(other.receive(elsewhere), 10) == {"type": "kept"}
+    assert (len(layer.pending), layer.forwarded) == (0, 1)
+    await other.close()
 
 
 async def test_open_general_channel_is_served_in_process(layer: BreakerChannelLayer) -> None:

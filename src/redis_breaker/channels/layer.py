@@ -23,6 +23,7 @@ import contextlib
 import copy
 import logging
 import os
+import time
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
@@ -30,6 +31,7 @@ from typing import Any, ClassVar
 import redis.exceptions as rex
 from channels.layers import BaseChannelLayer
 
+from redis_breaker._background import BackgroundJob
 from redis_breaker._breaker import TRIAL_WAIT_S, Breaker
 from redis_breaker._errors import BreakerOpenError
 from redis_breaker._events import emit
@@ -39,7 +41,8 @@ from redis_breaker._state import State, StateChange
 
 from .local import GroupMirror, LocalQueues
 from .loops import LoopState, LoopStates, wait
-from .remote import RedisLayer, probe_url
+from .outbox import Kept, PendingSends
+from .remote import DUPLICATE, RedisLayer, probe_url
 
 __all__ = ["BreakerChannelLayer", "Message"]
 
@@ -52,6 +55,9 @@ _RECHECK_S = 1.0
 # A Redis call failed and the breaker stayed closed: try again after
 # TRIAL_WAIT_S, doubling up to this, or at once on a transition.
 _RETRY_MAX_S = 0.25
+# Forwarding kept messages meets a full channel or a failing Redis: try again
+# after TRIAL_WAIT_S, doubling up to this.
+_FORWARD_RETRY_MAX_S = 1.0
 
 
 class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
@@ -81,8 +87,14 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self.breaker.adopt_url(probe_url(self.redis.hosts))
         self.mirror = GroupMirror(self.group_expiry)
         self.local = LocalQueues(self.expiry, self.get_capacity, self.mirror.drop_channel)
-        #: Messages for channels of other processes that could not be delivered while open.
+        #: Group messages for members in other processes that Redis did not take.
         self.dropped = 0
+        #: Messages for channels this process does not own, kept while Redis is unusable.
+        self.pending = PendingSends(self.expiry, self.get_capacity, self._expired)
+        #: Kept messages dropped unsent after ``expiry`` seconds, and kept messages forwarded.
+        self.expired = 0
+        self.forwarded = 0
+        self._forwarder = BackgroundJob("redis-breaker-channels-forward", self._forward_in_thread)
         self._ours = self.redis.client_prefix + "!"
         self._loops = LoopStates()
         self._resync_wanted = False
@@ -104,6 +116,7 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self.redis.forked()
         self.mirror = GroupMirror(self.group_expiry)
         self.local = LocalQueues(self.expiry, self.get_capacity, self.mirror.drop_channel)
+        self.pending = PendingSends(self.expiry, self.get_capacity, self._expired)
         self._ours = self.redis.client_prefix + "!"
         self._loops = LoopStates()
         self._resync_wanted = False
@@ -119,16 +132,35 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         assert self.require_valid_channel_name(channel), "Channel name not valid"
         assert "__asgi_channel__" not in message
         self._loop_state()
+        args = (channel, message, self.redis.payload(channel, message), time.time())
+        if self.pending and channel in self.pending:
+            # Kept messages of this channel go first: queue behind them.
+            self._keep(*args)
+            self._forward_soon()
+            return
         await self.breaker.acall_with_fallback(
-            self.redis.send, self._send_locally, (channel, message), integration=_INTEGRATION
+            self.redis.send_payload, self._send_locally, args, integration=_INTEGRATION
         )
 
-    def _send_locally(self, channel: str, message: Message) -> None:
-        self._redis_behind()
-        if self._deliverable(channel):
+    def _send_locally(self, channel: str, message: Message, payload: bytes, score: float) -> None:
+        if self._ours in channel:
             self.local.put(channel, copy.deepcopy(message))
+            # Should the failed send reach Redis after all, its copy is dropped on receipt.
+            key = self.redis.message_id(payload)
+            if key is not None:
+                self.redis.seen.add(key)
         else:
-            self.dropped += 1
+            self._keep(channel, message, payload, score)
+        self._redis_behind()
+
+    def _keep(self, channel: str, message: Message, payload: bytes, score: float) -> None:
+        """Keep a message for a channel of another process (or any process) until Redis is back."""
+        self.pending.put(channel, payload, score, copy.deepcopy(message))
+
+    def _expired(self, channel: str, count: int) -> None:
+        self.expired += count
+        emit(logging.WARNING, "channels_messages_expired", breaker=self.breaker.name,
+             channel=channel, messages=count, expiry=self.expiry)
 
     async def group_send(self, group: str, message: Message) -> None:
         """Send to every member of a group; while open, to the members in this process."""
@@ -151,16 +183,12 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     def _group_send_locally(self, group: str, message: Message) -> bool:
         self._redis_behind()
         for channel in self.mirror.members(group):
-            if self._deliverable(channel):
+            if self._ours in channel:
                 # A full channel drops the message, as group_send does on Redis.
                 self.local.put(channel, copy.deepcopy(message), drop_if_full=True)
             else:
                 self.dropped += 1
         return False
-
-    def _deliverable(self, channel: str) -> bool:
-        """Channels of this process, and general channels a worker here may read."""
-        return self._ours in channel or "!" not in channel
 
     # ---------------------------------------------------------------- receiving
     async def new_channel(self, prefix: str = "specific") -> str:
@@ -171,10 +199,15 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         """The next message for ``channel``, from Redis or from this process; never a Redis error."""
         assert self.require_valid_channel_name(channel), "Channel name not valid"
         state = self._loop_state(home=True)
+        general = "!" not in channel
         while True:
             message = self.local.pop(channel)
             if message is not None:
                 return message
+            if general and self.pending:
+                kept = self.pending.take(channel)
+                if kept is not None:
+                    return kept.message
             task = state.pending.get(channel)
             if task is None:
                 task = state.start(self._receive_from_redis(channel, state))
@@ -183,8 +216,10 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                 del state.pending[channel]
                 return task.result()
             arrived = self.local.wait(channel)
+            kept_arrived = self.pending.wait(channel) if general else None
+            waits = (task, arrived) if kept_arrived is None else (task, arrived, kept_arrived)
             try:
-                await asyncio.wait((task, arrived), return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             except asyncio.CancelledError:
                 # The consumer is going away: stop reading its channel from Redis.
                 if state.pending.get(channel) is task:
@@ -194,6 +229,8 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                 raise
             finally:
                 self.local.forget_waiter(channel, arrived)
+                if kept_arrived is not None:
+                    self.pending.forget_waiter(channel, kept_arrived)
 
     async def _receive_from_redis(self, channel: str, state: LoopState) -> Message:
         delay = TRIAL_WAIT_S
@@ -205,6 +242,8 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                 continue
             try:
                 message: Message = await self.redis.receive(channel)
+                if DUPLICATE in message:
+                    continue  # a second copy of a message received before
                 return message
             except rex.TimeoutError as exc:
                 # An idle blocking pop can outlast a short read timeout; only a
@@ -286,11 +325,13 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self._resync_wanted = True
         if not self.breaker.is_open:
             self._start_resync(self._loop_state())
+            self._forward_soon()
 
     # --------------------------------------------------------------- extensions
     async def flush(self) -> None:
         """Delete every message and group, here and in Redis (raises if Redis is unusable)."""
         self.local.clear()
+        self.pending.clear()
         self.mirror.clear()
         self.dropped = 0
         await self.breaker.acall(self.redis.flush)
@@ -318,6 +359,8 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     def _on_change(self, change: StateChange) -> None:
         """Breaker listener: runs in whatever thread made the transition."""
+        if change.to_state is not State.OPEN and self.pending:
+            self._forward_soon()
         for loop, state, home in self._loops.live():
             with contextlib.suppress(RuntimeError):  # closed in the meantime
                 loop.call_soon_threadsafe(self._changed_on_loop, state, change, home)
@@ -383,6 +426,64 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                 self._resync_wanted = True
             await wait(changed, delay)
             delay = min(delay * 2, _RETRY_MAX_S)
+
+
+    # ------------------------------------------------------------- forwarding
+    def _forward_soon(self) -> None:
+        """Forward the kept messages in the background (a thread: senders may be sync code)."""
+        if self.pending and not self._closed:
+            self._forwarder.kick()
+
+    def _forward_in_thread(self) -> None:
+        asyncio.run(self._forward_all())
+
+    async def _forward_all(self) -> None:
+        """Send every kept message to Redis, oldest first per channel, as trial calls.
+
+        Stops when the breaker opens (its next half-open starts again); a full
+        channel or a failing command is tried again shortly, until its
+        messages expire.
+        """
+        forwarded = 0
+        delay = TRIAL_WAIT_S
+        try:
+            while self.pending and not self._closed and not self.breaker.is_open:
+                blocked = False
+                for channel in self.pending.channels():
+                    while not self.breaker.is_open:
+                        kept = self.pending.take(channel)
+                        if kept is None:
+                            break
+                        if not await self._forward_one(channel, kept):
+                            blocked = True
+                            break
+                        forwarded += 1
+                if blocked:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, _FORWARD_RETRY_MAX_S)
+        finally:
+            if forwarded:
+                self.forwarded += forwarded
+                emit(logging.INFO, "channels_messages_forwarded", breaker=self.breaker.name,
+                     messages=forwarded, left=len(self.pending))
+
+    async def _forward_one(self, channel: str, kept: Kept) -> bool:
+        """Write one kept message; False (and kept again) when it could not be written now."""
+        try:
+            written = await self.breaker.acall_as_trial(self.redis.forward, channel,
+                                                        kept.payload, kept.score)
+        except BaseException as exc:
+            self.pending.put_back(channel, kept)
+            if isinstance(exc, Exception) and not isinstance(exc, BreakerOpenError) \
+                    and not self.breaker.counts(exc):
+                emit(logging.ERROR, "channels_forward_failed", breaker=self.breaker.name,
+                     channel=channel, error=describe_error(exc))
+            if isinstance(exc, Exception):
+                return False
+            raise
+        if not written:  # full: its reader is behind; try again until the message expires
+            self.pending.put_back(channel, kept)
+        return bool(written)
 
 
 def _weak_listener(layer: BreakerChannelLayer) -> Callable[[StateChange], None]:

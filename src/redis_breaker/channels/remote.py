@@ -33,20 +33,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import inspect
 import os
 import threading
+import time
 import types
 import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any
 from urllib.parse import quote
 
+from channels.exceptions import ChannelFull
 from channels_redis.core import RedisChannelLayer
 from redis import asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
 
 try:
     from channels_redis.utils import create_pool as _upstream_create_pool
@@ -55,9 +59,27 @@ except ImportError:  # channels_redis 4.0
 
 from redis_breaker._sentinel import aclose_sentinel, sentinel_url
 
+from .outbox import SeenIds
+
 __all__ = ["RedisLayer", "close_with_loop", "probe_url", "sentinel_probe_url"]
 
 _UPSTREAM_POP_TIMEOUT = 5.0
+#: channels_redis's send (expire old messages, check the capacity, add, renew
+#: the key's expiry) in one round trip instead of four: the same keys, members
+#: and scores. KEYS[1] channel key; ARGV payload, score, expired-before,
+#: capacity, expiry. Returns 1, or 0 when the channel is full.
+_SEND = b"""
+redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, ARGV[3])
+if redis.call('ZCOUNT', KEYS[1], '-inf', '+inf') >= tonumber(ARGV[4]) then
+    return 0
+end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+_SEND_SHA = hashlib.sha1(_SEND).hexdigest()
+#: Set on a received message that is a second copy of one received before.
+DUPLICATE = "__redis_breaker_duplicate__"
 #: Every RedisLayer of the process, for their locks to be renewed after fork.
 _LAYERS: weakref.WeakSet[RedisLayer] = weakref.WeakSet()
 
@@ -102,10 +124,13 @@ class _LoopPools:
 
     def __init__(self) -> None:
         self.pools: dict[int, Any] = {}
+        #: One client per pool, made once: a ``Redis`` costs 100-250 µs to build.
+        self.clients: dict[int, Any] = {}
         self.sentinel_managers: list[Any] = []
 
     async def close(self) -> None:
         pools, self.pools = self.pools, {}
+        self.clients = {}
         managers, self.sentinel_managers = self.sentinel_managers, []
         for pool in pools.values():
             await pool.disconnect()
@@ -126,6 +151,10 @@ class RedisLayer(RedisChannelLayer):  # type: ignore[misc]
         )
         self._loop_pools_lock = threading.Lock()
         _LAYERS.add(self)
+        serializer = getattr(self, "_serializer", None)  # channels_redis 4.0: 12 bytes, fixed
+        self.random_prefix_length = int(getattr(serializer, "random_prefix_length", 12))
+        #: Random prefixes of the messages received lately (see ``outbox.SeenIds``).
+        self.seen = SeenIds(float(self.expiry) * 2)
         # These pools only tell the timeouts: they never connect.
         self.brpop_timeout = pop_timeout(
             [read_timeout(_create_pool(with_reconnect(host))) for host in self.hosts]
@@ -145,9 +174,57 @@ class RedisLayer(RedisChannelLayer):  # type: ignore[misc]
             if hasattr(fresh, name):
                 setattr(self, name, getattr(fresh, name))
         self.client_prefix = fresh.client_prefix
+        self.seen = SeenIds(self.seen.keep, self.seen.limit)
         self._watch = _ReconnectWatch(self)
         self._loop_pools = weakref.WeakKeyDictionary()
         self._loop_pools_lock = threading.Lock()
+
+    # ---------------------------------------------------------------- sending
+    def payload(self, channel: str, message: dict[str, Any]) -> bytes:
+        """The member channels_redis's ``send`` would write for ``message``."""
+        if "!" in channel:
+            message = {**message, "__asgi_channel__": channel}
+        payload: bytes = self.serialize(message)
+        return payload
+
+    def message_id(self, payload: bytes) -> bytes | None:
+        """The random prefix that makes ``payload`` unique, if the layer adds one."""
+        length = self.random_prefix_length
+        return payload[:length] if length > 0 else None
+
+    async def send_payload(self, channel: str, message: dict[str, Any], payload: bytes,
+                           score: float) -> None:
+        """channels_redis's ``send`` of an already serialized message; ``ChannelFull`` when full."""
+        if not await self.forward(channel, payload, score):
+            raise ChannelFull()
+
+    async def forward(self, channel: str, payload: bytes, score: float) -> bool:
+        """Write ``payload`` with ``score`` to ``channel``; False when the channel is full.
+
+        Writing the same payload again leaves one copy (a sorted set's member).
+        """
+        if "!" in channel:
+            index = self.consistent_hash(channel)
+            key = self.prefix + self.non_local_name(channel)
+        else:
+            index = next(self._send_index_generator)
+            key = self.prefix + channel
+        args = (key, payload, repr(score), int(time.time()) - int(self.expiry),
+                self.get_capacity(channel), int(self.expiry))
+        client = self.connection(index)
+        try:
+            added = await client.evalsha(_SEND_SHA, 1, *args)
+        except NoScriptError:  # a new or restarted server
+            added = await client.eval(_SEND, 1, *args)
+        return bool(added)
+
+    def deserialize(self, message: bytes) -> dict[str, Any]:
+        """channels_redis's ``deserialize``; a second copy of a message comes back marked."""
+        result: dict[str, Any] = super().deserialize(message)
+        length = self.random_prefix_length
+        if length > 0 and not self.seen.first_time(message[:length]):
+            result[DUPLICATE] = True
+        return result
 
     def create_pool(self, index: int) -> Any:
         pool = _create_pool(with_reconnect(self.hosts[index]))
@@ -155,7 +232,15 @@ class RedisLayer(RedisChannelLayer):  # type: ignore[misc]
         return pool
 
     def connection(self, index: int) -> Any:
-        """A client on this loop's pool for host ``index`` (the pool made on first use)."""
+        """This loop's client for host ``index`` (its pool made on first use)."""
+        loop_pools = self._loop_pools.get(asyncio.get_running_loop())
+        if loop_pools is not None:
+            client = loop_pools.clients.get(index)
+            if client is not None:
+                return client
+        return self._new_connection(index)
+
+    def _new_connection(self, index: int) -> Any:
         if not 0 <= index < self.ring_size:
             raise ValueError(f"There are only {self.ring_size} hosts - you asked for {index}!")
         loop_pools = self._pools_of(asyncio.get_running_loop())
@@ -165,9 +250,14 @@ class RedisLayer(RedisChannelLayer):  # type: ignore[misc]
             manager = getattr(pool, "sentinel_manager", None)
             if manager is not None:
                 loop_pools.sentinel_managers.append(manager)
-        return aioredis.Redis(connection_pool=pool)
+        client = loop_pools.clients[index] = aioredis.Redis(connection_pool=pool)
+        return client
 
     def _pools_of(self, loop: asyncio.AbstractEventLoop) -> _LoopPools:
+        """This loop's pools, made (and closed with the loop) on first use."""
+        loop_pools = self._loop_pools.get(loop)
+        if loop_pools is not None:
+            return loop_pools
         with self._loop_pools_lock:
             loop_pools = self._loop_pools.get(loop)
             if loop_pools is None:
