@@ -3,8 +3,8 @@
 `nox -s oldest` (the oldest supported release of every dependency),
 `nox -s lint`, `nox -s docs`.
 
-Each session installs what it needs, redis-server included (from Debian's
-packages, when run as root on Debian); elsewhere it says what is missing.
+Each session installs what it needs, redis-server and PostgreSQL included (from
+Debian's packages, when run as root on Debian); elsewhere it says what is missing.
 """
 
 from __future__ import annotations
@@ -25,16 +25,21 @@ PYTHONS = nox.project.python_versions(PYPROJECT)
 EXTRAS = ".[django,channels,celery,prometheus]"
 # Django releases and the oldest Python each supports.
 DJANGOS = {"4.2": "3.10", "5.2": "3.10", "6.0": "3.12"}
-SYSTEM_PACKAGES = ["redis-server", "redis-sentinel", "iproute2", "iptables"]
+SYSTEM_PACKAGES = ["redis-server", "redis-sentinel", "iproute2", "iptables", "postgresql"]
 
 
 def _missing_system_tools() -> list[str]:
-    return [tool for tool in ("redis-server", "redis-sentinel", "ip", "iptables")
-            if shutil.which(tool) is None and not Path("/usr/sbin", tool).exists()]
+    missing = [tool for tool in ("redis-server", "redis-sentinel", "ip", "iptables")
+               if shutil.which(tool) is None and not Path("/usr/sbin", tool).exists()]
+    # Debian puts PostgreSQL's server binaries in /usr/lib/postgresql/<version>/bin, off PATH
+    # (tests/harness/postgres.py looks there too).
+    if shutil.which("initdb") is None and not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
+        missing.append("initdb (PostgreSQL)")
+    return missing
 
 
 def ensure_system_packages(session: nox.Session) -> None:
-    """Install redis-server (and the tools for blackhole faults) from Debian's packages."""
+    """Install redis-server, PostgreSQL (and the tools for blackhole faults) from Debian's packages."""
     missing = _missing_system_tools()
     if not missing:
         return
@@ -51,8 +56,9 @@ def ensure_system_packages(session: nox.Session) -> None:
     session.run(apt, "update", "-qq", external=True, env=env)
     session.run(apt, "install", "-y", "-qq", "--no-install-recommends", *SYSTEM_PACKAGES,
                 external=True, env=env)
-    # The package starts a system-wide server on 6379; the suite starts its own.
-    for service in ("redis-server", "redis-sentinel"):
+    # The packages start system-wide servers (Redis on 6379, PostgreSQL's cluster on
+    # 5432); the suite starts its own, on free ports.
+    for service in ("redis-server", "redis-sentinel", "postgresql"):
         session.run("sh", "-c", f"service {service} stop >/dev/null 2>&1 || true",
                     external=True, silent=True)
 

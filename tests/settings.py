@@ -27,6 +27,8 @@ DATABASES = {
                                       f"redis-breaker-tests-{os.getpid()}.sqlite3")},
     }
 }
+# The Celery tests run the outbox on SQLite and on a real PostgreSQL (tests/celery/databases.py).
+DATABASE_ROUTERS = ["tests.celery.databases.OutboxRouter"]
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 TEMPLATES = [{"BACKEND": "django.template.backends.django.DjangoTemplates", "DIRS": [],
               "APP_DIRS": True, "OPTIONS": {}}]

@@ -1,4 +1,10 @@
-"""Fixtures for the Celery integration: a file SQLite test database, a Celery app on a real Redis."""
+"""Fixtures for the Celery integration: the outbox on SQLite and on PostgreSQL, a Celery app on a real Redis.
+
+A test that takes ``outbox_db`` runs twice: with the outbox in the file SQLite
+test database (``default``), and in a real PostgreSQL started once per session
+(``tests.harness.PostgresServer``), the outbox's model routed there by
+``tests.celery.databases.OutboxRouter``.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +24,9 @@ import pytest
 from celery import Celery
 
 from redis_breaker.celery import BreakerTask, outbox
-from tests.harness import RedisServer
+from tests.harness import PostgresNotInstalled, PostgresServer, RedisServer
+
+from .databases import POSTGRES, route_outbox
 
 
 def queued(server: RedisServer, queue: str = "celery") -> list[dict[str, Any]]:
@@ -72,6 +80,67 @@ def join_relays() -> None:
     """Wait for every background relay pass of this process to end."""
     for relay in list(outbox._relays.values()):
         relay.join(10)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the whole session (never a skip when there is none)."""
+    try:
+        server = PostgresServer()
+    except PostgresNotInstalled as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        server.start()
+    except Exception as exc:
+        server.close()
+        pytest.fail(f"PostgreSQL did not start: {exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_db(postgres_server: PostgresServer, django_db_setup: None,
+                django_db_blocker: Any) -> Iterator[str]:
+    """The ``postgres`` database alias: registered, its test database created and migrated."""
+    from django.db import connections
+
+    connections.settings[POSTGRES] = postgres_server.settings(
+        "redis_breaker", TEST={"NAME": "test_redis_breaker"})
+    connections.configure_settings(connections.settings)
+    with django_db_blocker.unblock():
+        connections[POSTGRES].creation.create_test_db(verbosity=0, autoclobber=True,
+                                                      serialize=False)
+    try:
+        yield POSTGRES
+    finally:
+        connections[POSTGRES].close()
+
+
+# Session-scoped, so it is set up before the test's own (function-scoped)
+# database fixtures: the PostgreSQL alias exists when pytest-django validates
+# the test's databases, and each test flushes it after itself.
+@pytest.fixture(scope="session", params=[
+    "sqlite",
+    pytest.param("postgresql", marks=pytest.mark.django_db(transaction=True,
+                                                           databases=["default", POSTGRES])),
+])
+def _outbox_database(request: pytest.FixtureRequest) -> str:
+    if request.param == "sqlite":
+        return "default"
+    alias: str = request.getfixturevalue("postgres_db")
+    return alias
+
+
+@pytest.fixture
+def outbox_db(_outbox_database: str) -> Iterator[str]:
+    """The alias of the database the outbox uses in this test (run once per database)."""
+    route_outbox(None if _outbox_database == "default" else _outbox_database)
+    try:
+        yield _outbox_database
+    finally:
+        route_outbox(None)
 
 
 @pytest.fixture

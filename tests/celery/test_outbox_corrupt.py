@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from django.db import connection
+from django.db import connections, router
 
 from redis_breaker.models import OutboxMessage
 from redis_breaker.outbox import drain, outbox_status, write_message
@@ -20,7 +20,7 @@ from tests.harness import RedisServer
 
 from .conftest import queued
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("outbox_db")]
 
 UNPICKLED: list[str] = []
 
@@ -44,10 +44,17 @@ def _row(task_id: str, **fields: Any) -> OutboxMessage:
 
 
 def _corrupt_args(row: OutboxMessage, raw: str) -> None:
-    """Write ``raw`` into the args column as is, as a broken writer or a bad migration would."""
-    if connection.vendor != "sqlite":
-        pytest.fail("this test writes invalid JSON with SQLite's ignore_check_constraints")
+    """Write ``raw`` into the args column as is, as a broken writer or a bad migration would.
+
+    SQLite stores the invalid JSON itself (its check constraint turned off);
+    PostgreSQL's jsonb refuses invalid JSON, so there the text lands as a JSON string.
+    """
+    connection = connections[router.db_for_write(OutboxMessage)]
     with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("UPDATE redis_breaker_outboxmessage SET args = to_jsonb(%s::text) "
+                           "WHERE id = %s", [raw, row.id])
+            return
         cursor.execute("PRAGMA ignore_check_constraints = 1")
         try:
             cursor.execute("UPDATE redis_breaker_outboxmessage SET args = %s WHERE id = %s",
@@ -75,8 +82,9 @@ def test_corrupted_rows_are_reported_and_skipped(celery_app: Celery,
     failed = {r.task_id: r for r in OutboxMessage.objects.all()}
     assert set(failed) == {"bad-json", "not-a-list", "pickle"}
     assert {r.status for r in failed.values()} == {"failed"}
-    # Celery refuses them (its argument check against the task's signature).
-    assert failed["bad-json"].last_error.startswith("TypeError: add()")
+    # Celery refuses them (its argument check against the task's signature; on
+    # PostgreSQL the broken text is a JSON string, refused as arguments that are no list).
+    assert failed["bad-json"].last_error.startswith("TypeError: ")
     assert failed["not-a-list"].last_error.startswith("TypeError: add()")
     assert "Unsupported type" in failed["pickle"].last_error
     reported = [e["task_id"] for e in events if e["event"] == "outbox_publish_failed"]

@@ -17,7 +17,7 @@ from tests.harness import RedisServer
 
 from .conftest import join_relays, queued, wait_for
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("outbox_db")]
 
 
 def _row(name: str = "t.add", *, task_id: str, expires: datetime | None = None) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
 from celery import Celery
-from django.db import connection
+from django.db import connections
 
 from redis_breaker import get_breaker
 from redis_breaker.celery import worker_relay as _worker_relay
@@ -15,7 +16,7 @@ from tests.harness import RedisServer
 
 from .conftest import celery_worker, join_relays, wait_for
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("outbox_db")]
 
 TASKS = 40
 
@@ -27,8 +28,13 @@ def recorder() -> Iterator[RedisServer]:
         yield server
 
 
+def worker_database(alias: str) -> str:
+    """The test's outbox database as the worker subprocess's ``default`` (JSON, for its env)."""
+    return json.dumps(connections[alias].settings_dict, default=str)
+
+
 def test_worker_relays_rows_a_dead_process_left(redis_server: RedisServer,
-                                                recorder: RedisServer) -> None:
+                                                recorder: RedisServer, outbox_db: str) -> None:
     """Rows written during an outage by a process that then stops probing reach the broker via
     a worker started after the outage, each task running once, and the worker says so."""
     from tests.celery.app import app, record
@@ -47,7 +53,7 @@ def test_worker_relays_rows_a_dead_process_left(redis_server: RedisServer,
         runs = recorder.client()
         with celery_worker("tests.celery.django_worker", RB_BROKER_URL=redis_server.url,
                            RB_RECORD_URL=recorder.url,
-                           RB_DB_PATH=str(connection.settings_dict["NAME"])) as log:
+                           RB_DATABASE=worker_database(outbox_db)) as log:
             wait_for(lambda: runs.hlen("runs") >= TASKS, timeout=60,
                      what=f"the worker to relay and run every task (log: {log})")
             wait_for(lambda: OutboxMessage.objects.count() == 0, timeout=20,
@@ -82,12 +88,14 @@ def test_relay_interval_zero_turns_the_worker_relay_off() -> None:
         app.close()
 
 
-def test_failing_pass_is_logged_once_and_retried(redis_server: RedisServer) -> None:
+def test_failing_pass_is_logged_once_and_retried(redis_server: RedisServer,
+                                                 outbox_db: str) -> None:
     """A relay pass that fails (the outbox table missing) logs one error per distinct cause
     and keeps going; once the cause is gone the next pass works."""
     from redis_breaker.testing import capture_events
     app = Celery("rb-relay-fail", broker=redis_server.url, set_as_current=False)
     relay = _worker_relay.WorkerRelay(app, interval=0.01)
+    connection = connections[outbox_db]
     with connection.cursor() as cursor:
         cursor.execute("ALTER TABLE redis_breaker_outboxmessage RENAME TO rb_hidden")
     try:

@@ -1,16 +1,16 @@
-"""Django settings of the worker subprocess in test_worker_relay.py: the test's own database."""
+"""Django settings of the worker subprocess in test_worker_relay.py: the test's own database.
 
+``RB_DATABASE`` is the test's outbox database (SQLite or PostgreSQL) as JSON.
+"""
+
+import json
 import os
 
 from tests.settings import *  # noqa: F403
 
-DATABASES = {
-    "default": {
-        "ENGINE": "django.db.backends.sqlite3",
-        "NAME": os.environ["RB_DB_PATH"],
-        "OPTIONS": {"timeout": 20},
-    }
-}
+DATABASES = {"default": json.loads(os.environ["RB_DATABASE"])}
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    DATABASES["default"]["OPTIONS"] = {**DATABASES["default"].get("OPTIONS", {}), "timeout": 20}
 CELERY_BROKER_URL = os.environ["RB_BROKER_URL"]
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False

@@ -1,8 +1,9 @@
-"""The project's test harness: real Redis servers and Sentinel clusters, and their faults."""
+"""The project's test harness: real Redis servers and Sentinel clusters, their faults, and PostgreSQL."""
 
 from __future__ import annotations
 
+from .postgres import PostgresNotInstalled, PostgresServer
 from .sentinel import RedisSentinelCluster
 from .server import RedisNotInstalled, RedisServer, free_port, wait_until
 
-__all__ = ["RedisNotInstalled", "RedisSentinelCluster", "RedisServer", "free_port", "wait_until"]
+__all__ = ["PostgresNotInstalled", "PostgresServer", "RedisNotInstalled", "RedisSentinelCluster", "RedisServer", "free_port", "wait_until"]
