@@ -34,6 +34,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _harness import RedisServer, wait_until  # noqa: E402
+from drill_app import hidden  # noqa: E402
 
 FAULTS = ("refused", "hung", "blackhole")
 PHASES = ("healthy", "outage", "recovery")
@@ -50,48 +51,57 @@ class Run:
     """Everything recorded during the drill."""
 
     started: float = field(default_factory=time.perf_counter)
-    samples: list[tuple[str, str, float, float, bool]] = field(default_factory=list)
+    #: (contestant, op, start, duration, error seen by the caller, error hidden by the backend)
+    samples: list[tuple[str, str, float, float, bool, bool]] = field(default_factory=list)
     phases: list[dict[str, Any]] = field(default_factory=list)
+    #: redis-breaker's shared breaker: (time, new state)
     transitions: list[tuple[float, str]] = field(default_factory=list)
+    #: pybreaker's breaker: (time, new state)
+    pybreaker_transitions: list[tuple[float, str]] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
     def now(self) -> float:
         return time.perf_counter() - self.started
 
-    def record(self, contestant: str, op: str, start: float, duration: float, error: bool) -> None:
-        self.samples.append((contestant, op, start, duration, error))
+    def record(self, contestant: str, op: str, start: float, duration: float, error: bool,
+               hidden: bool = False) -> None:
+        self.samples.append((contestant, op, start, duration, error, hidden))
 
 
 # --------------------------------------------------------------------- traffic
 def sync_worker(run: Run, contestant: Any, index: int, pace: float) -> None:
     ops = [op for op in SYNC_MIX if op in contestant.sync_ops]
     counter = itertools.count(index * 1_000_000)
+    box = hidden.start()
     for op in itertools.cycle(ops[index % len(ops):] + ops[:index % len(ops)]):
         if run.stop.is_set():
             return
         start = run.now()
         error = False
+        before = box[0]
         try:
             contestant.sync_ops[op](next(counter))
         except Exception:
             error = True
         duration = run.now() - start
-        run.record(contestant.name, op, start, duration, error)
+        run.record(contestant.name, op, start, duration, error, box[0] > before)
         time.sleep(max(0.0, pace - duration))
 
 
 async def async_worker(run: Run, contestant: Any, index: int, pace: float) -> None:
     counter = itertools.count(index * 1_000_000)
+    box = hidden.start()  # this task's own context
     while not run.stop.is_set():
         for op, fn in contestant.async_ops.items():
             start = run.now()
             error = False
+            before = box[0]
             try:
                 await fn(next(counter))
             except Exception:
                 error = True
             duration = run.now() - start
-            run.record(contestant.name, op, start, duration, error)
+            run.record(contestant.name, op, start, duration, error, box[0] > before)
             await asyncio.sleep(max(0.0, pace - duration))
 
 
@@ -118,9 +128,23 @@ class LoopThread:
 
     def __init__(self, name: str) -> None:
         self.loop = asyncio.new_event_loop()
+        self.loop.set_exception_handler(self._unhandled)
+        self.name = name
         self.thread = threading.Thread(target=self.loop.run_forever, name=f"loop-{name}",
                                        daemon=True)
         self.thread.start()
+
+    def _unhandled(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        # One line naming the contestant instead of asyncio's traceback: channels_redis
+        # starts a task after each receive() that pops the message's backup copy
+        # (_clean_receive_backup) and never awaits it; when Redis is cut at that moment
+        # its error is "never retrieved" (see docs/drill.md).
+        task = context.get("future") or context.get("task")
+        coro = getattr(task, "get_coro", lambda: None)()
+        what = getattr(coro, "__qualname__", None) or repr(task)
+        error = context.get("exception")
+        log(f"[{self.name} event loop] {context.get('message')}: {what}: "
+            f"{type(error).__name__ if error else ''}: {error}")
 
     def submit(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
@@ -213,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         from redis_breaker import get_breaker
 
         breaker = get_breaker("drill")
+        hidden.wrap_breaker(breaker)
         breaker.add_listener(lambda change: run.transitions.append(
             (run.now(), change.to_state.value)))
 
@@ -225,7 +250,15 @@ def main(argv: list[str] | None = None) -> int:
             raise RuntimeError(f"the Celery worker did not start; see {out / 'celery-worker.log'}")
         ledger_client.delete("executed:celery")
 
-        players = contestant_module.build(lambda name: loops[name].loop)
+        hidden.install()
+        from django.db.models.signals import post_save
+
+        from redis_breaker.models import OutboxMessage
+
+        post_save.connect(hidden.on_outbox_row, sender=OutboxMessage, weak=False)
+        players = contestant_module.build(
+            lambda name: loops[name].loop,
+            lambda state: run.pybreaker_transitions.append((run.now(), state)))
         for contestant in players:
             if contestant.async_ops:
                 loops[contestant.name] = LoopThread(contestant.name)
@@ -301,17 +334,25 @@ def main(argv: list[str] | None = None) -> int:
         from drill_report import summarize, write_outputs
 
         tasks = {}
-        for name, ids in expected.items():
-            ran = executed(name)
-            tasks[name] = {
+        dispatches = {}
+        for contestant in players:
+            if contestant.name not in expected:
+                continue
+            ran = executed(contestant.name)
+            ids = expected[contestant.name]
+            tasks[contestant.name] = {
                 "dispatched": len(ids),
                 "executed": len(ids & set(ran)),
                 "lost": len(ids - set(ran)),
                 "duplicates": sum(max(0, n - 1) for n in ran.values()),
             }
+            # when each task was dispatched and how often it ran, for the per-fault counts
+            dispatches[contestant.name] = [(at - run.started, ran.get(task_id, 0))
+                                           for task_id, at in contestant.task_times.items()]
         report = summarize(run, tasks, faults, skipped, received, blocked,
                            {"duration": args.duration, "concurrency": args.concurrency,
-                            "pace": args.pace, "socket_timeout": SOCKET_TIMEOUT})
+                            "pace": args.pace, "socket_timeout": SOCKET_TIMEOUT},
+                           dispatches)
         write_outputs(report, run, out)
         return 0
     finally:

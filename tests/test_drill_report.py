@@ -9,7 +9,7 @@ from typing import Any
 
 sys.path.append(str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
-from drill_report import breaker_timing
+from drill_report import breaker_timing, fmt, sig, summarize, write_html
 
 
 @dataclass
@@ -18,6 +18,9 @@ class Timeline:
 
     phases: list[dict[str, Any]] = field(default_factory=list)
     transitions: list[tuple[float, str]] = field(default_factory=list)
+    pybreaker_transitions: list[tuple[float, str]] = field(default_factory=list)
+    #: (contestant, op, start, duration, error seen, error hidden)
+    samples: list[tuple[str, str, float, float, bool, bool]] = field(default_factory=list)
 
     def fault(self, name: str, at: float, cut: tuple[float, float],
               restore: tuple[float, float], length: float = 10.0) -> None:
@@ -54,3 +57,81 @@ def test_a_fault_never_borrows_the_next_faults_transitions() -> None:
     assert breaker_timing(run, "refused")["closed_after_restore_s"] is None
     assert breaker_timing(run, "hung")["open_after_cut_s"] == 0.8
     assert breaker_timing(run, "hung")["closed_after_restore_s"] == 0.7
+
+
+def calls(run: Timeline, contestant: str, op: str, start: float, end: float, every: float,
+          duration: float, error: bool = False, hidden: bool = False) -> None:
+    t = start
+    while t < end:
+        run.samples.append((contestant, op, t, duration, error, hidden))
+        t += every
+
+
+def test_the_verdict_counts_every_call_of_the_fault_window_and_the_hidden_errors(tmp_path: Path) -> None:
+    """Calls made during the slow cut action count; django-redis's swallowed errors are counted as hidden.
+
+    Before the cut began every call took 1 ms; from the start of the cut to the
+    end of the restore, redis-breaker's calls were served by its fallback in
+    0.1 ms except one that waited 0.5 s during the cut action, django-redis
+    waited 0.5 s on every call and returned None, Django's RedisCache raised.
+    """
+    run = Timeline()
+    run.fault("refused", 0.0, cut=(10.0, 12.5), restore=(22.5, 22.6))
+    run.transitions = [(10.4, "open"), (23.1, "half_open"), (23.3, "closed")]
+    run.pybreaker_transitions = [(10.6, "open"), (11.6, "half_open"), (11.7, "open"),
+                                 (23.0, "half_open"), (23.05, "closed")]
+    for name in ("redis-breaker", "django-redis", "django-redis-cache"):
+        calls(run, name, "cache.get", 0.0, 10.0, 0.1, 0.001)
+        calls(run, name, "cache.get", 22.6, 32.6, 0.1, 0.001)
+    run.samples.append(("redis-breaker", "cache.get", 10.05, 0.5, False, True))  # during the cut
+    calls(run, "redis-breaker", "cache.get", 10.6, 22.6, 0.1, 0.0001, hidden=True)
+    calls(run, "django-redis", "cache.get", 10.0, 22.6, 0.5, 0.5, hidden=True)
+    calls(run, "django-redis-cache", "cache.get", 10.0, 22.6, 0.5, 0.002, error=True)
+    dispatches = {"redis-breaker": [(5.0, 1), (11.0, 1), (15.0, 2)],
+                  "celery": [(5.0, 1), (11.0, 0), (40.0, 0)]}
+    for at, _ in dispatches["redis-breaker"]:
+        run.samples.append(("redis-breaker", "task.delay", at, 0.003, False, at > 10))
+    for at, _ in dispatches["celery"][:2]:
+        run.samples.append(("celery", "task.delay", at, 0.6, at > 10, False))
+
+    report = summarize(run, {}, ["refused"], {}, {}, [], {"duration": 10.0}, dispatches)
+    (verdict,) = report["verdict"]
+    rows = {(r["op"], r["contestant"]): r for r in verdict["rows"]}
+    ours = rows["cache.get", "redis-breaker"]
+    assert ours["calls"] == 1 + 120
+    assert (ours["errors"], ours["hidden"], ours["max_ms"]) == (0, 121, 500.0)
+    assert rows["cache.get", "django-redis"]["calls"] == 26
+    assert rows["cache.get", "django-redis"]["errors"] == 0
+    assert rows["cache.get", "django-redis"]["hidden"] == 26
+    assert rows["cache.get", "django-redis"]["p99_ms"] == 500.0
+    assert rows["cache.get", "django-redis-cache"]["errors"] == 26
+    assert rows["cache.get", "django-redis-cache"]["hidden"] == 0
+    # tasks: dispatched from the healthy phase to the end of recovery; the one at 40 s is not this fault's
+    assert (rows["task.delay", "redis-breaker"]["lost"],
+            rows["task.delay", "redis-breaker"]["duplicates"]) == (0, 1)
+    assert (rows["task.delay", "celery"]["lost"], rows["task.delay", "celery"]["duplicates"]) == (1, 0)
+    assert next(r["contestant"] for r in verdict["rows"] if r["op"] == "cache.get") == "redis-breaker"
+    assert verdict["breaker"]["open_after_cut_s"] == 0.4
+    assert verdict["pybreaker"]["open_after_cut_s"] == 0.6
+    assert verdict["pybreaker"]["closed_after_restore_s"] == 0.55
+    assert "opened 0.4 s after the cut began" in verdict["sentence"]
+    assert "django-redis 0 errors seen, 26 hidden" in verdict["sentence"]
+    # the phases of the full table include the two fault actions
+    phases = {(s["phase"], s["contestant"]) for s in report["scenarios"]}
+    assert ("cut", "redis-breaker") in phases
+    assert {"healthy", "cut", "outage", "recovery"} <= {p for p, _ in phases}
+
+    page = tmp_path / "index.html"
+    write_html(report, ["timeline-refused.png"], page)
+    text = page.read_text()
+    assert text.index("Verdict") < text.index("timeline-refused.png") < text.index("<details>")
+    for name in ("django-redis", "pybreaker", "channels-redis", "celery", "django-redis-cache"):
+        assert f"<b>{name}</b>:" in text
+
+
+def test_figures_have_three_significant_figures() -> None:
+    assert sig(0.123456) == 0.123
+    assert sig(501.234) == 501.0
+    assert sig(None) is None
+    assert [fmt(v) for v in (0.000123456, 1.23456, 501.234, 3112.7, None, 12)] == [
+        "0.000123", "1.23", "501", "3,110", "-", "12"]

@@ -9,12 +9,16 @@
 - ``pybreaker``: the same wrappers a team writes by hand (fallback to a local
   cache, run the task in-process, skip the message), guarded by one
   ``pybreaker.CircuitBreaker`` for the endpoint.
+
+Each call that a backend answers without Redis, hiding the error from its
+caller, is counted (``hidden.mark()``): see ``hidden.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +29,7 @@ from channels.layers import get_channel_layer
 from django.core.cache import caches
 from kombu.exceptions import OperationalError
 
+from . import hidden
 from .celery_app import guarded, plain, protected
 
 SyncOp = Callable[[int], object]
@@ -42,19 +47,34 @@ class Contestant:
     #: Channel layer alias whose group this contestant's receiver listens on.
     layer: str | None = None
     task_ids: list[str] = field(default_factory=list)
+    #: ``time.perf_counter()`` when each task was dispatched, by task id.
+    task_times: dict[str, float] = field(default_factory=dict)
     task_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def remember(self, task_id: str) -> None:
         with self.task_lock:
             self.task_ids.append(task_id)
+            self.task_times[task_id] = time.perf_counter()
 
 
 def _key(i: int) -> str:
     return f"user:{i % 200}"
 
 
-def build(loop_for: Callable[[str], asyncio.AbstractEventLoop]) -> list[Contestant]:
-    """The contestants; ``loop_for(name)`` is the event loop that runs that contestant's async ops."""
+class _PybreakerStates(pybreaker.CircuitBreakerListener):  # type: ignore[misc]
+    def __init__(self, on_change: Callable[[str], None]) -> None:
+        self.on_change = on_change
+
+    def state_change(self, cb: Any, old_state: Any, new_state: Any) -> None:
+        self.on_change(str(new_state.name).replace("-", "_"))
+
+
+def build(loop_for: Callable[[str], asyncio.AbstractEventLoop],
+          pybreaker_changed: Callable[[str], None] = lambda state: None) -> list[Contestant]:
+    """The contestants; ``loop_for(name)`` is the event loop that runs that contestant's async ops.
+
+    ``pybreaker_changed(state)`` is called on each state change of pybreaker's breaker.
+    """
     contestants: list[Contestant] = []
 
     # -- redis-breaker
@@ -94,7 +114,8 @@ def build(loop_for: Callable[[str], asyncio.AbstractEventLoop]) -> list[Contesta
     contestants.append(channels_plain)
 
     # -- hand-written wrappers guarded by pybreaker
-    pb = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=1.0, name="drill")
+    pb = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=1.0, name="drill",
+                                  listeners=[_PybreakerStates(pybreaker_changed)])
     pb_contestant = Contestant("pybreaker", layer="pb")
     primary, local = caches["pb_primary"], caches["pb_local"]
 
@@ -102,18 +123,21 @@ def build(loop_for: Callable[[str], asyncio.AbstractEventLoop]) -> list[Contesta
         try:
             return pb.call(primary.get, _key(i))
         except _REDIS_ERRORS:
+            hidden.mark()
             return local.get(_key(i))
 
     def pb_set(i: int) -> object:
         try:
             return pb.call(primary.set, _key(i), i, 300)
         except _REDIS_ERRORS:
+            hidden.mark()
             return local.set(_key(i), i, 300)
 
     def pb_delay(i: int) -> None:
         try:
             result = pb.call(guarded.delay, i)
         except _REDIS_ERRORS:
+            hidden.mark()
             result = guarded.apply(args=(i,))  # run it here, as execute_task_sync does
         pb_contestant.remember(result.id)
 
@@ -129,6 +153,7 @@ def build(loop_for: Callable[[str], asyncio.AbstractEventLoop]) -> list[Contesta
         try:
             await asyncio.get_running_loop().run_in_executor(None, pb.call, pb_send_blocking, i)
         except _REDIS_ERRORS:
+            hidden.mark()
             return None
 
     pb_contestant.sync_ops.update({"cache.get": pb_get, "cache.set": pb_set, "task.delay": pb_delay})

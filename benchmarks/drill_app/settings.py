@@ -57,4 +57,7 @@ def build(redis_url: str, database: str) -> dict[str, Any]:
         },
         "REDIS_BREAKERS": {"drill": {"URL": redis_url}},
         "LOGGING_CONFIG": None,
+        # django-redis logs each exception IGNORE_EXCEPTIONS swallows: the drill counts them
+        "DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS": True,
+        "DJANGO_REDIS_LOGGER": "drill.ignored",
     }
