@@ -1,0 +1,164 @@
+"""A worker channel written by one process and read by another, across real Redis faults.
+
+Two real processes (``tests/channels/workerproc.py``) on a real redis-server,
+sharing the host-wide breaker: the sender keeps sending through the fault,
+and the consumer must get every message once, in order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from redis_breaker import _shared
+from tests.harness import RedisServer
+from tests.harness.hostproc import REPO_ROOT
+from tests.harness.server import wait_until
+
+COUNT = 150
+INTERVAL = 0.02
+#: Sends made while Redis is away, at least.
+DURING = 40
+DEADLINE = 90.0
+
+FAULTS = ["refused", "hung", "blackhole", "restart-empty"]
+
+
+def _lines(path: Path) -> list[dict[str, object]]:
+    if not path.exists():
+        return []
+    found = []
+    for line in path.read_text().splitlines():
+        try:
+            found.append(json.loads(line))
+        except ValueError:
+            continue  # a line being written
+    return found
+
+
+class Pair:
+    """A sender and a consumer process of one worker channel."""
+
+    def __init__(self, server: RedisServer, work: Path, channel: str) -> None:
+        self.control = work / "control"
+        self.control.mkdir()
+        self.sent_log = work / "send.jsonl"
+        self.got_log = work / "receive.jsonl"
+        self.procs: list[subprocess.Popen[bytes]] = []
+        state_dir = _shared.default_state_dir()
+        for role, out in (("receive", self.got_log), ("send", self.sent_log)):
+            if role == "send":
+                (self.control / "pause").touch()  # until the consumer is up
+            with open(work / f"{role}.err", "wb") as err:
+                self.procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "tests.channels.workerproc", role, "--url", server.url,
+                     "--state-dir", state_dir, "--channel", channel, "--out", str(out),
+                     "--control", str(self.control), "--count", str(COUNT),
+                     "--interval", str(INTERVAL)],
+                    cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+                    stderr=err))
+
+    def sent(self) -> list[int]:
+        return [int(e["sent"]) for e in _lines(self.sent_log) if "sent" in e]  # type: ignore[call-overload]
+
+    def raised(self) -> list[dict[str, object]]:
+        return [e for e in _lines(self.sent_log) if "raised" in e]
+
+    def got(self) -> list[int]:
+        return [int(e["got"]) for e in _lines(self.got_log) if "got" in e]  # type: ignore[call-overload]
+
+    def states(self) -> list[str]:
+        return [str(e["state"]) for e in _lines(self.sent_log) if "state" in e]
+
+    def done(self) -> bool:
+        return any("done" in e for e in _lines(self.sent_log))
+
+    def pause(self, on: bool) -> None:
+        path = self.control / "pause"
+        if on:
+            path.touch()
+        elif path.exists():
+            path.unlink()
+
+    def close(self) -> None:
+        (self.control / "exit").touch()
+        for proc in self.procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def make_pair(tmp_path: Path) -> Iterator[object]:
+    pairs: list[Pair] = []
+
+    def make(server: RedisServer) -> Pair:
+        pair = Pair(server, tmp_path, "thumbnails")
+        pairs.append(pair)
+        return pair
+
+    yield make
+    for pair in pairs:
+        pair.close()
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_worker_channel_loses_nothing_across_a_fault(fault: str, make_pair: object,
+                                                     tmp_path: Path) -> None:
+    """Every message sent before, during and after the fault is received once, in order."""
+    if fault == "blackhole":
+        ok, why = RedisServer.can_blackhole()
+        if not ok:
+            pytest.skip(why)
+    server = RedisServer(netns=fault == "blackhole").start()
+    try:
+        pair: Pair = make_pair(server)  # type: ignore[operator]
+        # The consumer is up (and reading) once the first message comes through.
+        pair.pause(False)
+        assert wait_until(lambda: len(pair.got()) >= 20, DEADLINE), (pair.sent(), pair.got())
+        if fault == "restart-empty":
+            # Redis loses what it holds: let the consumer take it all first.
+            pair.pause(True)
+            assert wait_until(lambda: pair.got() == pair.sent(), DEADLINE)
+        before = len(pair.sent()) + len(pair.raised())
+        if fault == "refused":
+            server.stop(save=True)
+        elif fault == "hung":
+            server.freeze()
+        elif fault == "blackhole":
+            server.blackhole()
+        else:
+            server.kill()
+        pair.pause(False)
+        # Sends go on through the outage, and the breaker opens.
+        assert wait_until(lambda: len(pair.sent()) + len(pair.raised()) >= before + DURING
+                          and "open" in pair.states(), DEADLINE), pair.states()[-5:]
+        assert wait_until(lambda: any(int(e.get("pending", 0)) > 0  # type: ignore[call-overload]
+                                      for e in _lines(pair.sent_log)), DEADLINE)
+        if fault == "refused":
+            server.start()
+        elif fault == "hung":
+            server.thaw()
+        elif fault == "blackhole":
+            server.unblackhole()
+        else:
+            server.restart(empty=True)
+        assert wait_until(pair.done, DEADLINE)
+        assert wait_until(lambda: len(pair.got()) >= COUNT, DEADLINE), (
+            f"got {len(pair.got())} of {COUNT}; missing "
+            f"{sorted(set(range(COUNT)) - set(pair.got()))[:20]}")
+        assert pair.raised() == []
+        assert pair.sent() == list(range(COUNT))
+        # One more moment for a late duplicate to show.
+        wait_until(lambda: len(pair.got()) > COUNT, 1.0)
+        assert pair.got() == list(range(COUNT))
+    finally:
+        server.close()
