@@ -48,6 +48,9 @@ CASES: list[tuple[celery_config.CelerySetting, Any, Callable[[Celery], Any]]] = 
     (celery_config.TIMEOUT, -1, bounded_transport_options),
     (celery_config.TIMEOUT, float("nan"), bounded_transport_options),
     (celery_config.RELAY_INTERVAL, True, relay_interval),
+    (celery_config.ONCE, "yes", lambda app: celery_config.ONCE.checked(celery_config.ONCE.read(app))),
+    (celery_config.ONCE_TTL, 0, lambda app: celery_config.ONCE_TTL.checked(
+        celery_config.ONCE_TTL.read(app))),
 ]
 
 
@@ -68,18 +71,54 @@ def test_one_row_gives_the_check_and_the_runtime_error(
 
 
 def test_every_setting_has_a_row_and_an_id() -> None:
-    """Each of the four settings has its own row, check id and Celery key; the fallbacks are the
+    """Each of the six settings has its own row, check id and Celery key; the fallbacks are the
     three policies the check's hint names."""
     assert [s.id for s in celery_config.SETTINGS] == [
-        "redis_breaker.E030", "redis_breaker.E031", "redis_breaker.E032", "redis_breaker.E033"]
+        "redis_breaker.E030", "redis_breaker.E031", "redis_breaker.E032", "redis_breaker.E033",
+        "redis_breaker.E034", "redis_breaker.E035"]
     assert [s.key for s in celery_config.SETTINGS] == [
         "redis_breaker_fallback", "redis_breaker_name", "redis_breaker_timeout",
-        "redis_breaker_relay_interval"]
+        "redis_breaker_relay_interval", "redis_breaker_once", "redis_breaker_once_ttl"]
     assert set(FALLBACKS) == {"outbox", "sync", "raise"}
     assert all(repr(f) in celery_config.FALLBACK.hint for f in FALLBACKS)
 
 
 def test_defaults_apply_when_unset(app: Celery) -> None:
     """An app that sets none of them gets each row's default, and the check has nothing to say."""
-    assert [s.read(app) for s in celery_config.SETTINGS] == ["outbox", "default", 1.0, 10.0]
+    assert [s.read(app) for s in celery_config.SETTINGS] == ["outbox", "default", 1.0, 10.0,
+                                                             True, 86400.0]
     assert check_celery() == []
+
+
+@pytest.mark.parametrize(("setting", "check_id"), [("CELERY_BROKER_URL", "redis_breaker.E036"),
+                                                   ("CELERY_RESULT_BACKEND", "redis_breaker.E037")])
+@pytest.mark.parametrize(("url", "says"), [
+    ("redis://:s3cret@127.0.0.1:70000/0", "port that is not a number from 1 to 65535"),
+    (" redis://:s3cret@127.0.0.1:6379/0", "whitespace at its start or end"),
+    ("redis://:s3cret@127.0.0.1:6379/zero", "path other than /<database number>"),
+    ("redis://:s3cret@127.0.0.1:6379/0?socket_timeout=nope", "invalid value"),
+])
+def test_celery_redis_urls_are_checked_without_showing_them(setting: str, check_id: str,
+                                                            url: str, says: str) -> None:
+    """A broker or result backend Redis URL redis-py cannot use is an error naming the setting
+    and the fix, and the password never shows."""
+    with override_settings(**{setting: url}):
+        [error] = check_celery()
+    assert error.id == check_id
+    assert error.msg.startswith(f"{setting} ")
+    assert says in error.msg
+    assert f"Set {setting} to the Redis URL" in error.hint
+    assert "s3cret" not in error.msg + error.hint
+
+
+def test_other_celery_urls_are_left_to_celery() -> None:
+    """Good Redis URLs, failover lists and other transports' URLs give no error."""
+    with override_settings(CELERY_BROKER_URL="redis://a:6379/0;redis://b:6380/0",
+                           CELERY_RESULT_BACKEND="db+postgresql://u:p@db/x"):
+        assert check_celery() == []
+    with override_settings(CELERY_BROKER_URL="amqp://guest@localhost//",
+                           CELERY_RESULT_BACKEND="redis://127.0.0.1:6379/1"):
+        assert check_celery() == []
+    with override_settings(CELERY_BROKER_URL="redis://a:6379/0;redis://b:99999/0"):
+        [error] = check_celery()
+    assert error.id == "redis_breaker.E036"

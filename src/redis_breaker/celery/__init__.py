@@ -1,7 +1,9 @@
 """Celery task dispatch through the breaker: ``BreakerTask`` and the task outbox.
 
 A dispatch reads one way: ``dispatch`` decides (publish, or the fallback),
-``publish`` publishes with bounded timeouts, ``rows`` stores what could not be
+``publish`` publishes with bounded timeouts (``protect`` puts ``app.send_task``
+and the result backend under the same bounds), ``once`` keeps a task published
+twice from running twice, ``rows`` stores what could not be
 published, ``outbox`` relays it after recovery (``worker_relay`` from inside
 Celery workers). ``config`` is the table of the ``CELERY_REDIS_BREAKER_*``
 settings, which ``checks`` turns into Django system checks.
@@ -10,15 +12,21 @@ settings, which ``checks`` turns into Django system checks.
 from __future__ import annotations
 
 from .config import FALLBACKS
-from .dispatch import BreakerTask, dispatch, execute_task_sync
+from .dispatch import BreakerTask, dispatch, execute_task_sync, send_task
+from .once import claim_key
+from .protect import bound_result_backend, protect
 from .publish import bounded_transport_options, publish_outboxed, sentinel_probe_url
 
 __all__ = [
     "FALLBACKS",
     "BreakerTask",
+    "bound_result_backend",
     "bounded_transport_options",
+    "claim_key",
     "dispatch",
     "execute_task_sync",
+    "protect",
     "publish_outboxed",
+    "send_task",
     "sentinel_probe_url",
 ]

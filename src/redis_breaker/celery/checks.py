@@ -1,4 +1,4 @@
-"""Django system checks of the ``CELERY_REDIS_BREAKER_*`` settings (E030 to E033).
+"""Django system checks of the ``CELERY_REDIS_BREAKER_*`` settings (E030 to E037).
 
 Registered by ``redis_breaker.checks.check_celery``; the accepted values, the
 messages and the ids come from the settings table in ``config``.
@@ -6,13 +6,16 @@ messages and the ids come from the settings table in ``config``.
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.core.checks import CheckMessage, Error
 
-from redis_breaker.conf import conf
+from redis_breaker._config import url_problem
 
 from .config import SETTINGS
 
-__all__ = ["check_settings"]
+__all__ = ["check_settings", "check_urls"]
+
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def check_settings() -> list[CheckMessage]:
@@ -20,7 +23,44 @@ def check_settings() -> list[CheckMessage]:
     found: list[CheckMessage] = []
     for setting in SETTINGS:
         # Celery's settings as the Django project holds them (the CELERY namespace).
-        message = setting.problem(getattr(conf, setting.name))
+        message = setting.problem(getattr(settings, setting.name, None))
         if message is not None:
             found.append(Error(message, hint=setting.hint, id=setting.id))
+    return found + check_urls()
+
+
+#: The Celery URLs the integration adopts (the breaker's probe, the outbox relay, the
+#: workers' claims, the bounded result backend), with their check ids.
+_URLS = (
+    ("CELERY_BROKER_URL", "redis_breaker.E036", "the broker"),
+    ("CELERY_RESULT_BACKEND", "redis_breaker.E037", "the result backend"),
+)
+
+
+def check_urls() -> list[CheckMessage]:
+    """One error per Redis URL of Celery's settings that redis-py could not use.
+
+    Judged as ``REDIS_BREAKERS``' ``URL`` is (``url_problem``: redis-py's parser,
+    the port range, whitespace, ...); the message never repeats the URL. URLs of
+    other transports (``amqp://``, ``db+postgresql://``, ``sentinel://`` ...) are
+    Celery's to judge.
+    """
+    found: list[CheckMessage] = []
+    for name, check_id, what in _URLS:
+        value = getattr(settings, name, None)
+        if not isinstance(value, str) or not value.strip().lower().startswith(_REDIS_SCHEMES):
+            continue
+        # kombu accepts several broker URLs separated by ";" (failover): each one is read.
+        for url in (value.split(";") if name == "CELERY_BROKER_URL" else [value]):
+            problem = url_problem(url)
+            if problem is not None:
+                found.append(Error(
+                    f"{name} {problem}.",
+                    hint=f"Set {name} to the Redis URL of {what} that redis-py can read: "
+                         "redis://[user:password@]host:port/db, rediss://... or "
+                         "unix:///path/to/redis.sock?db=N; percent-encode any of @ : / ? # % "
+                         "and spaces in the user name or password.",
+                    id=check_id,
+                ))
+                break
     return found

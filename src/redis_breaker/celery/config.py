@@ -2,7 +2,7 @@
 
 A Celery app reads them from ``app.conf`` (``redis_breaker_fallback`` ...); a
 Django project writes them with Celery's ``CELERY`` namespace
-(``CELERY_REDIS_BREAKER_FALLBACK`` ...), where ``redis_breaker.E030`` to ``E033``
+(``CELERY_REDIS_BREAKER_FALLBACK`` ...), where ``redis_breaker.E030`` to ``E035``
 check them. Each row says which values it accepts, what the check reports and
 what the runtime error says, so the two can never disagree about a value.
 """
@@ -19,8 +19,8 @@ from redis_breaker._redact import shown
 if TYPE_CHECKING:
     from celery import Celery
 
-__all__ = ["BREAKER_NAME", "FALLBACK", "FALLBACKS", "RELAY_INTERVAL", "SETTINGS", "TIMEOUT",
-           "CelerySetting"]
+__all__ = ["BREAKER_NAME", "FALLBACK", "FALLBACKS", "ONCE", "ONCE_TTL", "RELAY_INTERVAL",
+           "SETTINGS", "TIMEOUT", "CelerySetting"]
 
 FALLBACKS = ("outbox", "sync", "raise")
 
@@ -116,5 +116,26 @@ RELAY_INTERVAL = CelerySetting(
                 "(0 turns the worker relay off)",
 )
 
+ONCE = CelerySetting(
+    "CELERY_REDIS_BREAKER_ONCE", True, lambda v: isinstance(v, bool),
+    expected="True or False",
+    hint="Set CELERY_REDIS_BREAKER_ONCE to True (default: a BreakerTask's worker claims each "
+         "task id in Redis and skips a second copy) or False (no claim; a publish that timed "
+         "out after reaching Redis may then run twice), or remove it.",
+    id="redis_breaker.E034",
+    subject="CELERY_REDIS_BREAKER_ONCE", requirement="True or False",
+)
+ONCE_TTL = CelerySetting(
+    "CELERY_REDIS_BREAKER_ONCE_TTL", 86400.0, _positive,
+    expected=f"a number of seconds from {MIN_SECONDS} to {MAX_SECONDS:.0f}",
+    hint="Set CELERY_REDIS_BREAKER_ONCE_TTL to how long a worker's claim on a task id lasts, "
+         f"in seconds (from {MIN_SECONDS} to {MAX_SECONDS:.0f}; default 86400: longer than "
+         "an outbox is expected to hold a task), or remove it.",
+    id="redis_breaker.E035",
+    subject="CELERY_REDIS_BREAKER_ONCE_TTL",
+    requirement=f"a number of seconds from {MIN_SECONDS} to {MAX_SECONDS:.0f}",
+)
+
 #: Every Celery setting, in the order of their check ids.
-SETTINGS: tuple[CelerySetting, ...] = (FALLBACK, BREAKER_NAME, TIMEOUT, RELAY_INTERVAL)
+SETTINGS: tuple[CelerySetting, ...] = (FALLBACK, BREAKER_NAME, TIMEOUT, RELAY_INTERVAL, ONCE,
+                                       ONCE_TTL)

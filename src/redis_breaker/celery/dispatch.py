@@ -1,31 +1,39 @@
 """Celery dispatch that never blocks on a dead broker.
 
-``BreakerTask.apply_async`` publishes through the broker's breaker with
-bounded timeouts (``publish``). When the breaker is open, or a publish fails
-on a connection error, the task's fallback runs: the outbox (a database row
-relayed once Redis is back), ``sync`` (run in-process) or ``raise``.
+``BreakerTask.apply_async`` (and ``app.send_task`` once ``protect(app)`` guards
+it) publishes through the broker's breaker with bounded timeouts
+(``publish``). When the breaker is open, or a publish fails on a connection
+error, the task's fallback runs: the outbox (a database row relayed once Redis
+is back), ``sync`` (run in-process) or ``raise``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from celery import Task
+from celery import Celery, Task
 from celery.result import AsyncResult, EagerResult
 from celery.utils import uuid
 
 from redis_breaker._breaker import Breaker
 
 from .config import BREAKER_NAME, FALLBACK
+from .once import claim_once
 from .outbox import relay_for
-from .publish import breaker_for, publish
+from .publish import breaker_for, publish, publishing, send_by_name
 from .rows import check_storable, write_dispatch
 
 __all__ = [
     "BreakerTask",
     "dispatch",
     "execute_task_sync",
+    "send_task",
 ]
+
+# Options that only mean something in the calling process: never stored in the outbox.
+_LOCAL = frozenset({"producer", "connection", "publisher", "router", "result_cls", "task_type",
+                    "add_to_parent", "retry", "retry_policy"})
 
 
 def breaker_name_for(task: Task) -> str:
@@ -42,21 +50,44 @@ def fallback_for(task: Task) -> str:
     return fallback
 
 
-def _to_outbox(task: Task, breaker: Breaker, args: Any, kwargs: Any, task_id: str,
-               options: dict[str, Any]) -> AsyncResult:
-    app = task._get_app()
-    write_dispatch(app, breaker=breaker.name, task_name=task.name, args=args, kwargs=kwargs,
-                   task_id=task_id, options=options)
-    relay_for(breaker, app)
-    return task.AsyncResult(task_id)
+def _stored(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if k not in _LOCAL}
+
+
+def _fallen_back(app: Celery, b: Breaker, mode: str, name: str, task: Task | None,
+                 publish_now: Callable[[], AsyncResult], args: Any, kwargs: Any, task_id: str,
+                 options: dict[str, Any]) -> AsyncResult:
+    """Publish through ``b``; on an open breaker or a counted failure, take ``mode``."""
+    if mode == "raise":
+        return b.call(publish_now)
+    if mode == "sync" and task is not None:
+        def run_here() -> EagerResult:
+            local = {k: v for k, v in options.items() if k in ("link", "link_error", "headers")}
+            return task.apply(args, kwargs, task_id=task_id, **local)
+
+        return b.call_with_fallback(publish_now, run_here, integration="celery")
+
+    def outbox() -> AsyncResult:
+        write_dispatch(app, breaker=b.name, task_name=name, args=args, kwargs=kwargs,
+                       task_id=task_id, options=_stored(options))
+        relay_for(b, app)
+        result_cls = options.get("result_cls") or (task.AsyncResult if task is not None
+                                                   else app.AsyncResult)
+        result: AsyncResult = result_cls(task_id)
+        return result
+
+    return b.call_with_fallback(publish_now, outbox, integration="celery")
 
 
 def dispatch(task: Task, args: Any = None, kwargs: Any = None, *, fallback: str | None = None,
-             breaker: str | None = None, task_id: str | None = None,
+             breaker: str | None = None, task_id: str | None = None, producer: Any = None,
              **options: Any) -> AsyncResult:
     """``task.apply_async`` through the broker's breaker, with ``fallback`` when Redis is down.
 
-    Works for any Celery task, not only ``BreakerTask`` subclasses.
+    Works for any Celery task, not only ``BreakerTask`` subclasses. A ``producer``
+    or ``connection`` the caller passes is used to publish (the caller's own
+    broker connection, with its own timeouts); without one, dispatch publishes
+    on bounded producers of its own.
     """
     app = task._get_app()
     if fallback:
@@ -65,26 +96,48 @@ def dispatch(task: Task, args: Any = None, kwargs: Any = None, *, fallback: str 
     b = breaker_for(app, breaker or breaker_name_for(task))
     task_id = task_id or uuid()
     if app.conf.task_always_eager:
-        return Task.apply_async(task, args, kwargs, task_id=task_id, **options)
+        return Task.apply_async(task, args, kwargs, task_id=task_id, producer=producer,
+                                **options)
     if mode == "outbox":
-        check_storable(task.name, args, kwargs, options)
+        check_storable(task.name, args, kwargs, _stored(options))
 
     def publish_now() -> AsyncResult:
-        return publish(task, args, kwargs, task_id, options)
+        return publish(task, args, kwargs, task_id, options, producer)
 
-    if mode == "raise":
-        return b.call(publish_now)
-    if mode == "sync":
-        def run_here() -> EagerResult:
-            local = {k: v for k, v in options.items() if k in ("link", "link_error", "headers")}
-            return task.apply(args, kwargs, task_id=task_id, **local)
+    return _fallen_back(app, b, mode, task.name, task, publish_now, args, kwargs, task_id,
+                        options)
 
-        return b.call_with_fallback(publish_now, run_here, integration="celery")
 
-    def outbox() -> AsyncResult:
-        return _to_outbox(task, b, args, kwargs, task_id, dict(options))
+def send_task(app: Celery, name: str, args: Any = None, kwargs: Any = None,
+              **options: Any) -> AsyncResult:
+    """``app.send_task`` through the broker's breaker (what ``protect(app)`` installs).
 
-    return b.call_with_fallback(publish_now, outbox, integration="celery")
+    Takes every argument of Celery's ``send_task``, plus ``breaker_fallback``
+    (``outbox`` or ``raise``; ``sync`` runs the task here when this app has it).
+    """
+    if publishing.get():
+        # Called by Celery's own Task.apply_async inside a dispatch that holds the breaker.
+        return Celery.send_task(app, name, args, kwargs, **options)
+    task = options.get("task_type")
+    fallback = options.pop("breaker_fallback", None)
+    if fallback:
+        FALLBACK.checked(fallback)
+    if task is None:
+        task = app.tasks.get(name)
+        mode = fallback or str(FALLBACK.checked(FALLBACK.read(app)))
+        b = breaker_for(app, str(BREAKER_NAME.checked(BREAKER_NAME.read(app))))
+    else:
+        mode = fallback or fallback_for(task)
+        b = breaker_for(app, breaker_name_for(task))
+    task_id = options.pop("task_id", None) or uuid()
+    producer = options.pop("producer", None) or options.pop("publisher", None)
+    if mode == "outbox":
+        check_storable(name, args, kwargs, _stored(options))
+
+    def publish_now() -> AsyncResult:
+        return send_by_name(app, name, args, kwargs, task_id, options, producer)
+
+    return _fallen_back(app, b, mode, name, task, publish_now, args, kwargs, task_id, options)
 
 
 class BreakerTask(Task):  # type: ignore[misc]
@@ -95,6 +148,10 @@ class BreakerTask(Task):  # type: ignore[misc]
     breaker_name="jobs")``; per app: the ``redis_breaker_fallback`` and
     ``redis_breaker_name`` settings (``CELERY_REDIS_BREAKER_*`` in Django);
     per call: ``apply_async(..., breaker_fallback="raise")``.
+
+    In the worker, each run first claims its task id in Redis (``once``), so a
+    message published twice (a publish that timed out after reaching Redis,
+    then relayed from the outbox) runs once.
     """
 
     breaker_name: str | None = None
@@ -104,16 +161,17 @@ class BreakerTask(Task):  # type: ignore[misc]
                     producer: Any = None, link: Any = None, link_error: Any = None,
                     shadow: str | None = None, **options: Any) -> AsyncResult:
         fallback = options.pop("breaker_fallback", None)
-        if producer is not None or options.get("connection") is not None:
-            # The caller manages its own broker connection; still count its failures.
-            b = breaker_for(self._get_app(), breaker_name_for(self))
-            return b.call(super().apply_async, args, kwargs, task_id=task_id,
-                          producer=producer, link=link, link_error=link_error, shadow=shadow,
-                          **options)
-        for key, value in (("link", link), ("link_error", link_error), ("shadow", shadow)):
-            if value is not None:
-                options[key] = value
-        return dispatch(self, args, kwargs, fallback=fallback, task_id=task_id, **options)
+        if link is not None:
+            options["link"] = link
+        if link_error is not None:
+            options["link_error"] = link_error
+        if shadow is not None:
+            options["shadow"] = shadow
+        return dispatch(self, args, kwargs, fallback=fallback, task_id=task_id,
+                        producer=producer, **options)
+
+    def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
+        claim_once(self, task_id)
 
 
 def execute_task_sync(task: Task, *args: Any, **kwargs: Any) -> AsyncResult:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Mapping
+from contextvars import ContextVar
 from datetime import datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -25,8 +26,8 @@ from redis_breaker._sentinel import DEFAULT_SENTINEL_PORT, sentinel_url
 
 from .config import TIMEOUT
 
-__all__ = ["bounded_transport_options", "breaker_for", "publish", "publish_outboxed",
-           "sentinel_probe_url"]
+__all__ = ["bounded_transport_options", "breaker_for", "celery_options", "publish",
+           "publish_outboxed", "publishing", "send_by_name", "sentinel_probe_url"]
 
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "socket://")
 _pool_lock = threading.Lock()
@@ -109,26 +110,113 @@ def _producers(app: Celery) -> ProducerPool:
         return pool
 
 
-def publish(task: Task, args: Any, kwargs: Any, task_id: str, options: Mapping[str, Any]
-            ) -> AsyncResult:
-    """Publish ``task`` once on the bounded producers (the caller goes through the breaker)."""
+#: Set while this module publishes: a ``send_task`` that ``protect`` guards passes straight
+#: through to Celery's (the dispatch around it already holds the breaker).
+publishing: ContextVar[bool] = ContextVar("redis_breaker_publishing", default=False)
+
+_REDIS_ON_TASK_CALL: Any = None
+
+
+def _subscribes_elsewhere(app: Celery) -> bool:
+    """Whether Celery would subscribe to the result on the result backend's own Redis.
+
+    The Redis result backend's ``on_task_call`` SUBSCRIBEs to the task's key
+    before publishing, on a connection that retries 20 times a second apart and
+    then raises ``RuntimeError``: a dead backend would block the dispatch and
+    lose the task. ``AsyncResult.get()`` subscribes by itself (and reads the
+    stored result first), so dispatch leaves the subscription to it. Other
+    backends keep theirs: the database ones have none, ``rpc://`` declares its
+    reply queue on the broker channel this publish already holds.
+    """
+    global _REDIS_ON_TASK_CALL
+    if _REDIS_ON_TASK_CALL is None:
+        try:
+            from celery.backends.redis import RedisBackend
+        except ImportError:  # pragma: no cover - redis-py is a dependency
+            _REDIS_ON_TASK_CALL = False
+        else:
+            _REDIS_ON_TASK_CALL = RedisBackend.on_task_call
+    return getattr(type(app.backend), "on_task_call", None) is _REDIS_ON_TASK_CALL
+
+
+def celery_options(app: Celery, options: Mapping[str, Any],
+                   ignore_result: Any) -> tuple[dict[str, Any], Any]:
+    """``options`` as this module publishes them, and the ``ignore_result`` the caller asked.
+
+    ``retry`` is honoured only when the call asks for it (``retry=True``, with its
+    ``retry_policy``): the app-wide ``task_publish_retry`` would hide retries
+    behind every dispatch, and the breaker with its fallback is the retry policy.
+    """
+    opts = dict(options)
+    opts["retry"] = opts.get("retry") is True
+    if not ignore_result and _subscribes_elsewhere(app):
+        # Celery subscribes unless ignore_result; the header the worker reads is the caller's.
+        opts["headers"] = {**(opts.get("headers") or {}), "ignore_result": ignore_result}
+        opts["ignore_result"] = True
+    return opts, ignore_result
+
+
+def _published(result: AsyncResult, ignore_result: Any) -> AsyncResult:
+    result.ignored = ignore_result
+    return result
+
+
+def publish(task: Task, args: Any, kwargs: Any, task_id: str, options: Mapping[str, Any],
+            producer: Any = None) -> AsyncResult:
+    """Publish ``task`` once, on the bounded producers unless the caller gave its own.
+
+    The caller goes through the breaker.
+    """
     app = task._get_app()
-    with _producers(app).acquire(block=True) as producer:  # type: ignore[no-untyped-call]
-        # Task.apply_async, not BreakerTask's override: this is the real publish.
-        return Task.apply_async(task, args, kwargs, task_id=task_id, producer=producer,
-                                retry=False, **options)
+    ignore = options.get("ignore_result")
+    opts, ignore = celery_options(app, options, task.ignore_result if ignore is None else ignore)
+    token = publishing.set(True)
+    try:
+        if producer is not None or opts.get("connection") is not None:
+            return _published(Task.apply_async(task, args, kwargs, task_id=task_id,
+                                               producer=producer, **opts), ignore)
+        with _producers(app).acquire(block=True) as bounded:  # type: ignore[no-untyped-call]
+            # Task.apply_async, not BreakerTask's override: this is the real publish.
+            return _published(Task.apply_async(task, args, kwargs, task_id=task_id,
+                                               producer=bounded, **opts), ignore)
+    finally:
+        publishing.reset(token)
+
+
+def send_by_name(app: Celery, name: str, args: Any, kwargs: Any, task_id: str,
+                 options: Mapping[str, Any], producer: Any = None) -> AsyncResult:
+    """``Celery.send_task`` once, on the bounded producers unless the caller gave its own."""
+    opts, ignore = celery_options(app, options, options.get("ignore_result"))
+    token = publishing.set(True)
+    try:
+        if producer is not None or opts.get("connection") is not None:
+            return _published(Celery.send_task(app, name, args, kwargs, task_id=task_id,
+                                               producer=producer, **opts), ignore)
+        with _producers(app).acquire(block=True) as bounded:  # type: ignore[no-untyped-call]
+            return _published(Celery.send_task(app, name, args, kwargs, task_id=task_id,
+                                               producer=bounded, **opts), ignore)
+    finally:
+        publishing.reset(token)
 
 
 def publish_outboxed(app: Celery, name: str, args: Any, kwargs: Any, *, task_id: str,
                      eta: datetime | None, expires: datetime | None,
                      options: Mapping[str, Any]) -> AsyncResult:
-    """Publish one outbox row as the original dispatch would have (the relay calls this)."""
+    """Publish one outbox row as the original dispatch would have (the relay calls this).
+
+    A task this app knows goes through its ``apply_async`` preparation again
+    (its routing and options, the stored ones winning); any other name is sent
+    with ``send_task`` as it was dispatched.
+    """
     extra = dict(options)
     if eta is not None:
         extra["eta"] = eta
     if expires is not None:
         extra["expires"] = expires
-    return publish(app.tasks[name], args, kwargs, task_id, extra)
+    task = app.tasks.get(name)
+    if task is None:
+        return send_by_name(app, name, args, kwargs, task_id, extra)
+    return publish(task, args, kwargs, task_id, extra)
 
 
 def _after_fork_in_child() -> None:
