@@ -1,6 +1,7 @@
-"""Run the peers' own cache test suites on the plain backend and through ``BreakerCache``.
+"""Run the peers' own test suites on the plain backend and through ours.
 
-    python tests/peers/run.py [--cache-dir DIR] [--suite django|django-redis] [--json PATH]
+    python tests/peers/run.py [--cache-dir DIR] [--suite django|django-redis|channels_redis]
+        [--json PATH]
 
 The suites come from the sdists of the installed Django and django-redis
 (``pip download --no-deps --no-binary :all:``, kept in ``--cache-dir``):
@@ -10,10 +11,15 @@ same time, each run against a redis-server of its own: once as written, once
 with every Redis cache alias swapped for a ``BreakerCache`` over it
 (``swap.py``).
 
+channels_redis's ``tests/test_core.py`` (from the sdist of the installed
+channels_redis) runs the same way, with its ``RedisChannelLayer`` swapped for
+``BreakerChannelLayer`` (``swap_channels.py``).
+
 Fails unless every test that passes on the plain backend passes through
-``BreakerCache`` or is listed, with its reason, in the table of
-``docs/cache.md`` (*The peers' test suites*); a listed test that no longer
-differs fails too, so the table stays true. Prints the counts.
+ours or is listed, with its reason, in the suite's table (``docs/cache.md``,
+*The peers' test suites*; ``docs/channels.md``, *channels_redis's test
+suite*); a listed test that no longer differs fails too, so the table stays
+true. Prints the counts.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-DOC = ROOT / "docs" / "cache.md"
+DOCS = ROOT / "docs"
 sys.path.insert(0, str(ROOT))
 
 from tests.harness import RedisServer  # noqa: E402
@@ -42,6 +48,8 @@ INI = """[pytest]
 addopts =
 timeout = 600
 """
+#: channels_redis's suite is written for pytest-asyncio's auto mode.
+ASYNC_INI = INI + "asyncio_mode = auto\n"
 
 
 @dataclass(frozen=True)
@@ -55,16 +63,29 @@ class Suite:
     args: tuple[str, ...]
     paths: tuple[str, ...]
     settings: str | None = None
+    #: The pytest plugin that swaps the peer for ours, the name the docs' table
+    #: gives the suite, the docs page and section that hold the table.
+    plugin: str = "swap"
+    label: str = ""
+    doc: str = "cache.md"
+    section: str = "## The peers' test suites"
+    ini: str = INI
 
 
 SUITES = {
     "django": Suite(
         "django", "Django", "tests/cache/", "tests",
-        ("cache/tests.py::RedisCacheTests",), ("tests",), settings="django_settings"),
+        ("cache/tests.py::RedisCacheTests",), ("tests",), settings="django_settings",
+        label="Django"),
     "django-redis": Suite(
         "django-redis", "django-redis", "tests/", ".",
         # Its default settings only (the others need sentinels, a unix socket or compressors).
-        ("tests", "-k", "not sqlite_", "-p", "no:django"), (".", "tests")),
+        ("tests", "-k", "not sqlite_", "-p", "no:django"), (".", "tests"), label="django-redis"),
+    "channels_redis": Suite(
+        "channels_redis", "channels_redis", "tests/", ".",
+        ("tests/test_core.py", "-p", "no:django"), (), plugin="swap_channels",
+        label="channels_redis", doc="channels.md", section="## channels_redis's test suite",
+        ini=ASYNC_INI),
 }
 
 
@@ -108,8 +129,8 @@ def run_suite(suite: Suite, top: Path, mode: str, work: Path) -> tuple[subproces
     server.start()
     report = work / f"{suite.name}-{mode}.json"
     log = work / f"{suite.name}-{mode}.log"
-    ini = work / "pytest.ini"
-    ini.write_text(INI)
+    ini = work / f"pytest-{suite.name}.ini"
+    ini.write_text(suite.ini)
     env = {**os.environ,
            "PEERS_MODE": mode, "PEERS_REDIS_PORT": str(server.port), "PEERS_REPORT": str(report),
            "PYTHONPATH": os.pathsep.join([str(HERE), *(str(top / p) for p in suite.paths)]),
@@ -119,21 +140,20 @@ def run_suite(suite: Suite, top: Path, mode: str, work: Path) -> tuple[subproces
     if suite.settings:
         env["DJANGO_SETTINGS_MODULE"] = suite.settings
     command = [sys.executable, "-m", "pytest", "-c", str(ini), "--rootdir", str(top / suite.workdir),
-               "-p", "swap", "-p", "no:cacheprovider", "-q", "-rN", *suite.args]
+               "-p", suite.plugin, "-p", "no:cacheprovider", "-q", "-rN", *suite.args]
     with log.open("wb") as out:
         proc = subprocess.Popen(command, cwd=top / suite.workdir, env=env, stdout=out,
                                 stderr=subprocess.STDOUT)
     return proc, report, server, log
 
 
-def listed_differences() -> dict[tuple[str, str], str]:
-    """(suite, test) -> reason, from the table in docs/cache.md."""
+def listed_differences(suite: Suite) -> dict[tuple[str, str], str]:
+    """(suite, test) -> reason, from the suite's table in its docs page."""
     found: dict[tuple[str, str], str] = {}
-    section = DOC.read_text().partition("## The peers' test suites")[2]
-    for row in re.finditer(r"^\| (Django|django-redis) \| `([^`]+)` \| (.+?) \|$", section,
-                           re.MULTILINE):
-        suite = "django" if row.group(1) == "Django" else "django-redis"
-        found[(suite, row.group(2))] = row.group(3)
+    section = (DOCS / suite.doc).read_text().partition(suite.section)[2].partition("\n## ")[0]
+    for row in re.finditer(rf"^\| {re.escape(suite.label)} \| `([^`]+)` \| (.+?) \|$",
+                           section, re.MULTILINE):
+        found[(suite.name, row.group(1))] = row.group(2)
     return found
 
 
@@ -171,29 +191,29 @@ def main(argv: list[str] | None = None) -> int:
             continue
         outcomes[(suite.name, mode)] = {short(k): v for k, v in
                                         json.loads(report.read_text()).items()}
-    listed = listed_differences()
     summary: dict[str, dict[str, object]] = {}
     for suite, version, mode, *_ in runs:
         if mode != "plain" or (suite.name, "breaker") not in outcomes:
             continue
+        listed = listed_differences(suite)
         plain = outcomes.get((suite.name, "plain"), {})
         through = outcomes[(suite.name, "breaker")]
         differ = sorted(t for t, o in plain.items() if o == "passed" and through.get(t) != "passed")
         for test in differ:
             if (suite.name, test) not in listed:
                 problems.append(f"{suite.name}: {test} passes on the plain backend, "
-                                f"{through.get(test, 'missing')} through BreakerCache, and is not "
-                                "listed in docs/cache.md")
+                                f"{through.get(test, 'missing')} through ours, and is not "
+                                f"listed in docs/{suite.doc}")
         for (name, test), _reason in listed.items():
             if name == suite.name and test not in differ:
-                problems.append(f"{suite.name}: {test} is listed in docs/cache.md but does not "
-                                "differ any more: remove it from the table")
+                problems.append(f"{suite.name}: {test} is listed in docs/{suite.doc} but does "
+                                "not differ any more: remove it from the table")
         passed = {m: sum(o == "passed" for o in outcomes[(suite.name, m)].values())
                   for m in ("plain", "breaker")}
         summary[suite.name] = {"version": version, "tests": len(plain), **passed,
                                "listed": len(differ)}
         print(f"{suite.dist} {version}: {len(plain)} tests; passed plain {passed['plain']}, "
-              f"through BreakerCache {passed['breaker']} ({len(differ)} listed in docs/cache.md)")
+              f"through ours {passed['breaker']} ({len(differ)} listed in docs/{suite.doc})")
     print(f"peers' suites: {time.monotonic() - started:.0f} s")
     if args.json:
         args.json.write_text(json.dumps({"summary": summary, "outcomes": {

@@ -121,6 +121,20 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self._loops = LoopStates()
         self._resync_wanted = False
 
+    def __getattr__(self, name: str) -> Any:
+        """Every other attribute of channels_redis's layer (``client_prefix``,
+        ``receive_buffer``, ``serialize``, ``_group_key``...) is its Redis side's."""
+        if name == "redis" or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.redis, name)
+
+    async def close_pools(self) -> None:
+        """Stop this loop's receives and resync and close its Redis pools (the layer stays usable)."""
+        state = self._loops.get(asyncio.get_running_loop())
+        if state is not None:
+            await state.stop()
+        await self.redis.close_pools()
+
     def __str__(self) -> str:
         # channels_redis's own str() lists its hosts with their passwords
         return redact(f"{type(self).__name__}(breaker={self.breaker.name!r}, redis={self.redis})")
