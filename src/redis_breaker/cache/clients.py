@@ -66,8 +66,16 @@ def _django_client(base: Any) -> type:
 
 
 def _django_redis_client(base: Any) -> type:
+    sharded = hasattr(base, "get_server")  # ShardClient: a client per server, by name
+
     class GuardedClient(base):  # type: ignore[misc]
-        """django-redis's client caches its redis-py clients: they are seen through views."""
+        """django-redis's client caches its redis-py clients: they are seen through views.
+
+        Every way a method reaches Redis hands out a view: ``get_client``,
+        ``get_client_with_index``, ``connect`` and, for ``ShardClient``,
+        ``get_server`` and the ``_serverdict`` its ``keys``, ``delete_pattern``
+        and ``clear`` walk (a dict of views, made with the view).
+        """
 
         def _rb_view_of(self, raw: Any) -> Any:
             if raw is None or is_guarded(raw):
@@ -78,14 +86,36 @@ def _django_redis_client(base: Any) -> type:
                 self._rb_views[id(raw)] = found
             return found[1]
 
-        def get_client(self, write: bool = True, tried: Any = None) -> Any:
-            return self._rb_view_of(super().get_client(write=write, tried=tried))
+        def _rb_connected(self) -> None:
+            # The clients list is the primary's own: it must keep raw clients, so
+            # the ones django-redis would make through ``self.connect`` (guarded
+            # here) are made first with the original ``connect``.
+            clients = self._clients
+            for index, found in enumerate(clients):
+                if found is None:
+                    clients[index] = base.connect(self, index)
+
+        def get_client(self, write: bool = True, tried: Any = None, **kwargs: Any) -> Any:
+            if not sharded:
+                self._rb_connected()
+            found = super().get_client(write=write, tried=tried, **kwargs)
+            if isinstance(found, tuple):  # django-redis 5.4's show_index=True
+                return self._rb_view_of(found[0]), found[1]
+            return self._rb_view_of(found)
 
         def get_client_with_index(self, write: bool = True, tried: Any = None) -> Any:
+            if not sharded:
+                self._rb_connected()
             raw, index = super().get_client_with_index(write=write, tried=tried)
             return self._rb_view_of(raw), index
 
-        if hasattr(base, "get_server"):  # ShardClient
+        def connect(self, *args: Any, **kwargs: Any) -> Any:
+            made = super().connect(*args, **kwargs)
+            if isinstance(made, dict):  # ShardClient: every server's, by name
+                return {name: self._rb_view_of(raw) for name, raw in made.items()}
+            return self._rb_view_of(made)
+
+        if sharded:
             def get_server(self, key: Any) -> Any:
                 return self._rb_view_of(super().get_server(key))
 
@@ -113,6 +143,10 @@ def direct_backend(primary: BaseCache, breaker: Breaker) -> BaseCache:
     if is_django_redis(primary):
         view = _view(primary.client, _django_redis_client, breaker)  # type: ignore[attr-defined]
         view._rb_views = {}
+        servers = getattr(view, "_serverdict", None)
+        if isinstance(servers, dict):
+            # ShardClient's keys/delete_pattern/clear walk this dict: views of its clients.
+            view._serverdict = {name: view._rb_view_of(raw) for name, raw in servers.items()}
         backend._client = view  # type: ignore[attr-defined]
     elif isinstance(primary, RedisCache):
         # Django's RedisCache keeps its client in a cached_property.
