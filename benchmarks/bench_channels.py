@@ -73,13 +73,25 @@ async def healthy(server: RedisServer, timeout: float, calls: int) -> list[dict[
     ours = BreakerChannelLayer(_hosts(server, timeout), breaker=breaker)
     contestants = (("channels_redis", plain), ("BreakerChannelLayer", ours))
     samples: dict[str, list[tuple[float, str | None]]] = {name: [] for name, _ in contestants}
-    for _, layer in contestants:
+    pairs: dict[str, list[tuple[float, str | None]]] = {name: [] for name, _ in contestants}
+    specific = {}
+    for name, layer in contestants:
         await _join(layer)
+        specific[name] = await layer.new_channel()
+
+    async def send_receive(layer: Any, channel: str) -> None:
+        await layer.send(channel, MESSAGE)
+        await layer.receive(channel)
+
     for _ in range(calls):  # interleaved, so both see the same server and machine
         for name, layer in contestants:
             samples[name].append(await _timed(lambda layer=layer: layer.group_send(GROUP, MESSAGE)))
+            pairs[name].append(await _timed(
+                lambda layer=layer, name=name: send_receive(layer, specific[name])))
     rows = [_row("none (healthy)", name, [d for d, _ in samples[name]],
                  [e for _, e in samples[name]]) for name, _ in contestants]
+    rows += [_row("send+receive (healthy)", name, [d for d, _ in pairs[name]],
+                  [e for _, e in pairs[name]]) for name, _ in contestants]
     for _, layer in contestants:
         await layer.flush()
     await ours.close()
@@ -175,6 +187,12 @@ async def rates(server: RedisServer, timeout: float, messages: int) -> dict[str,
             "breaker_layer_open_deliveries_per_s": open_rate}
 
 
+async def run_healthy(calls: int) -> dict[str, Any]:
+    with RedisServer() as server:
+        return {"socket_timeout_s": 5.0, "members": MEMBERS,
+                "healthy": await healthy(server, 5.0, calls)}
+
+
 async def run(quick: bool) -> dict[str, Any]:
     timeout = 1.0 if quick else 5.0
     plain_calls = 5 if quick else 20
@@ -202,14 +220,34 @@ async def run(quick: bool) -> dict[str, Any]:
     return report
 
 
+def _ratios(report: dict[str, Any]) -> None:
+    for fault, what in (("none (healthy)", "group_send"), ("send+receive (healthy)",
+                                                       "send+receive")):
+        by = {r["layer"]: r for r in report["healthy"] if r["fault"] == fault}
+        print(f"  healthy {what}: BreakerChannelLayer / channels_redis = "
+              f"{by['BreakerChannelLayer']['p50_ms'] / by['channels_redis']['p50_ms']:.2f}x "
+              f"(p50), {by['BreakerChannelLayer']['p99_ms'] / by['channels_redis']['p99_ms']:.2f}x"
+              " (p99)")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer calls, 1 s socket timeouts")
     parser.add_argument("--json", type=Path, help="write the figures to this file")
+    parser.add_argument("--healthy", action="store_true",
+                        help="only the healthy comparison (group_send, send+receive)")
     args = parser.parse_args(argv)
     # Transitions and fallback warnings are the subject here, not the output.
     logging.getLogger("redis_breaker").setLevel(logging.CRITICAL)
+    if args.healthy:
+        report = asyncio.run(run_healthy(3_000))
+        print_table("Healthy Redis, side by side (interleaved calls)",
+                    ["call", "layer", "calls", "p50 ms", "p99 ms", "max ms", "raised"],
+                    [[r["fault"], r["layer"], r["calls"], r["p50_ms"], r["p99_ms"], r["max_ms"],
+                      r["raised"]] for r in report["healthy"]])
+        _ratios(report)
+        return report
     report = asyncio.run(run(args.quick))
 
     header = ["fault", "layer", "calls", "p50 ms", "p99 ms", "max ms", "raised"]
@@ -233,6 +271,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 [["channels_redis, healthy Redis", d["channels_redis_healthy_deliveries_per_s"]],
                  ["BreakerChannelLayer, open (in-process)",
                   d["breaker_layer_open_deliveries_per_s"]]])
+    _ratios(report)
     worst = max(o["ours"]["p99_ms"] for o in report["outages"])
     print(f"\n  BreakerChannelLayer open p99, worst fault: {worst * 1000:.0f} µs "
           f"(target < {TARGET_P99_MS * 1000:.0f} µs)")
