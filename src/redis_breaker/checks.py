@@ -46,6 +46,7 @@ from ._config import validate_settings
 from .cache.checks import check_caches
 from .checks_common import setting_path
 from .conf import conf
+from .outbox_checks import check_outbox_database
 
 __all__ = ["check_breakers", "check_caches", "check_celery", "check_channel_layers",
            "check_state_dirs"]
@@ -60,6 +61,8 @@ _IDS = {
 
 # The BreakerCache checks live with the cache (redis_breaker.cache.checks); registered here.
 register(check_caches, Tags.caches)
+# The outbox's database (W030): SQLite without the settings the outbox relies on.
+register(check_outbox_database)
 
 
 @register(Tags.caches)
