@@ -162,3 +162,33 @@ def test_worker_channel_loses_nothing_across_a_fault(fault: str, make_pair: obje
         assert pair.got() == list(range(COUNT))
     finally:
         server.close()
+
+
+async def test_a_send_that_ran_after_a_thaw_is_received_once(redis_server: RedisServer) -> None:
+    """A send that timed out on a frozen server is served locally; the copy Redis runs on thawing is dropped."""
+    import asyncio
+
+    from redis_breaker.channels import BreakerChannelLayer
+
+    from .conftest import fast_breaker, hosts
+
+    layer = BreakerChannelLayer(hosts(redis_server), breaker=fast_breaker("thaw"))
+    try:
+        channel = await layer.new_channel()
+        await layer.send(channel, {"type": "warm"})  # a pooled connection, nothing to connect
+        assert await asyncio.wait_for(layer.receive(channel), 5) == {"type": "warm"}
+        redis_server.freeze()
+        await layer.send(channel, {"type": "once"})  # written, then timed out
+        assert layer.breaker.stats().fallback_calls >= 1
+        redis_server.thaw()
+        probe = redis_server.client()
+        key = "asgi" + layer.redis.non_local_name(channel)
+        # The frozen server ran the send once it thawed: a copy waits in Redis too.
+        assert wait_until(lambda: probe.zcard(key) == 1, 10)
+        probe.close()
+        assert await asyncio.wait_for(layer.receive(channel), 10) == {"type": "once"}
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(layer.receive(channel), 2)
+    finally:
+        layer.breaker.reset()
+        await layer.close()

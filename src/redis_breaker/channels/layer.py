@@ -185,16 +185,23 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         assert isinstance(message, dict), "Message is not a dict"
         assert self.require_valid_group_name(group), "Group name not valid"
         self._loop_state()
+        sent: list[bytes] = []
         return await self.breaker.acall_with_fallback(
-            self._group_send_redis, self._group_send_locally, (group, message),
+            self._group_send_redis, self._group_send_locally, (group, message, sent),
             integration=_INTEGRATION,
         )
 
-    async def _group_send_redis(self, group: str, message: Message) -> bool:
-        await self.redis.group_send(group, message)
+    async def _group_send_redis(self, group: str, message: Message, sent: list[bytes]) -> bool:
+        await self.redis.group_send(group, message, sent)
         return True
 
-    def _group_send_locally(self, group: str, message: Message) -> bool:
+    def _group_send_locally(self, group: str, message: Message, sent: list[bytes]) -> bool:
+        # A command that failed may still run (a frozen server runs what it had
+        # read once it thaws): a copy reaching a member here is dropped on receipt.
+        for payload in sent:
+            key = self.redis.message_id(payload)
+            if key is not None:
+                self.redis.seen.add(key)
         self._redis_behind()
         for channel in self.mirror.members(group):
             if self._ours in channel:

@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import hashlib
 import inspect
+import logging
 import os
 import threading
 import time
@@ -78,6 +79,29 @@ redis.call('EXPIRE', KEYS[1], ARGV[5])
 return 1
 """
 _SEND_SHA = hashlib.sha1(_SEND).hexdigest()
+#: channels_redis's group_send on one shard, its expired messages dropped in
+#: the same round trip. KEYS channel keys; ARGV payloads, capacities, score,
+#: expired-before, expiry. Returns how many channels were full.
+_GROUP_SEND = b"""
+local n = #KEYS
+local score = ARGV[2 * n + 1]
+local expired_before = ARGV[2 * n + 2]
+local expiry = ARGV[2 * n + 3]
+local full = 0
+for i = 1, n do
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], 0, expired_before)
+    if redis.call('ZCOUNT', KEYS[i], '-inf', '+inf') < tonumber(ARGV[n + i]) then
+        redis.call('ZADD', KEYS[i], score, ARGV[i])
+        redis.call('EXPIRE', KEYS[i], expiry)
+    else
+        full = full + 1
+    end
+end
+return full
+"""
+_GROUP_SEND_SHA = hashlib.sha1(_GROUP_SEND).hexdigest()
+#: channels_redis's own logger: its over-capacity line is part of its behaviour.
+_upstream_log = logging.getLogger("channels_redis.core")
 #: Set on a received message that is a second copy of one received before.
 DUPLICATE = "__redis_breaker_duplicate__"
 #: Every RedisLayer of the process, for their locks to be renewed after fork.
@@ -211,12 +235,36 @@ class RedisLayer(RedisChannelLayer):  # type: ignore[misc]
             key = self.prefix + channel
         args = (key, payload, repr(score), int(time.time()) - int(self.expiry),
                 self.get_capacity(channel), int(self.expiry))
-        client = self.connection(index)
-        try:
-            added = await client.evalsha(_SEND_SHA, 1, *args)
-        except NoScriptError:  # a new or restarted server
-            added = await client.eval(_SEND, 1, *args)
+        added = await _script(self.connection(index), _SEND, _SEND_SHA, 1, args)
         return bool(added)
+
+    async def group_send(self, group: str, message: dict[str, Any],
+                         sent: list[bytes] | None = None) -> None:
+        """channels_redis's ``group_send`` in two round trips per shard instead of four.
+
+        The payloads written (or maybe written, should a command fail) are
+        appended to ``sent``.
+        """
+        key = self._group_key(group)
+        connection = self.connection(self.consistent_hash(group))
+        async with connection.pipeline(transaction=False) as pipe:
+            pipe.zremrangebyscore(key, min=0, max=int(time.time()) - int(self.group_expiry))
+            pipe.zrange(key, 0, -1)
+            members = (await pipe.execute())[1]
+        channel_names = [x.decode("utf8") for x in members]
+        by_shard, payloads, capacities = self._map_channel_keys_to_connection(
+            channel_names, message)
+        if sent is not None:
+            sent.extend(payloads.values())
+        for index, keys in by_shard.items():
+            now = time.time()
+            args = (*keys, *(payloads[k] for k in keys), *(capacities[k] for k in keys),
+                    repr(now), int(now) - int(self.expiry), int(self.expiry))
+            full = await _script(self.connection(index), _GROUP_SEND, _GROUP_SEND_SHA,
+                                 len(keys), args)
+            if full:
+                _upstream_log.info("%s of %s channels over capacity in group %s", full,
+                                   len(channel_names), group)
 
     def deserialize(self, message: bytes) -> dict[str, Any]:
         """channels_redis's ``deserialize``; a second copy of a message comes back marked."""
@@ -285,6 +333,14 @@ class RedisLayer(RedisChannelLayer):  # type: ignore[misc]
             loop_pools = self._loop_pools.get(asyncio.get_running_loop())
         if loop_pools is not None:
             await loop_pools.close()
+
+
+async def _script(client: Any, script: bytes, sha: str, keys: int, args: tuple[Any, ...]) -> Any:
+    """Run a Lua script by its SHA, loading it when the server does not know it yet."""
+    try:
+        return await client.evalsha(sha, keys, *args)
+    except NoScriptError:  # a new or restarted server
+        return await client.eval(script, keys, *args)
 
 
 def close_with_loop(loop: asyncio.AbstractEventLoop,
