@@ -1,4 +1,4 @@
-"""System checks of every ``BreakerCache`` in ``CACHES`` (``redis_breaker.E010`` to ``E019``, ``W001``, ``W010``).
+"""System checks of every ``BreakerCache`` in ``CACHES`` (``redis_breaker.E010`` to ``E019``, ``E040``, ``W001``, ``W010``).
 
 Registered by ``redis_breaker.checks``, under the name ``check_caches``. The
 OPTIONS themselves are judged by the table in ``options`` (the same that the
@@ -13,6 +13,8 @@ from typing import Any
 from django.core.checks import CheckMessage, Error
 from django.core.checks import Warning as CheckWarning
 
+from redis_breaker._config import url_problem
+from redis_breaker._redact import redact_url
 from redis_breaker.checks_common import (
     EXAMPLE_TIMEOUT,
     SENTINEL_URL_EXAMPLE,
@@ -59,7 +61,8 @@ def _check_breaker_cache(alias: str, entry: Mapping[str, Any],
         return errors
     split = next((i for i, p in enumerate(problems) if p.key in _AFTER_PRIMARY), len(problems))
     primary = options["PRIMARY"]
-    return [*errors[:split], *_check_primary(primary, caches[primary]),
+    return [*errors[:split], *_check_locations(alias, primary, caches[primary]),
+            *_check_primary(primary, caches[primary]),
             *_check_sentinel_primary(options, primary, caches[primary]), *errors[split:],
             *_check_shared_database(alias, primary, caches[primary])]
 
@@ -71,6 +74,56 @@ def _locations(entry: Mapping[str, Any]) -> list[str]:
     for item in items:
         if isinstance(item, str):
             found += [part.strip() for part in item.replace(";", ",").split(",") if part.strip()]
+    return found
+
+
+def _check_locations(alias: str, primary: str, entry: Any) -> list[CheckMessage]:
+    """Every URL of the primary's LOCATION, judged as ``REDIS_BREAKERS``' ``URL`` is (E040).
+
+    Read as the primary reads it: Django's RedisCache splits a string on ``;``
+    and ``,``, django-redis on ``,``; a list gives one URL per item. Nothing is
+    stripped (neither backend strips: a space after a comma is part of the next
+    URL, which redis-py then refuses). The message shows a URL with its password
+    masked, never as written.
+    """
+    if not isinstance(entry, Mapping) or entry.get("LOCATION") is None:
+        return []  # Django reports a Redis cache without LOCATION when it is built
+    location = entry["LOCATION"]
+    where = setting_path("CACHES", primary, "LOCATION")
+    separators = "," if is_subclass(entry.get("BACKEND"), (_DJANGO_REDIS,)) else ";,"
+    items = list(location) if isinstance(location, (list, tuple)) else [location]
+    urls: list[Any] = []
+    for item in items:
+        if isinstance(item, str):
+            for sep in separators[1:]:
+                item = item.replace(sep, separators[0])
+            urls += item.split(separators[0])
+        else:
+            urls.append(item)
+    fix = (f"Set {where} to a redis://, rediss:// or unix:// URL (or several: a list, or "
+           f"separated by {' or '.join(repr(c) for c in separators)} without spaces); "
+           "percent-encode any of @ : / ? # % and spaces in the user name or password. "
+           "A django-redis Sentinel primary names its master group: redis://<group>/<db>.")
+    found: list[CheckMessage] = []
+    for index, url in enumerate(urls, 1):
+        which = f"URL {index} of {len(urls)}" if len(urls) > 1 else "URL"
+        why: str | None
+        if not isinstance(url, str):
+            why, text = f"is a {type(url).__name__}, not a string", ""
+        elif not url:
+            why, text = "is empty (a separator too many)", ""
+        else:
+            text = f" {redact_url(url)!r}"
+            why = url_problem(url)
+            if why is None and url.lower().startswith("redis+sentinel:"):
+                why = ("has scheme 'redis+sentinel', which the cache backends do not read "
+                       "(django-redis finds a master through Sentinel with CLIENT_CLASS "
+                       "SentinelClient)")
+        if why:
+            found.append(Error(
+                f"{where} {which}{text} {why}: the BreakerCache {alias!r} cannot reach its "
+                "PRIMARY, and its breaker's probe would PING nothing.",
+                hint=fix, id="redis_breaker.E040"))
     return found
 
 
