@@ -67,7 +67,7 @@ def test_the_reported_location_really_fails_and_a_good_one_works(settings: Any,
                                                                  redis_server: RedisServer) -> None:
     """What E040 reports breaks on first use; what it passes (a list, a Sentinel group) does not."""
     assert _errors(settings, f"{redis_server.url}, {redis_server.url}") != []
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="scheme"):
         caches["redis"].get("k")  # reads go to the second URL, " redis://..."
     for good in (f"{redis_server.url},{redis_server.url}", [redis_server.url, redis_server.url],
                  redis_server.url):
