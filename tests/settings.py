@@ -11,11 +11,15 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.auth",
     "django.contrib.sessions",
+    # The outbox's admin (tests/celery/test_admin.py)
+    "django.contrib.admin",
+    "django.contrib.messages",
     "redis_breaker",
 ]
 MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
 ]
 # A file, not ":memory:": background threads (the outbox relay) open connections
 # of their own and must see the rows the test committed.
@@ -35,7 +39,10 @@ DATABASES = {
 DATABASE_ROUTERS = ["tests.celery.databases.OutboxRouter"]
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 TEMPLATES = [{"BACKEND": "django.template.backends.django.DjangoTemplates", "DIRS": [],
-              "APP_DIRS": True, "OPTIONS": {}}]
+              "APP_DIRS": True, "OPTIONS": {"context_processors": [
+                  "django.template.context_processors.request",
+                  "django.contrib.auth.context_processors.auth",
+                  "django.contrib.messages.context_processors.messages"]}}]
 REDIS_BREAKERS: dict[str, dict[str, object]] = {}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LOGGING_CONFIG = None
