@@ -32,10 +32,11 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
+import _outbox_bench  # noqa: E402
 from _common import percentiles, print_table, progress  # noqa: E402
 
 
-def _setup_django(folder: Path) -> None:
+def _setup_django(folder: Path, outbox_databases: dict[str, Any]) -> None:
     import django
     from django.conf import settings
 
@@ -43,7 +44,9 @@ def _setup_django(folder: Path) -> None:
         settings.configure(
             INSTALLED_APPS=["django.contrib.contenttypes", "redis_breaker"],
             DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3",
-                                   "NAME": str(folder / "outbox.sqlite3")}},
+                                   "NAME": str(folder / "outbox.sqlite3")},
+                       **outbox_databases},
+            DATABASE_ROUTERS=[_outbox_bench.ROUTER],
             USE_TZ=True, REDIS_BREAKERS={}, LOGGING_CONFIG=None,
             DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
         )
@@ -51,6 +54,16 @@ def _setup_django(folder: Path) -> None:
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
+
+
+def _start_postgres() -> tuple[Any, str | None]:
+    """The outbox part's PostgreSQL (the test harness's, durable), or why there is none."""
+    from tests.harness import PostgresServer
+
+    try:
+        return PostgresServer(durable=True).start(), None
+    except Exception as exc:
+        return None, str(exc)
 
 
 def _plain_calls(url: str, calls: int, cap: float) -> dict[str, Any]:
@@ -159,7 +172,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     plain_calls = 3
     cap = 15.0 if args.quick else 150.0
     folder = Path(tempfile.mkdtemp(prefix="rb-bench-celery-"))
-    _setup_django(folder)
+    postgres, postgres_skipped = _start_postgres()
+    _setup_django(folder, _outbox_bench.databases(folder, postgres))
 
     faults: list[tuple[str, RedisServer, Any, Any]] = []
     local = RedisServer().start()
@@ -194,10 +208,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                  figures["outcome"]])
             finally:
                 heal()
+        # The outbox part: the same delay() per database, side by side.
+        from celery import Celery
+
+        from redis_breaker.celery import BreakerTask
+
+        app = Celery("bench-outbox", broker=local.url, task_cls=BreakerTask,
+                     set_as_current=False)
+        outbox_results = _outbox_bench.measure(
+            app, list(_outbox_bench.databases(folder, postgres)), 400 if args.quick else 4000)
+        if postgres_skipped:
+            print(f"PostgreSQL skipped: {postgres_skipped}")
+        app.close()
     finally:
         local.close()
         if remote is not None:
             remote.close()
+        if postgres is not None:
+            postgres.close()
 
     print_table(
         f"delay() during a broker outage (ms; plain Celery: {plain_calls} calls, "
@@ -210,7 +238,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"  {fault}: plain Celery p50 / BreakerTask outbox p99 once open = "
                   f"{plain['p50_ms'] / max(outbox['p99_open_ms'], 1e-6):,.0f}x")
     report = {"benchmark": "celery", "quick": args.quick, "blackhole": ok,
-              "blackhole_skipped_because": None if ok else why, "results": results}
+              "blackhole_skipped_because": None if ok else why, "results": results,
+              "outbox": outbox_results, "postgresql_skipped_because": postgres_skipped}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2, default=str))

@@ -59,9 +59,10 @@ class PostgresServer:
 
     Connect as user ``postgres`` without a password (trust authentication,
     local connections only), to the database ``postgres`` or one you create.
+    ``durable=True`` keeps PostgreSQL's own durability settings (the benchmarks).
     """
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, durable: bool = False) -> None:
         bindir = find_postgres_bindir()
         if bindir is None:
             raise PostgresNotInstalled(INSTALL_HINT)
@@ -86,6 +87,7 @@ class PostgresServer:
         if self._run_as is not None:
             entry = pwd.getpwnam(self._run_as)
             os.chown(self._dir, entry.pw_uid, entry.pw_gid)
+        self.durable = durable
         self.process: subprocess.Popen[bytes] | None = None
 
     def _popen(self, args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
@@ -107,14 +109,15 @@ class PostgresServer:
             return self
         if not (self.data / "PG_VERSION").exists():
             self._initdb()
+        settings = ["-c", "max_connections=200", "-c", "shared_buffers=32MB"]
+        if not self.durable:
+            # A test database: nothing needs to survive a crash of this machine.
+            settings += ["-c", "fsync=off", "-c", "synchronous_commit=off",
+                         "-c", "full_page_writes=off"]
         with self.log.open("ab") as log:
             self.process = self._popen(
                 [str(self.bindir / "postgres"), "-D", str(self.data), "-p", str(self.port),
-                 "-k", str(self.socket_dir), "-c", f"listen_addresses={self.host}",
-                 # A test database: nothing needs to survive a crash of this machine.
-                 "-c", "fsync=off", "-c", "synchronous_commit=off",
-                 "-c", "full_page_writes=off", "-c", "max_connections=200",
-                 "-c", "shared_buffers=32MB"],
+                 "-k", str(self.socket_dir), "-c", f"listen_addresses={self.host}", *settings],
                 stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -1,0 +1,132 @@
+"""The outbox part of ``bench_celery.py``: ``delay()`` into the outbox, per database, side by side.
+
+The breaker is open (forced, so Redis plays no part): every ``delay()`` writes
+one outbox row, in autocommit (its own transaction) and inside the caller's
+``transaction.atomic()`` after a read. Databases, in one Django configuration,
+measured in interleaved rounds so machine load falls on all alike:
+
+* SQLite with Django's defaults (rollback journal, ``synchronous=FULL``, deferred);
+* SQLite with the settings docs/celery.md documents (WAL, ``synchronous=NORMAL``,
+  ``transaction_mode="IMMEDIATE"``);
+* PostgreSQL (the test harness's server, with PostgreSQL's own durability
+  settings: ``fsync`` and ``synchronous_commit`` on).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import _harness  # noqa: F401  (puts the project's root, and tests.harness, on sys.path)
+from _common import percentiles, print_table, progress
+
+if TYPE_CHECKING:
+    from tests.harness import PostgresServer
+
+__all__ = ["OutboxRouter", "databases", "measure"]
+
+SQLITE_DOCUMENTED = {"transaction_mode": "IMMEDIATE",
+                     "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL"}
+LABELS = {"sqlite_defaults": "SQLite, Django's defaults",
+          "sqlite_documented": "SQLite, documented settings",
+          "postgresql": "PostgreSQL 1x (fsync on)"}
+
+
+class OutboxRouter:
+    """Sends the outbox's model to ``alias`` (set per measurement)."""
+
+    alias: str | None = None
+
+    def db_for_read(self, model: type[Any], **hints: Any) -> str | None:
+        return self.alias if model._meta.app_label == "redis_breaker" else None
+
+    db_for_write = db_for_read
+
+
+ROUTER = OutboxRouter()
+
+
+def databases(folder: Path, postgres: PostgresServer | None) -> dict[str, dict[str, Any]]:
+    """The ``DATABASES`` entries of the outbox measurements (PostgreSQL when it runs)."""
+    found: dict[str, dict[str, Any]] = {
+        "sqlite_defaults": {"ENGINE": "django.db.backends.sqlite3",
+                            "NAME": str(folder / "outbox-defaults.sqlite3")},
+        "sqlite_documented": {"ENGINE": "redis_breaker.backends.sqlite3",
+                              "NAME": str(folder / "outbox-documented.sqlite3"),
+                              "OPTIONS": dict(SQLITE_DOCUMENTED)},
+    }
+    if postgres is not None:
+        found["postgresql"] = postgres.settings("postgres")
+    return found
+
+
+def _round(task: Any, alias: str, calls: int, atomic: bool, start: int) -> list[float]:
+    from django.db import transaction
+
+    from redis_breaker.models import OutboxMessage
+
+    times: list[float] = []
+    table = OutboxMessage.objects.using(alias)
+    for i in range(calls):
+        if atomic:
+            started = time.perf_counter()
+            with transaction.atomic(using=alias):
+                table.filter(task_id="none").exists()
+                task.delay(start + i)
+        else:
+            started = time.perf_counter()
+            task.delay(start + i)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def measure(app: Any, aliases: list[str], calls: int, rounds: int = 10) -> dict[str, Any]:
+    """p50/p99 of outbox ``delay()`` per database and mode; prints the table."""
+    from django.core.management import call_command
+    from django.db import connections
+
+    from redis_breaker import get_breaker
+    from redis_breaker.models import OutboxMessage
+
+    @app.task(name="bench.outboxed", shared=False, breaker_fallback="outbox")
+    def outboxed(n: int) -> int:
+        return n
+
+    for alias in aliases:
+        call_command("migrate", "redis_breaker", database=alias, verbosity=0)
+    breaker = get_breaker()
+    breaker.force_open("benchmark: outbox writes")
+    samples: dict[tuple[str, bool], list[float]] = {(a, m): [] for a in aliases
+                                                    for m in (False, True)}
+    per_round = max(1, calls // rounds)
+    try:
+        for alias in aliases:  # warm-up: connections, statements, the table's first pages
+            ROUTER.alias = alias
+            _round(outboxed, alias, 50, False, 0)
+            _round(outboxed, alias, 50, True, 0)
+        for r in range(rounds):
+            progress(f"outbox round {r + 1}/{rounds}")
+            for alias in aliases:
+                ROUTER.alias = alias
+                for atomic in (False, True):
+                    samples[(alias, atomic)] += _round(outboxed, alias, per_round, atomic,
+                                                       r * per_round)
+    finally:
+        for alias in aliases:
+            ROUTER.alias = alias
+            OutboxMessage.objects.using(alias).all().delete()
+            connections[alias].close()
+        ROUTER.alias = None
+    results: dict[str, Any] = {}
+    rows = []
+    for (alias, atomic), times in samples.items():
+        figures = percentiles(times)
+        mode = "in atomic(), after a read" if atomic else "autocommit"
+        results[f"{alias}/{'atomic' if atomic else 'autocommit'}"] = {"calls": len(times),
+                                                                      **figures}
+        rows.append([LABELS[alias], mode, len(times), figures["p50_ms"], figures["p99_ms"],
+                     figures["max_ms"]])
+    print_table("outbox delay() with the breaker open, per database (ms)",
+                ["database", "transaction", "calls", "p50", "p99", "max"], rows)
+    return results
