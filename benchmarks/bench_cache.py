@@ -10,11 +10,13 @@ this one run:
   RedisCache, and over django-redis vs bare django-redis;
 - django-redis's methods beyond BaseCache (TTL, patterns, collections, lock,
   the keywords): p50/p99 through BreakerCache vs bare django-redis, and the
-  Redis commands each sends (counted by the server), which must be the same;
+  Redis commands each sends, by name (the server's INFO commandstats), which
+  must be the same;
 - outage (refused = stopped, hung = SIGSTOP, blackhole = packets dropped in a
   network namespace, root only), socket_timeout=0.5: p50/p99/max of ``get`` for
   Django's RedisCache, django-redis with IGNORE_EXCEPTIONS, and BreakerCache
-  once its breaker is open.
+  once its breaker is open (nothing written yet; then with 100 keys written
+  during the outage, a read of another key and of a written one).
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ def _time_calls(fn: Callable[[], object], n: int) -> list[int]:
     return out
 
 
-def _interleaved(fns: dict[str, Callable[[], object]], n: int, block: int = 200,
+def _interleaved(fns: dict[str, Callable[[], object]], n: int, block: int = 20,
                  ) -> dict[str, list[int]]:
     """Run the contenders in alternating blocks so drift hits them alike."""
     samples: dict[str, list[int]] = {name: [] for name in fns}
@@ -168,13 +170,24 @@ def _lock_cycle(cache: Any) -> None:
     lock.release()
 
 
-def _commands_per_call(fn: Callable[[], object], client: Any, calls: int = 200) -> float:
-    """Redis commands ``fn`` sends, as the server counts them (the INFO calls taken out)."""
-    before = int(client.info("stats")["total_commands_processed"])
+def _commandstats(client: Any) -> dict[str, int]:
+    return {k.removeprefix("cmdstat_"): int(v["calls"])
+            for k, v in client.info("commandstats").items() if k != "cmdstat_info"}
+
+
+def _commands_per_call(fn: Callable[[], object], client: Any, calls: int = 200,
+                       ) -> dict[str, float]:
+    """Redis commands ``fn`` sends per call, by name, as the server counts them (INFO commandstats)."""
+    before = _commandstats(client)
     for _ in range(calls):
         fn()
-    after = int(client.info("stats")["total_commands_processed"])
-    return (after - before - 1) / calls
+    after = _commandstats(client)
+    return {name: (n - before.get(name, 0)) / calls for name, n in sorted(after.items())
+            if n != before.get(name, 0)}
+
+
+def _shown_commands(found: dict[str, float]) -> str:
+    return "+".join(name if n == 1 else f"{n:g}x{name}" for name, n in found.items()) or "-"
 
 
 def bench_methods(server: RedisServer, n: int) -> dict[str, Any]:
@@ -245,6 +258,13 @@ def bench_outage(server: RedisServer, kind: str, suffix: str, slow_n: int,
             _time_calls(lambda: wrapped.get("bench-key"), fast_n))
         results["BreakerCache (open)"]["calls_to_open"] = trips
         results["BreakerCache (open)"]["first_call_us"] = discovery[0] / 1000
+        # Writes during the outage: the journal is in use, the fallback holds them.
+        for i in range(100):
+            wrapped.set(f"written-{i}", i)
+        results["BreakerCache (open, 100 keys written): get of another key"] = _percentiles(
+            _time_calls(lambda: wrapped.get("bench-key"), fast_n))
+        results["BreakerCache (open, 100 keys written): get of a written key"] = _percentiles(
+            _time_calls(lambda: wrapped.get("written-7"), fast_n))
     reset_breakers()
     return results
 
@@ -266,24 +286,26 @@ def _print(report: dict[str, Any]) -> None:
               f"{_fmt_us(row['breaker']['p50_us']):>14}{row['ratio_p50']:>7.3f}x"
               f"{_fmt_us(row['bare']['p99_us']):>12}{_fmt_us(row['breaker']['p99_us']):>14}"
               f"{row['ratio_p99']:>7.3f}x")
-    print("\ndjango-redis's other methods (interleaved blocks), n =", report["methods_n"])
+    print("\ndjango-redis's other methods (interleaved blocks of 20 calls), n =", report["methods_n"])
     print(f"{'operation':<26}{'bare p50':>12}{'breaker p50':>14}{'ratio':>8}"
-          f"{'bare p99':>12}{'breaker p99':>14}{'ratio':>8}{'commands':>16}")
+          f"{'bare p99':>12}{'breaker p99':>14}{'ratio':>8}  commands per call bare / breaker")
     for name, row in report["methods"].items():
-        commands = f"{row['commands_bare']:.2f} / {row['commands_breaker']:.2f}"
+        same = "=" if row["commands_bare"] == row["commands_breaker"] else "DIFFERENT"
+        commands = (f"{_shown_commands(row['commands_bare'])} / "
+                    f"{_shown_commands(row['commands_breaker'])} {same}")
         print(f"{name:<26}{_fmt_us(row['bare']['p50_us']):>12}"
               f"{_fmt_us(row['breaker']['p50_us']):>14}{row['ratio_p50']:>7.3f}x"
               f"{_fmt_us(row['bare']['p99_us']):>12}{_fmt_us(row['breaker']['p99_us']):>14}"
-              f"{row['ratio_p99']:>7.3f}x{commands:>16}")
+              f"{row['ratio_p99']:>7.3f}x  {commands}")
     for kind, rows in report["outage"].items():
         if not isinstance(rows, dict) or "skipped" in rows:
             print(f"\nOutage: {kind}: skipped ({rows.get('skipped') if isinstance(rows, dict) else rows})")
             continue
         print(f"\nOutage: {kind} (socket_timeout={TIMEOUT}s), get()")
         ours = rows["BreakerCache (open)"]["p99_us"]
-        print(f"{'backend':<34}{'n':>7}{'p50':>12}{'p99':>12}{'max':>12}{'p99 vs ours':>14}")
+        print(f"{'backend':<62}{'n':>7}{'p50':>12}{'p99':>12}{'max':>12}{'p99 vs ours':>14}")
         for name, row in rows.items():
-            print(f"{name:<34}{row['n']:>7}{_fmt_us(row['p50_us']):>12}"
+            print(f"{name:<62}{row['n']:>7}{_fmt_us(row['p50_us']):>12}"
                   f"{_fmt_us(row['p99_us']):>12}{_fmt_us(row['max_us']):>12}"
                   f"{row['p99_us'] / ours:>13,.0f}x")
 
