@@ -74,6 +74,8 @@ def _fallen_back(app: Celery, b: Breaker, mode: str, name: str, task: Task | Non
         result_cls = options.get("result_cls") or (task.AsyncResult if task is not None
                                                    else app.AsyncResult)
         result: AsyncResult = result_cls(task_id)
+        ignore = options.get("ignore_result")
+        result.ignored = task.ignore_result if ignore is None and task is not None else ignore
         return result
 
     return b.call_with_fallback(publish_now, outbox, integration="celery")

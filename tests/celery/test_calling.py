@@ -1,0 +1,215 @@
+"""Celery's calling API through a real worker, healthy and through a broker outage.
+
+Every argument of ``apply_async``/``send_task`` and the canvas (link,
+link_error, chain, group, chord) dispatched with Redis healthy, then again with
+Redis stopped (into the outbox) and relayed after it comes back: every task id
+runs exactly once, and the results come back through the Redis result backend
+on the broker's server.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from celery import chain, chord, group
+from celery.result import AsyncResult
+
+from redis_breaker import State, get_breaker
+from redis_breaker.models import OutboxMessage
+from tests.harness import RedisServer
+
+from .conftest import celery_worker, join_relays, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def broker() -> Iterator[RedisServer]:
+    """Broker and result backend on one server that keeps its data across stop/start (AOF)."""
+    server = RedisServer(extra_args=("--appendonly", "yes", "--appendfsync", "always"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def recorder() -> Iterator[RedisServer]:
+    """A second redis-server, never faulted, where the tasks record each run."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def calling(broker: RedisServer, recorder: RedisServer) -> Iterator[Any]:
+    """The calling app's module, pointed at ``broker``, with a worker consuming from it."""
+    from tests.celery import calling_app
+
+    app = calling_app.app
+    app.conf.broker_url = app.conf.result_backend = broker.url
+    for cached in ("_redis_breaker_producers", "_redis_breaker_once_client"):
+        app.__dict__.pop(cached, None)
+    with celery_worker("tests.celery.calling_app", RB_BROKER_URL=broker.url,
+                       RB_RECORD_URL=recorder.url) as log:
+        runs = recorder.client()
+        probe = calling_app.add.delay(-1, -1)
+        wait_for(lambda: runs.hexists("runs", f"{probe.id}:0"), timeout=60,
+                 what=f"the worker to start (log: {log})")
+        runs.close()
+        try:
+            yield calling_app
+        finally:
+            join_relays()
+            cached = app.__dict__.pop("_redis_breaker_producers", None)
+            if cached is not None:
+                cached[1].connections.force_close_all()
+
+
+Scenario = tuple[str, Callable[[], Any], Callable[[Any, Callable[[], dict[str, Any]]], Any]]
+
+
+def _scenarios(m: Any, base: int) -> list[Scenario]:
+    """(label, dispatch, check(result, seen)) for one round; ``base`` tells rounds apart."""
+    app, add, total, fail, errback, flaky = m.app, m.add, m.total, m.fail, m.errback, m.flaky
+    b = base
+
+    def args_seen(seen: Callable[[], dict[str, Any]], args: list[Any]) -> dict[str, Any]:
+        found: list[dict[str, Any]] = []
+
+        def ran() -> bool:
+            found[:] = [s for s in seen().values() if s.get("args") == args]
+            return bool(found)
+
+        wait_for(ran, timeout=60, what=f"a run of {args}")
+        assert len(found) == 1, (args, found)
+        return found[0]
+
+    def with_producer() -> AsyncResult:
+        with app.producer_or_acquire() as producer:
+            return add.apply_async((b + 20, 1), producer=producer)
+
+    def with_connection() -> AsyncResult:
+        with app.connection_for_write() as connection:
+            return add.apply_async((b + 21, 1), connection=connection)
+
+    return [
+        ("delay", lambda: add.delay(b, 1), lambda r, s: _is(r.get(timeout=60), b + 1)),
+        ("countdown", lambda: add.apply_async((b + 1, 1), countdown=1),
+         lambda r, s: _is(r.get(timeout=60), b + 2)),
+        ("eta", lambda: add.apply_async(
+            (b + 2, 1), eta=datetime.now(timezone.utc) + timedelta(seconds=1)),
+         lambda r, s: _is(r.get(timeout=60), b + 3)),
+        ("expires", lambda: add.apply_async((b + 3, 1), expires=600),
+         lambda r, s: _is(r.get(timeout=60), b + 4)),
+        ("headers", lambda: add.apply_async((b + 4, 1), headers={"tenant": "acme"}),
+         lambda r, s: _is(args_seen(s, [b + 4, 1])["tenant"], "acme")),
+        ("queue", lambda: add.apply_async((b + 5, 1), queue="other"),
+         lambda r, s: _is(args_seen(s, [b + 5, 1])["queue"], "other")),
+        ("priority", lambda: add.apply_async((b + 6, 1), priority=5),
+         lambda r, s: _is(r.get(timeout=60), b + 7)),
+        ("shadow", lambda: add.apply_async((b + 7, 1), shadow="add-in-disguise"),
+         lambda r, s: _is(r.get(timeout=60), b + 8)),
+        ("retry=False", lambda: add.apply_async((b + 8, 1), retry=False),
+         lambda r, s: _is(r.get(timeout=60), b + 9)),
+        ("retry=True+policy", lambda: add.apply_async(
+            (b + 9, 1), retry=True, retry_policy={"max_retries": 1, "interval_start": 0}),
+         lambda r, s: _is(r.get(timeout=60), b + 10)),
+        ("ignore_result", lambda: add.apply_async((b + 10, 1), ignore_result=True),
+         lambda r, s: (_is(r.get(timeout=60), None), args_seen(s, [b + 10, 1]))),
+        ("send_task", lambda: app.send_task("tests.add", (b + 11, 1)),
+         lambda r, s: _is(r.get(timeout=60), b + 12)),
+        ("link", lambda: add.apply_async((b + 12, 1), link=add.s(1000)),
+         lambda r, s: (_is(r.get(timeout=60), b + 13), args_seen(s, [b + 13, 1000]))),
+        ("link_error", lambda: fail.apply_async((f"boom-{b}",), link_error=errback.s()),
+         lambda r, s: _failed_with_errback(r, s)),
+        ("chain", lambda: chain(add.s(b + 13, 1), add.s(2), add.s(3)).apply_async(),
+         lambda r, s: _is(r.get(timeout=60), b + 19)),
+        ("group", lambda: group(add.s(b + 14, i) for i in range(3)).apply_async(),
+         lambda r, s: _is(r.get(timeout=60), [b + 14, b + 15, b + 16])),
+        ("chord", lambda: chord([add.s(b + 15, 1), add.s(b + 15, 2)])(total.s()),
+         lambda r, s: _is(r.get(timeout=60), 2 * b + 33)),
+        ("self.retry", lambda: flaky.delay(b + 16),
+         lambda r, s: _is(r.get(timeout=60), b + 16)),
+        ("producer=", with_producer, lambda r, s: _is(r.get(timeout=60), b + 21)),
+        ("connection=", with_connection, lambda r, s: _is(r.get(timeout=60), b + 22)),
+    ]
+
+
+#: Canvas whose dispatch writes to or subscribes on the result backend itself (a group
+#: subscribes to its members' results, a chord stores its size): with the backend on the
+#: stopped server they raise Celery's result-backend error (docs/celery.md).
+RESULT_BACKEND_CANVAS = ("group", "chord")
+
+
+def _is(value: Any, expected: Any) -> None:
+    assert value == expected
+
+
+def _failed_with_errback(result: AsyncResult, seen: Callable[[], dict[str, Any]]) -> None:
+    with pytest.raises(ValueError, match="boom"):
+        result.get(timeout=60)
+    wait_for(lambda: any(s.get("failed") == result.id for s in seen().values()), timeout=60,
+             what="the link_error callback")
+
+
+def _run_round(m: Any, recorder: RedisServer, base: int,
+               dispatch: Callable[[list[Scenario]], list[tuple[str, Any]]]) -> None:
+    scenarios = _scenarios(m, base)
+    results = dispatch(scenarios)
+    client = recorder.client()
+    try:
+        def seen() -> dict[str, Any]:
+            return {k.decode(): json.loads(v) for k, v in client.hgetall("seen").items()}
+
+        checks = {label: check for label, _, check in scenarios}
+        assert [label for label, _ in results] == [
+            label for label in checks if label in dict(results)]
+        for label, result in results:
+            try:
+                checks[label](result, seen)
+            except AssertionError as exc:
+                raise AssertionError(f"{label}: {exc}") from exc
+            except Exception as exc:
+                raise AssertionError(f"{label}: {type(exc).__name__}: {exc}") from exc
+        runs = {k.decode(): int(v) for k, v in client.hgetall("runs").items()}
+    finally:
+        client.close()
+    twice = {k: n for k, n in runs.items() if n != 1}
+    assert twice == {}
+
+
+def test_calling_api_healthy(calling: Any, recorder: RedisServer) -> None:
+    """With Redis healthy, every calling scenario publishes, runs once and returns its result."""
+    def dispatch(scenarios: list[Scenario]) -> list[tuple[str, Any]]:
+        return [(label, send()) for label, send, _ in scenarios]
+
+    _run_round(calling, recorder, 0, dispatch)
+    assert OutboxMessage.objects.count() == 0
+
+
+def test_calling_api_through_an_outage(calling: Any, broker: RedisServer,
+                                       recorder: RedisServer) -> None:
+    """With the broker (and the result backend on it) stopped, every scenario lands in the
+    outbox without raising; after recovery each one runs once with its result."""
+    breaker = get_breaker("default")
+
+    def dispatch(scenarios: list[Scenario]) -> list[tuple[str, Any]]:
+        broker.stop()
+        # Five calls find the outage (a refused port answers at once) and open the breaker.
+        first = [("delay", calling.add.delay(1000 + i, 1)) for i in range(5)]
+        assert breaker.state is State.OPEN
+        sent = [(label, send()) for label, send, _ in scenarios if label not in RESULT_BACKEND_CANVAS]
+        assert OutboxMessage.objects.count() == len(sent) + 5
+        broker.start()
+        wait_for(lambda: OutboxMessage.objects.count() == 0, timeout=60,
+                 what="the relay to empty the outbox")
+        for _, result in first:
+            assert result.get(timeout=60) in range(1001, 1006)
+        return sent
+
+    _run_round(calling, recorder, 100, dispatch)
