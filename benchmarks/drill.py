@@ -33,7 +33,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _harness import RedisServer, wait_until  # noqa: E402
+from _harness import RedisServer, free_port, wait_until  # noqa: E402
 from drill_app import hidden  # noqa: E402
 
 FAULTS = ("refused", "hung", "blackhole")
@@ -51,6 +51,8 @@ class Run:
     """Everything recorded during the drill."""
 
     started: float = field(default_factory=time.perf_counter)
+    #: ``time.time()`` when ``started`` was read (the served workers stamp wall-clock times)
+    wall0: float = field(default_factory=time.time)
     #: (contestant, op, start, duration, error seen by the caller, error hidden by the backend)
     samples: list[tuple[str, str, float, float, bool, bool]] = field(default_factory=list)
     phases: list[dict[str, Any]] = field(default_factory=list)
@@ -58,6 +60,8 @@ class Run:
     transitions: list[tuple[float, str]] = field(default_factory=list)
     #: pybreaker's breaker: (time, new state)
     pybreaker_transitions: list[tuple[float, str]] = field(default_factory=list)
+    #: each error a caller saw: (contestant, op, start, the exception, its text cut short)
+    errors: list[tuple[str, str, float, str]] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
     def now(self) -> float:
@@ -70,7 +74,7 @@ class Run:
 
 # --------------------------------------------------------------------- traffic
 def sync_worker(run: Run, contestant: Any, index: int, pace: float) -> None:
-    ops = [op for op in SYNC_MIX if op in contestant.sync_ops]
+    ops = [op for op in (contestant.mix or SYNC_MIX) if op in contestant.sync_ops]
     counter = itertools.count(index * 1_000_000)
     box = hidden.start()
     for op in itertools.cycle(ops[index % len(ops):] + ops[:index % len(ops)]):
@@ -81,8 +85,9 @@ def sync_worker(run: Run, contestant: Any, index: int, pace: float) -> None:
         before = box[0]
         try:
             contestant.sync_ops[op](next(counter))
-        except Exception:
+        except Exception as exc:
             error = True
+            run.errors.append((contestant.name, op, start, f"{type(exc).__name__}: {exc}"[:200]))
         duration = run.now() - start
         run.record(contestant.name, op, start, duration, error, box[0] > before)
         time.sleep(max(0.0, pace - duration))
@@ -98,8 +103,10 @@ async def async_worker(run: Run, contestant: Any, index: int, pace: float) -> No
             before = box[0]
             try:
                 await fn(next(counter))
-            except Exception:
+            except Exception as exc:
                 error = True
+                run.errors.append((contestant.name, op, start,
+                                   f"{type(exc).__name__}: {exc}"[:200]))
             duration = run.now() - start
             run.record(contestant.name, op, start, duration, error, box[0] > before)
             await asyncio.sleep(max(0.0, pace - duration))
@@ -194,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--faults", default=",".join(FAULTS),
                         help=f"comma-separated, from {', '.join(FAULTS)}")
     parser.add_argument("--out", type=Path, default=Path("drill-out"), help="output folder")
+    parser.add_argument("--processes", type=int, default=0,
+                        help="also serve the protected stack from N gunicorn worker processes "
+                             "and send it the same traffic over HTTP (0: off)")
     args = parser.parse_args(argv)
     faults = [f.strip() for f in args.faults.split(",") if f.strip()]
     unknown = sorted(set(faults) - set(FAULTS))
@@ -213,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     server = RedisServer(netns=can_blackhole).start()
     worker: subprocess.Popen[bytes] | None = None
     loops: dict[str, LoopThread] = {}
+    served: Any = None
     run = Run()
     try:
         env = dict(os.environ, DRILL_REDIS_URL=server.url, DRILL_LEDGER_URL=ledger.url,
@@ -259,6 +270,17 @@ def main(argv: list[str] | None = None) -> int:
         players = contestant_module.build(
             lambda name: loops[name].loop,
             lambda state: run.pybreaker_transitions.append((run.now(), state)))
+        if args.processes > 0:
+            from drill_app import served as served_module
+
+            # Same Redis, same database (the outbox) and the host's breaker state.
+            served = served_module.Served(
+                args.processes, free_port(), dict(env, DRILL_DATABASE=database), HERE,
+                out / "events", out / "gunicorn.log")
+            if not wait_until(served.ready, 120, 0.2):
+                raise RuntimeError(f"gunicorn did not answer; see {out / 'gunicorn.log'}")
+            players.append(served_module.contestant(served, run.now))
+            log(f"gunicorn: {args.processes} worker processes on port {served.port}")
         for contestant in players:
             if contestant.async_ops:
                 loops[contestant.name] = LoopThread(contestant.name)
@@ -322,13 +344,18 @@ def main(argv: list[str] | None = None) -> int:
         from redis_breaker.outbox import outbox_status
 
         wait_until(lambda: (outbox_status().get("pending") or 0) == 0, 120, 0.2)
-        names = {"redis-breaker": "redis-breaker", "celery": "celery", "pybreaker": "pybreaker"}
+        # the ledger's hash of each contestant's task: the served stack runs the same task
+        names = {"redis-breaker": "redis-breaker", "celery": "celery", "pybreaker": "pybreaker",
+                 "redis-breaker-http": "redis-breaker"}
         expected = {c.name: set(c.task_ids) for c in players if c.name in names}
 
         def executed(name: str) -> dict[str, int]:
-            return {k.decode(): int(v) for k, v in ledger_client.hgetall(f"executed:{name}").items()}
+            return {k.decode(): int(v)
+                    for k, v in ledger_client.hgetall(f"executed:{names[name]}").items()}
 
-        wait_until(lambda: expected["redis-breaker"] <= set(executed("redis-breaker")), 120, 0.5)
+        for name in ("redis-breaker", "redis-breaker-http"):
+            if name in expected:
+                wait_until(lambda name=name: expected[name] <= set(executed(name)), 120, 0.5)
         time.sleep(2)  # let the last of the plain tasks land too
 
         from drill_report import summarize, write_outputs
@@ -338,25 +365,32 @@ def main(argv: list[str] | None = None) -> int:
         for contestant in players:
             if contestant.name not in expected:
                 continue
-            ran = executed(contestant.name)
             ids = expected[contestant.name]
+            ran = {task_id: n for task_id, n in executed(contestant.name).items() if task_id in ids}
             tasks[contestant.name] = {
                 "dispatched": len(ids),
-                "executed": len(ids & set(ran)),
+                "executed": len(ran),
                 "lost": len(ids - set(ran)),
                 "duplicates": sum(max(0, n - 1) for n in ran.values()),
             }
             # when each task was dispatched and how often it ran, for the per-fault counts
             dispatches[contestant.name] = [(at - run.started, ran.get(task_id, 0))
                                            for task_id, at in contestant.task_times.items()]
+        processes = None
+        if served is not None:
+            processes = {"responses": served.responses,
+                         "transitions": served.transitions(run.wall0)}
         report = summarize(run, tasks, faults, skipped, received, blocked,
                            {"duration": args.duration, "concurrency": args.concurrency,
-                            "pace": args.pace, "socket_timeout": SOCKET_TIMEOUT},
-                           dispatches)
+                            "pace": args.pace, "socket_timeout": SOCKET_TIMEOUT,
+                            "processes": args.processes},
+                           dispatches, processes)
         write_outputs(report, run, out)
         return 0
     finally:
         run.stop.set()
+        if served is not None:
+            served.close()
         if worker is not None:
             worker.terminate()
             try:

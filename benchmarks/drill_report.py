@@ -12,15 +12,16 @@ import html
 import json
 import math
 from collections.abc import Iterable, Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from _common import percentiles, print_table
 
-CONTESTANTS = ("redis-breaker", "django-redis", "django-redis-cache", "celery", "channels-redis",
-               "pybreaker")
+CONTESTANTS = ("redis-breaker", "redis-breaker-http", "django-redis", "django-redis-cache", "celery",
+               "channels-redis", "pybreaker")
 OURS = "redis-breaker"
-OPS = ("cache.get", "cache.set", "task.delay", "group_send")
+OPS = ("cache.get", "cache.set", "cache.page", "task.delay", "group_send")
 #: A fault's phases in order: the two fault actions have their own windows.
 PHASES = ("healthy", "cut", "outage", "restored", "recovery")
 #: One line per contestant, shown on the page.
@@ -28,6 +29,9 @@ ABOUT = {
     "redis-breaker": "this project: BreakerCache over Django's RedisCache (local fallback), "
                      "BreakerTask (durable outbox in the database), BreakerChannelLayer "
                      "(in-process delivery), one breaker shared by the three",
+    "redis-breaker-http": "the same protected stack served by gunicorn worker processes "
+                          "(--processes N), called over HTTP: cache.page reads then writes a key; "
+                          "its breaker state is the host's, shared with the drill's own process",
     "django-redis": "django-redis with IGNORE_EXCEPTIONS: errors are swallowed (get returns None), "
                     "but each call still waits for Redis",
     "django-redis-cache": "Django's own RedisCache, no protection: errors reach the caller",
@@ -42,7 +46,7 @@ FAULT_WORDS = {
     "blackhole": "every packet to Redis was dropped",
 }
 #: Colour-blind-safe colours (Okabe-Ito) and a marker of its own for each contestant.
-STYLE = {"redis-breaker": ("#0072B2", "o"), "django-redis": ("#D55E00", "s"),
+STYLE = {"redis-breaker": ("#0072B2", "o"), "redis-breaker-http": ("#56B4E9", "P"), "django-redis": ("#D55E00", "s"),
          "django-redis-cache": ("#CC79A7", "D"), "celery": ("#E69F00", "v"),
          "channels-redis": ("#009E73", "^"), "pybreaker": ("#000000", "x")}
 STATE_LEVEL = {"closed": 0, "half_open": 1, "open": 2, "forced_open": 2, "disabled": 0}
@@ -70,7 +74,7 @@ def fmt(value: object) -> str:
         assert rounded is not None
         if abs(rounded) >= 100:
             return f"{rounded:,.0f}"
-        return f"{rounded:g}"
+        return format(Decimal(repr(rounded)), "f")  # no exponent: 0.0000386, not 3.86e-05
     return str(value)
 
 
@@ -217,10 +221,64 @@ def sentence(summary: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def healthy_phase_errors(run: Any, faults: list[str], limit: int = 50) -> list[dict[str, Any]]:
+    """The errors callers saw while Redis was healthy, each with its time from the phase's start."""
+    found = []
+    for fault in faults:
+        window = _phase(run, fault, "healthy")
+        for contestant, op, start, text in getattr(run, "errors", []):
+            if window["start"] <= start < window["end"]:
+                found.append({"fault": fault, "contestant": contestant, "op": op,
+                              "after_phase_start_s": sig(start - window["start"]), "error": text})
+    return found[:limit]
+
+
+def per_process(run: Any, fault: str, processes: dict[str, Any]) -> dict[str, Any]:
+    """The served workers during one fault: what each paid for the outage's onset, when it recovered.
+
+    A call *paid* for the onset when it began after the cut began while its
+    process still saw the breaker closed, before that process's breaker opened
+    (it went to Redis and met the outage). With one breaker state per host the
+    host pays about FAILURE_THRESHOLD such calls in all; with a breaker per
+    process each process would pay its own.
+    """
+    cut = _phase(run, fault, "cut")
+    back = _phase(run, fault, "restored")
+    recovery_end = _phase(run, fault, "recovery")["end"]
+    responses = processes.get("responses", [])
+    events = processes.get("transitions", [])
+    pids = sorted({r[2] for r in responses} | {e["pid"] for e in events})
+    rows = []
+    for pid in pids:
+        opened = next((e for e in events if e["pid"] == pid and e["to"] == "open"
+                       and cut["start"] <= e["at"] < back["start"]), None)
+        closed = next((e for e in events if e["pid"] == pid and e["to"] == "closed"
+                       and back["start"] <= e["at"] <= recovery_end), None)
+        during = [r for r in responses if r[2] == pid and cut["start"] <= r[0] < back["start"]]
+        paid = [r for r in during
+                if r[4] == "closed" and (opened is None or r[0] < opened["at"])]
+        through = next((r[0] for r in responses if r[2] == pid and r[4] == "closed"
+                        and back["start"] <= r[0] <= recovery_end), None)
+        rows.append({
+            "pid": pid,
+            "calls_while_cut": len(during),
+            "onset_calls": len(paid),
+            "onset_max_ms": sig(max((r[3] for r in paid), default=0.0) * 1000),
+            "open_after_cut_s": None if opened is None else sig(opened["at"] - cut["start"]),
+            "opened_here": None if opened is None else not opened.get("remote", False),
+            "closed_after_restore_s": None if closed is None else sig(closed["at"] - back["start"]),
+            "closed_here": None if closed is None else not closed.get("remote", False),
+            "first_call_through_redis_s": None if through is None else sig(through - back["start"]),
+        })
+    return {"fault": fault, "processes": rows,
+            "host_onset_calls": sum(r["onset_calls"] for r in rows)}
+
+
 def summarize(run: Any, tasks: dict[str, dict[str, int]], faults: list[str],
               skipped: dict[str, str], received: dict[str, int], blocked: list[str],
               params: dict[str, Any],
-              dispatches: dict[str, list[tuple[float, int]]] | None = None) -> dict[str, Any]:
+              dispatches: dict[str, list[tuple[float, int]]] | None = None,
+              processes: dict[str, Any] | None = None) -> dict[str, Any]:
     scenarios = []
     verdicts = []
     for fault in faults:
@@ -243,6 +301,9 @@ def summarize(run: Any, tasks: dict[str, dict[str, int]], faults: list[str],
         "pybreaker": [v["pybreaker"] for v in verdicts],
         "tasks": tasks.get(OURS, {}),
         "tasks_by_contestant": tasks,
+        "healthy_phase_errors": healthy_phase_errors(run, faults),
+        "served_processes": [per_process(run, fault, processes) for fault in faults]
+        if processes else [],
         "group_messages_received": received,
         "calls_blocked_at_stop": blocked,
     }
@@ -257,6 +318,20 @@ def _verdict_cells(row: dict[str, Any]) -> list[object]:
             row["errors"], row["hidden"], row.get("lost"), row.get("duplicates")]
 
 
+PROCESS_HEADER = ("pid", "calls while cut", "calls that paid for the onset", "their max ms",
+                  "saw it open after the cut began s", "opened by",
+                  "saw it closed after the restore began s", "closed by",
+                  "first call through Redis after the restore began s")
+
+
+def _process_cells(row: dict[str, Any]) -> list[object]:
+    def who(here: bool | None) -> str:
+        return "-" if here is None else ("this process" if here else "another process")
+    return [str(row["pid"]), row["calls_while_cut"], row["onset_calls"], row["onset_max_ms"],
+            row["open_after_cut_s"], who(row["opened_here"]), row["closed_after_restore_s"],
+            who(row["closed_here"]), row["first_call_through_redis_s"]]
+
+
 def print_tables(report: dict[str, Any]) -> None:
     for summary in report["verdict"]:
         print_table(f"Verdict, {summary['fault']}: calls made while Redis was cut "
@@ -269,6 +344,10 @@ def print_tables(report: dict[str, Any]) -> None:
                   fmt(r["restore_took_s"]), fmt(r["closed_after_restore_s"])]
                  for v in report["verdict"] for name, r in (("redis-breaker", v["breaker"]),
                                                            ("pybreaker", v["pybreaker"]))])
+    for served in report.get("served_processes", []):
+        print_table(f"Served processes, {served['fault']}: the workers paid "
+                    f"{served['host_onset_calls']} calls for the onset", PROCESS_HEADER,
+                    [[fmt(c) for c in _process_cells(r)] for r in served["processes"]])
     print_table("Tasks dispatched through the whole drill", ["contestant", "dispatched", "executed",
                                                             "lost", "duplicates"],
                 [[name, t["dispatched"], t["executed"], t["lost"], t["duplicates"]]
@@ -387,6 +466,21 @@ def write_html(report: dict[str, Any], images: list[str], path: Path) -> None:
                                              ("pybreaker", summary["pybreaker"]))], 0))
     for fault, why in report["skipped_faults"].items():
         parts.append(f"<p>{html.escape(fault)} skipped: {html.escape(why)}</p>")
+    if report.get("served_processes"):
+        parts.append("<h2>The served processes: one breaker state per host</h2><p>Each gunicorn "
+                     "worker of redis-breaker-http. A call paid for the outage's onset when its "
+                     "process still saw the breaker closed after the cut began and it met the "
+                     "outage; the host's breaker state means the host pays about "
+                     "FAILURE_THRESHOLD such calls, not each process (the drill's own process, "
+                     "on the same host state, pays its own too). <em>Opened by</em> and "
+                     "<em>closed by</em>: whether this process made the transition or learned it "
+                     "from the host's state, which a process does at its next look at the state "
+                     "(a call, or its probe thread).</p>")
+        for served in report["served_processes"]:
+            parts.append(f"<h3>{html.escape(served['fault'])}: the workers paid "
+                         f"{served['host_onset_calls']} calls for the onset</h3>")
+            parts.append(_table(PROCESS_HEADER, [_process_cells(r) for r in served["processes"]],
+                                -1))
     parts.append("<h2>Contestants</h2><ul>" + "".join(
         f"<li><b>{html.escape(name)}</b>: {html.escape(ABOUT[name])}</li>" for name in CONTESTANTS)
         + "</ul>")

@@ -9,7 +9,7 @@ from typing import Any
 
 sys.path.append(str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
-from drill_report import breaker_timing, fmt, sig, summarize, write_html
+from drill_report import breaker_timing, fmt, per_process, sig, summarize, write_html
 
 
 @dataclass
@@ -133,5 +133,46 @@ def test_figures_have_three_significant_figures() -> None:
     assert sig(0.123456) == 0.123
     assert sig(501.234) == 501.0
     assert sig(None) is None
-    assert [fmt(v) for v in (0.000123456, 1.23456, 501.234, 3112.7, None, 12)] == [
-        "0.000123", "1.23", "501", "3,110", "-", "12"]
+    assert [fmt(v) for v in (0.000123456, 3.86e-05, 1.23456, 0.5, 501.234, 3112.7, None, 12)] == [
+        "0.000123", "0.0000386", "1.23", "0.5", "501", "3,110", "-", "12"]
+
+
+def test_served_processes_each_pay_only_until_the_host_state_says_open() -> None:
+    """Per worker: the calls that met the outage before it saw the breaker open, and its recovery.
+
+    Worker 1 opened the breaker 0.5 s after the cut began (an opening during the
+    cut action counts); worker 2 learned it from the host's state at 0.6 s. Only
+    calls begun after the cut while the worker still saw the breaker closed paid.
+    """
+    run = Timeline()
+    run.fault("hung", 0.0, cut=(10.0, 10.8), restore=(20.8, 20.9))
+    events = [
+        {"pid": 1, "at": 10.5, "to": "open", "remote": False},
+        {"pid": 2, "at": 10.6, "to": "open", "remote": True},
+        {"pid": 2, "at": 21.0, "to": "half_open", "remote": False},
+        {"pid": 2, "at": 21.2, "to": "closed", "remote": False},
+        {"pid": 1, "at": 21.4, "to": "closed", "remote": True},
+    ]
+    responses = [
+        (9.9, "cache.page", 1, 0.6, "closed"),    # began before the cut: not this window's
+        (10.0, "cache.page", 1, 0.5, "closed"),   # paid
+        (10.1, "cache.page", 2, 0.5, "closed"),   # paid
+        (10.2, "cache.page", 2, 0.5, "closed"),   # paid
+        (10.7, "cache.page", 2, 0.0001, "open"),  # served by the fallback
+        (10.55, "cache.page", 2, 0.5, "closed"),  # began before worker 2 saw it open: paid
+        (12.0, "cache.page", 1, 0.0001, "open"),
+        (21.1, "cache.page", 1, 0.001, "open"),
+        (21.5, "cache.page", 1, 0.001, "closed"),  # worker 1's first call through Redis again
+        (21.3, "cache.page", 2, 0.001, "closed"),
+    ]
+    served = per_process(run, "hung", {"responses": responses, "transitions": events})
+    one, two = served["processes"]
+    assert (one["pid"], one["onset_calls"], one["onset_max_ms"]) == (1, 1, 500.0)
+    assert (two["pid"], two["onset_calls"]) == (2, 3)
+    assert served["host_onset_calls"] == 4
+    assert (one["open_after_cut_s"], one["opened_here"]) == (0.5, True)
+    assert (two["open_after_cut_s"], two["opened_here"]) == (0.6, False)
+    assert (two["closed_after_restore_s"], two["closed_here"]) == (0.4, True)
+    assert (one["closed_after_restore_s"], one["closed_here"]) == (0.6, False)
+    assert one["first_call_through_redis_s"] == 0.7
+    assert two["first_call_through_redis_s"] == 0.5

@@ -46,6 +46,8 @@ class Contestant:
     async_ops: dict[str, AsyncOp] = field(default_factory=dict)
     #: Channel layer alias whose group this contestant's receiver listens on.
     layer: str | None = None
+    #: The sync operations' mix, when not the drill's usual one (``drill.SYNC_MIX``).
+    mix: list[str] | None = None
     task_ids: list[str] = field(default_factory=list)
     #: ``time.perf_counter()`` when each task was dispatched, by task id.
     task_times: dict[str, float] = field(default_factory=dict)
