@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from celery import Celery
@@ -33,8 +34,16 @@ def worker_database(alias: str) -> str:
     return json.dumps(connections[alias].settings_dict, default=str)
 
 
+def state_dir(tmp_path: Path) -> str:
+    """A breaker state directory for a subprocess: another host's, not this test's."""
+    folder = tmp_path / "subprocess-state"
+    folder.mkdir(mode=0o700)
+    return str(folder)
+
+
 def test_worker_relays_rows_a_dead_process_left(redis_server: RedisServer,
-                                                recorder: RedisServer, outbox_db: str) -> None:
+                                                recorder: RedisServer, outbox_db: str,
+                                                tmp_path: Path) -> None:
     """Rows written during an outage by a process that then stops probing reach the broker via
     a worker started after the outage, each task running once, and the worker says so."""
     from tests.celery.app import app, record
@@ -53,7 +62,8 @@ def test_worker_relays_rows_a_dead_process_left(redis_server: RedisServer,
         runs = recorder.client()
         with celery_worker("tests.celery.django_worker", RB_BROKER_URL=redis_server.url,
                            RB_RECORD_URL=recorder.url,
-                           RB_DATABASE=worker_database(outbox_db)) as log:
+                           RB_DATABASE=worker_database(outbox_db),
+                           RB_STATE_DIR=state_dir(tmp_path)) as log:
             wait_for(lambda: runs.hlen("runs") >= TASKS, timeout=60,
                      what=f"the worker to relay and run every task (log: {log})")
             wait_for(lambda: OutboxMessage.objects.count() == 0, timeout=20,

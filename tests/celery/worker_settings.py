@@ -12,6 +12,10 @@ DATABASES = {"default": json.loads(os.environ["RB_DATABASE"])}
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     DATABASES["default"]["OPTIONS"] = {**DATABASES["default"].get("OPTIONS", {}), "timeout": 20}
 CELERY_BROKER_URL = os.environ["RB_BROKER_URL"]
+# The breaker's host-wide state in the test's directory, not the user's default one.
+if os.environ.get("RB_STATE_DIR"):
+    REDIS_BREAKERS = {"default": {"URL": CELERY_BROKER_URL,
+                                  "STATE_DIR": os.environ["RB_STATE_DIR"]}}
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
