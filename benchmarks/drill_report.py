@@ -204,9 +204,14 @@ def sentence(summary: dict[str, Any]) -> str:
             + " (the cut took " + f"{fmt(timing['cut_took_s'])} s) and closed "
             + ("never" if timing["closed_after_restore_s"] is None
                else f"{fmt(timing['closed_after_restore_s'])} s after the restore began") + ".")
+    served = totals.get("redis-breaker-http")
+    if served:
+        parts.append(f"Through the same stack served by worker processes over HTTP, callers saw "
+                     f"{served['errors']} errors in {served['calls']:,} calls and the slowest "
+                     f"took {fmt(served['max_ms'])} ms.")
     others = []
     for name in CONTESTANTS:
-        if name == OURS or name not in totals:
+        if name in (OURS, "redis-breaker-http") or name not in totals:
             continue
         total = totals[name]
         words = f"{name} {total['errors']:,} errors seen"
