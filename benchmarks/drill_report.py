@@ -183,8 +183,8 @@ def _by_contestant(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return totals
 
 
-def _seconds(value: float | None) -> str:
-    return "never" if value is None else f"{fmt(value)} s"
+def _count(n: int, word: str) -> str:
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
 
 
 def sentence(summary: dict[str, Any]) -> str:
@@ -197,7 +197,8 @@ def sentence(summary: dict[str, Any]) -> str:
         parts.append(
             f"Through redis-breaker, callers saw {ours['errors']} errors in {ours['calls']:,} calls"
             f" and the slowest took {fmt(ours['max_ms'])} ms; {ours['hidden']:,} calls were served"
-            f" by its fallbacks" + (f", {ours['lost']} tasks lost" if ours["lost"] else ", no task lost")
+            f" by its fallbacks" + (f", {_count(ours['lost'], 'task')} lost" if ours["lost"]
+                                       else ", no task lost")
             + ". Its breaker opened "
             + ("never" if timing["open_after_cut_s"] is None
                else f"{fmt(timing['open_after_cut_s'])} s after the cut began")
@@ -219,7 +220,7 @@ def sentence(summary: dict[str, Any]) -> str:
             words += f", {total['hidden']:,} hidden"
         words += f", slowest {fmt(total['max_ms'])} ms, {total['calls']:,} calls"
         if total["lost"]:
-            words += f", {total['lost']:,} tasks lost"
+            words += f", {_count(total['lost'], 'task')} lost"
         others.append(words)
     if others:
         parts.append("The others: " + "; ".join(others) + ".")
