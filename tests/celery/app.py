@@ -23,6 +23,8 @@ app.conf.update(
     # Messages a worker held when the broker vanished come back quickly.
     broker_transport_options={"visibility_timeout": 10},
     worker_hijack_root_logger=False,
+    # test_once.py turns the workers' claims off to show the duplicate they prevent.
+    redis_breaker_once=os.environ.get("RB_ONCE", "1") == "1",
 )
 
 _recorder: redis.Redis | None = None

@@ -9,8 +9,8 @@ Redis: the first copy claims it and runs, a later copy finds it and is skipped
 key, so ``self.retry()`` (same id, one more retry) runs; a message Redis gives
 back after a worker died (``redelivered``) runs too, as Celery would run it.
 
-A claim that cannot be made (the breaker open, Redis unreachable) lets the
-task run: a lost claim may cost a duplicate, never a task.
+A claim that cannot be made (Redis unreachable) lets the task run: a lost
+claim may cost a duplicate, never a task.
 """
 
 from __future__ import annotations
@@ -24,12 +24,10 @@ from typing import TYPE_CHECKING
 import redis
 from celery.exceptions import Ignore
 
-from redis_breaker._errors import BreakerOpenError
 from redis_breaker._events import emit
 from redis_breaker._redact import describe_error
 
-from .config import BREAKER_NAME, ONCE, ONCE_TTL, TIMEOUT
-from .publish import breaker_for
+from .config import ONCE, ONCE_TTL, TIMEOUT
 
 if TYPE_CHECKING:
     from celery import Celery, Task
@@ -79,17 +77,17 @@ def claim_once(task: Task, task_id: str) -> None:
     client = _client(app)
     if client is None:
         return
-    name = getattr(task, "breaker_name", None) or BREAKER_NAME.read(app)
-    breaker = breaker_for(app, str(BREAKER_NAME.checked(name)))
     ttl = max(1, round(float(ONCE_TTL.checked(ONCE_TTL.read(app)))))
     key = claim_key(task_id, int(request.retries or 0))
     global _last_error
     try:
-        claimed = breaker.call(client.set, key, _OWNER, nx=True, ex=ttl)
+        # Not through the breaker: the worker has just taken this message from this
+        # Redis, and a claim that fails must let the task run whatever the breaker says.
+        claimed = client.set(key, _OWNER, nx=True, ex=ttl)
     except Exception as exc:
         # Run it: a claim that cannot be made may cost a duplicate, never the task.
         # Logged once per distinct error, not once per task.
-        error = "breaker open" if isinstance(exc, BreakerOpenError) else describe_error(exc)
+        error = describe_error(exc)
         if error != _last_error:
             emit(logging.WARNING, "task_claim_skipped", task_id=task_id, task_name=task.name,
                  error=error)
