@@ -1,0 +1,135 @@
+"""Dispatch whatever the result backend, and AsyncResult while Redis is down.
+
+Celery subscribes to a task's result on a Redis result backend before it
+publishes (``backend.on_task_call``), on a connection that retries 20 times a
+second apart: with the backend down, ``delay()`` would block and lose the task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from celery import Celery
+
+from redis_breaker import State, get_breaker
+from redis_breaker.celery import BreakerTask, protect
+from redis_breaker.models import OutboxMessage
+from tests.harness import RedisServer
+
+from .conftest import join_relays, queued, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def other_redis() -> Iterator[RedisServer]:
+    """A second redis-server, for a result backend that is not the broker's."""
+    with RedisServer() as server:
+        yield server
+
+
+def _app(broker: str, backend: str | None) -> Celery:
+    app = Celery("rb-results", broker=broker, backend=backend, task_cls=BreakerTask,
+                 set_as_current=False)
+
+    @app.task(name="t.add", shared=False)
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    return app
+
+
+def _close(app: Celery) -> None:
+    join_relays()
+    cached = app.__dict__.pop("_redis_breaker_producers", None)
+    if cached is not None:
+        cached[1].connections.force_close_all()
+    app.close()
+
+
+@pytest.mark.parametrize("backend", ["same Redis", "another Redis", "file", "none"])
+def test_dispatch_with_the_broker_down_goes_to_the_outbox_whatever_the_backend(
+        redis_server: RedisServer, other_redis: RedisServer, tmp_path: Path,
+        backend: str) -> None:
+    """With the broker (and a backend on its server) stopped, delay() raises nothing, the
+    breaker opens and every task is in the outbox, then in the queue after recovery."""
+    url = {"same Redis": redis_server.url.replace("/0", "/1"),
+           "another Redis": other_redis.url,
+           "file": f"file://{tmp_path}",
+           "none": None}[backend]
+    app = _app(redis_server.url, url)
+    try:
+        redis_server.stop()
+        ids = [app.tasks["t.add"].delay(i, 1).id for i in range(7)]
+        assert get_breaker().state is State.OPEN
+        assert list(OutboxMessage.objects.order_by("id").values_list("task_id", flat=True)) == ids
+        redis_server.start()
+        wait_for(lambda: OutboxMessage.objects.count() == 0, what="the relay")
+        assert [m["id"] for m in queued(redis_server)] == ids
+        # The header the worker reads still says the result is wanted.
+        assert {m["ignore_result"] for m in queued(redis_server)} == {False}
+    finally:
+        _close(app)
+
+
+def test_a_dead_result_backend_does_not_stop_dispatch(redis_server: RedisServer,
+                                                      other_redis: RedisServer) -> None:
+    """With the broker up and the result backend's own server stopped, delay() publishes."""
+    app = _app(redis_server.url, other_redis.url)
+    try:
+        other_redis.stop()
+        result = app.tasks["t.add"].delay(1, 2)
+        assert [m["id"] for m in queued(redis_server)] == [result.id]
+        assert OutboxMessage.objects.count() == 0
+        assert get_breaker().state is State.CLOSED
+        assert not result.ignored
+    finally:
+        _close(app)
+
+
+def test_protect_bounds_the_result_backend(redis_server: RedisServer) -> None:
+    """protect(app) gives a Redis backend the dispatch timeout and no reconnect loop;
+    settings the app made itself win."""
+    app = protect(_app(redis_server.url, redis_server.url.replace("/0", "/1")))
+    mine = Celery("rb-mine", broker=redis_server.url, set_as_current=False)
+    mine.conf.update(result_backend=redis_server.url, redis_socket_timeout=7.0,
+                     result_backend_transport_options={"retry_policy": {"max_retries": 3}})
+    protect(mine)
+    try:
+        assert app.backend.connparams["socket_timeout"] == 1.0
+        assert app.backend.connparams["socket_connect_timeout"] == 1.0
+        assert app.backend.retry_policy["max_retries"] == 0
+        assert mine.backend.connparams["socket_timeout"] == 7.0
+        assert mine.backend.retry_policy["max_retries"] == 3
+        assert protect(app) is app
+    finally:
+        _close(app)
+        mine.close()
+
+
+def test_async_result_while_redis_is_down(redis_server: RedisServer) -> None:
+    """With protect(app), state and ready() raise redis-py's ConnectionError (refused) or
+    TimeoutError (hung) and get() Celery's RuntimeError, each after one attempt."""
+    app = protect(_app(redis_server.url, redis_server.url.replace("/0", "/1")))
+    try:
+        result = app.tasks["t.add"].delay(1, 2)
+        assert result.state == "PENDING"
+        redis_server.stop()
+        with pytest.raises(redis.ConnectionError):
+            result.state  # noqa: B018
+        with pytest.raises(redis.ConnectionError):
+            result.ready()
+        with pytest.raises(RuntimeError, match="Retry limit exceeded"):
+            result.get(timeout=5)
+        redis_server.start()
+        redis_server.freeze()
+        try:
+            with pytest.raises(redis.TimeoutError):
+                result.state  # noqa: B018
+        finally:
+            redis_server.thaw()
+    finally:
+        _close(app)
