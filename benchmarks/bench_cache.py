@@ -6,7 +6,8 @@ Starts its own redis-server(s) (the harness's RedisServer), configures
 Django in-process, and prints side-by-side tables with ratios, all measured in
 this one run:
 
-- healthy: get/set p50/p99 of BreakerCache over Django's RedisCache vs bare
+- healthy: get/set p50/p99 (and the client's own CPU time per call, which
+  the wait for Redis does not blur) of BreakerCache over Django's RedisCache vs bare
   RedisCache, and over django-redis vs bare django-redis;
 - django-redis's methods beyond BaseCache (TTL, patterns, collections, lock,
   the keywords): p50/p99 through BreakerCache vs bare django-redis, and the
@@ -103,15 +104,25 @@ def _time_calls(fn: Callable[[], object], n: int) -> list[int]:
 
 
 def _interleaved(fns: dict[str, Callable[[], object]], n: int, block: int = 20,
-                 ) -> dict[str, list[int]]:
-    """Run the contenders in alternating blocks so drift hits them alike."""
+                 cpu: dict[str, int] | None = None) -> dict[str, list[int]]:
+    """Run the contenders in alternating blocks so drift hits them alike.
+
+    ``cpu``, when given, receives each contender's CPU time of this thread in ns
+    (``time.thread_time_ns``): the client's own work, without the wait for Redis.
+    """
     samples: dict[str, list[int]] = {name: [] for name in fns}
+    spent = dict.fromkeys(fns, 0)
+    thread_ns = time.thread_time_ns
     done = 0
     while done < n:
         step = min(block, n - done)
         for name, fn in fns.items():
+            started = thread_ns()
             samples[name] += _time_calls(fn, step)
+            spent[name] += thread_ns() - started
         done += step
+    if cpu is not None:
+        cpu.update(spent)
     return samples
 
 
@@ -134,10 +145,12 @@ def bench_healthy(n: int) -> dict[str, Any]:
             else:
                 fns = {"bare": lambda c=bare: c.set("bench-key", "y" * 100),
                        "breaker": lambda c=wrapped: c.set("bench-key", "y" * 100)}
-            samples = _interleaved(fns, n)
+            cpu: dict[str, int] = {}
+            samples = _interleaved(fns, n, cpu=cpu)
             base, ours = _percentiles(samples["bare"]), _percentiles(samples["breaker"])
             results[f"{label} {op}"] = {
                 "bare": base, "breaker": ours,
+                "cpu_us_bare": cpu["bare"] / n / 1000, "cpu_us_breaker": cpu["breaker"] / n / 1000,
                 "ratio_p50": ours["p50_us"] / base["p50_us"],
                 "ratio_p99": ours["p99_us"] / base["p99_us"],
             }
@@ -201,10 +214,12 @@ def bench_methods(server: RedisServer, n: int) -> dict[str, Any]:
         for fn in fns.values():  # warm: connections, scripts loaded
             for _ in range(50):
                 fn()
-        samples = _interleaved(fns, n)
+        cpu: dict[str, int] = {}
+        samples = _interleaved(fns, n, cpu=cpu)
         base, ours = _percentiles(samples["bare"]), _percentiles(samples["breaker"])
         results[name] = {
             "bare": base, "breaker": ours,
+            "cpu_us_bare": cpu["bare"] / n / 1000, "cpu_us_breaker": cpu["breaker"] / n / 1000,
             "ratio_p50": ours["p50_us"] / base["p50_us"],
             "ratio_p99": ours["p99_us"] / base["p99_us"],
             "commands_bare": _commands_per_call(fns["bare"], client),
@@ -277,18 +292,24 @@ def _fmt_us(us: float) -> str:
     return f"{us:.2f} µs"
 
 
+def _cpu(row: dict[str, Any]) -> str:
+    return (f"{row['cpu_us_bare']:.1f} / {row['cpu_us_breaker']:.1f} µs "
+            f"(+{row['cpu_us_breaker'] - row['cpu_us_bare']:.1f})")
+
+
 def _print(report: dict[str, Any]) -> None:
     print("\nHealthy Redis (same server, interleaved blocks), n =", report["healthy_n"])
     print(f"{'operation':<26}{'bare p50':>12}{'breaker p50':>14}{'ratio':>8}"
-          f"{'bare p99':>12}{'breaker p99':>14}{'ratio':>8}")
+          f"{'bare p99':>12}{'breaker p99':>14}{'ratio':>8}{'client CPU/call bare / breaker':>34}")
     for name, row in report["healthy"].items():
         print(f"{name:<26}{_fmt_us(row['bare']['p50_us']):>12}"
               f"{_fmt_us(row['breaker']['p50_us']):>14}{row['ratio_p50']:>7.3f}x"
               f"{_fmt_us(row['bare']['p99_us']):>12}{_fmt_us(row['breaker']['p99_us']):>14}"
-              f"{row['ratio_p99']:>7.3f}x")
+              f"{row['ratio_p99']:>7.3f}x{_cpu(row):>34}")
     print("\ndjango-redis's other methods (interleaved blocks of 20 calls), n =", report["methods_n"])
     print(f"{'operation':<26}{'bare p50':>12}{'breaker p50':>14}{'ratio':>8}"
-          f"{'bare p99':>12}{'breaker p99':>14}{'ratio':>8}  commands per call bare / breaker")
+          f"{'bare p99':>12}{'breaker p99':>14}{'ratio':>8}{'client CPU/call':>24}"
+          "  commands per call bare / breaker")
     for name, row in report["methods"].items():
         same = "=" if row["commands_bare"] == row["commands_breaker"] else "DIFFERENT"
         commands = (f"{_shown_commands(row['commands_bare'])} / "
@@ -296,7 +317,7 @@ def _print(report: dict[str, Any]) -> None:
         print(f"{name:<26}{_fmt_us(row['bare']['p50_us']):>12}"
               f"{_fmt_us(row['breaker']['p50_us']):>14}{row['ratio_p50']:>7.3f}x"
               f"{_fmt_us(row['bare']['p99_us']):>12}{_fmt_us(row['breaker']['p99_us']):>14}"
-              f"{row['ratio_p99']:>7.3f}x  {commands}")
+              f"{row['ratio_p99']:>7.3f}x{_cpu(row):>24}  {commands}")
     for kind, rows in report["outage"].items():
         if not isinstance(rows, dict) or "skipped" in rows:
             print(f"\nOutage: {kind}: skipped ({rows.get('skipped') if isinstance(rows, dict) else rows})")
