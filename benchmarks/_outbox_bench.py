@@ -118,6 +118,7 @@ def measure(app: Any, aliases: list[str], calls: int, rounds: int = 10) -> dict[
             OutboxMessage.objects.using(alias).all().delete()
             connections[alias].close()
         ROUTER.alias = None
+        breaker.reset("benchmark done")
     results: dict[str, Any] = {}
     rows = []
     for (alias, atomic), times in samples.items():

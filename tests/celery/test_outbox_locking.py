@@ -113,3 +113,41 @@ def test_why_sqlite_needs_immediate_transactions(mode: str, locked: bool,
     else:
         assert outcome is None
         assert sorted(OutboxMessage.objects.using(sqlite_alias).values_list("task_id", flat=True)) == ["mine", "other"]
+
+
+def test_outbox_commit_settings_stay_with_the_outbox_row(celery_app: Celery,
+                                                         outbox_db: str) -> None:
+    """Outside a transaction the row is committed on its own: on PostgreSQL without waiting
+    for the WAL flush (SET LOCAL, that transaction only); inside the caller's transaction the
+    outbox changes nothing about how the caller's transaction commits."""
+    from django.test.utils import CaptureQueriesContext
+
+    connection = connections[outbox_db]
+    add = celery_app.tasks["t.add"]
+
+    def synchronous_commit() -> str:
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW synchronous_commit")
+            return str(cursor.fetchone()[0])
+
+    if connection.vendor == "postgresql":
+        # The suite's server runs with synchronous_commit off; this session with it on.
+        with connection.cursor() as cursor:
+            cursor.execute("SET synchronous_commit TO on")
+    with forced_open():
+        with CaptureQueriesContext(connection) as alone:
+            add.delay(1, 1)
+        with transaction.atomic(using=outbox_db), CaptureQueriesContext(connection) as inside:
+            add.delay(2, 2)
+            if connection.vendor == "postgresql":
+                assert synchronous_commit() == "on"
+    sent = [q["sql"] for q in alone.captured_queries]
+    assert [q["sql"].split()[0] for q in inside.captured_queries][:1] == ["INSERT"]
+    if connection.vendor == "postgresql":
+        assert "SET LOCAL synchronous_commit TO OFF" in sent
+        assert synchronous_commit() == "on"  # the session's setting is untouched
+        with connection.cursor() as cursor:
+            cursor.execute("RESET synchronous_commit")
+    else:
+        assert [sql.split()[0] for sql in sent] == ["INSERT"]
+    assert OutboxMessage.objects.count() == 2

@@ -167,7 +167,20 @@ def write_message(
         expires=_db_datetime(expires),
         created_at=_db_now(),
     )
-    row.save(using=using or router.db_for_write(OutboxMessage))
+    db = using or router.db_for_write(OutboxMessage)
+    connection = connections[db]
+    if connection.vendor == "postgresql" and connection.get_autocommit():
+        # Outside the caller's transaction the row is a transaction of its own:
+        # committed without waiting for the WAL flush (as SQLite's synchronous=NORMAL,
+        # docs/celery.md). A crash of the server can lose the last ~0.6 s of rows; it
+        # cannot corrupt them. A row written in the caller's transaction is committed
+        # however the caller's transaction is.
+        with transaction.atomic(using=db):
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL synchronous_commit TO OFF")
+            row.save(using=db)
+    else:
+        row.save(using=db)
     return row
 
 
