@@ -18,7 +18,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,8 @@ class Served:
         self.port = port
         self.events = events
         events.mkdir(parents=True, exist_ok=True)
+        for old in events.glob("*.jsonl"):  # a previous run's workers
+            old.unlink()
         self._log = log.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--preload", "--workers", str(processes),
@@ -54,26 +55,18 @@ class Served:
             stderr=subprocess.STDOUT, start_new_session=True)
         #: (start on the drill's clock, op, pid, view seconds, breaker state when the view began)
         self.responses: list[tuple[float, str, int, float, str]] = []
-        self._local = threading.local()
-
-    def _connection(self) -> http.client.HTTPConnection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = http.client.HTTPConnection("127.0.0.1", self.port,
-                                                                 timeout=120)
-        return conn
 
     def request(self, op: str, n: int) -> dict[str, Any]:
+        # A connection per request, so that the requests spread over the workers
+        # (a kept-alive connection stays with the worker that accepted it).
         method, path = PATHS[op]
-        conn = self._connection()
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
         try:
-            conn.request(method, f"{path}?n={n}")
+            conn.request(method, f"{path}?n={n}", headers={"Connection": "close"})
             response = conn.getresponse()
             body = response.read()
-        except (OSError, http.client.HTTPException):
+        finally:
             conn.close()
-            self._local.conn = None
-            raise
         if response.status != 200:
             raise HttpError(f"HTTP {response.status}")
         answer: dict[str, Any] = json.loads(body)
