@@ -267,3 +267,36 @@ async def test_local_delivery_from_another_thread_wakes_the_consumer(
     sender.start()
     assert await asyncio.wait_for(receiving, 2) == {"type": "from.thread"}
     sender.join()
+
+
+def test_kept_messages_honour_capacity_and_expiry(redis_server: RedisServer) -> None:
+    """Open, a channel of another process takes its capacity of kept messages; they expire, counted."""
+    from redis_breaker.channels import metrics
+
+    breaker = fast_breaker("kept")
+    layer = BreakerChannelLayer(hosts(redis_server), breaker=breaker, capacity=2, expiry=10,
+                                channel_capacity={"big": 3})
+    breaker.force_open()
+
+    async def scenario(frozen: object) -> None:
+        with capture_events() as events:
+            await layer.send("small", {"n": 1})
+            await layer.send("small", {"n": 2})
+            with pytest.raises(ChannelFull):
+                await layer.send("small", {"n": 3})
+            for n in range(3):
+                await layer.send("big", {"n": n})
+            with pytest.raises(ChannelFull):
+                await layer.send("big", {"n": 3})
+            frozen.tick(11)  # type: ignore[attr-defined]
+            await layer.send("small", {"n": 4})  # room again: the two before expired
+            layer.pending.sweep()
+        assert (len(layer.pending), layer.expired) == (1, 5)
+        expired = [e for e in events if e["event"] == "channels_messages_expired"]
+        assert sorted((e["channel"], e["messages"]) for e in expired) == [
+            ("big", 3), ("small", 2)]
+        assert metrics.counts()[("kept", "expired")] >= 5
+
+    with freeze_time("2025-01-01 12:00:00") as frozen:
+        asyncio.run(scenario(frozen))
+    breaker.reset()

@@ -158,3 +158,41 @@ async def test_cancel_ends_receive_even_as_a_transition_wakes_it(redis_server: R
         assert receiving.cancelled()
     breaker.reset()
     await layer.close()
+
+
+async def test_backup_cleanup_cut_by_a_hung_redis_is_retried_not_leaked(
+    redis_server: RedisServer,
+) -> None:
+    """The task channels_redis starts after a receive to pop the message's backup copy,
+    cut by a frozen Redis: it waits for Redis instead of failing unretrieved (the copy
+    would be delivered again), and close() does not wait for it during an outage."""
+    layer = BreakerChannelLayer(hosts(redis_server), breaker=fast_breaker("backup"))
+    probe = redis_server.client()
+    try:
+        channel = await layer.new_channel()
+        key = "asgi" + layer.redis.non_local_name(channel)
+        backup = layer.redis._backup_channel_name(key)
+        await layer.send(channel, {"type": "warm"})  # a pooled connection for the cleanup
+        assert await asyncio.wait_for(layer.receive(channel), 5) == {"type": "warm"}
+        await asyncio.wait_for(layer.redis.wait_received(), 5)
+        probe.zadd(backup, {b"received already": 1.0})
+        redis_server.freeze()
+        cleanup = asyncio.ensure_future(layer.redis._clean_receive_backup(0, key))
+        await asyncio.sleep(1.5)  # past the 0.5 s read timeout: a first attempt failed
+        assert not cleanup.done()
+        redis_server.thaw()
+        await asyncio.wait_for(cleanup, 10)
+        assert probe.zcard(backup) == 0
+
+        # During an outage, close() gives a waiting cleanup up instead of hanging.
+        probe.zadd(backup, {b"received already": 1.0})
+        redis_server.freeze()
+        layer.redis.receive_cleaners.append(
+            asyncio.ensure_future(layer.redis._clean_receive_backup(0, key)))
+        await asyncio.sleep(1.5)
+        await asyncio.wait_for(layer.redis.close_pools(), 10)
+        redis_server.thaw()
+    finally:
+        probe.close()
+        layer.breaker.reset()
+        await layer.close()

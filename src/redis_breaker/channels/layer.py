@@ -39,6 +39,7 @@ from redis_breaker._redact import describe_error, redact
 from redis_breaker._registry import get_breaker
 from redis_breaker._state import State, StateChange
 
+from . import metrics
 from .local import GroupMirror, LocalQueues
 from .loops import LoopState, LoopStates, wait
 from .outbox import Kept, PendingSends
@@ -95,6 +96,7 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self.expired = 0
         self.forwarded = 0
         self._forwarder = BackgroundJob("redis-breaker-channels-forward", self._forward_in_thread)
+        metrics.register_default()
         self._ours = self.redis.client_prefix + "!"
         self._loops = LoopStates()
         self._resync_wanted = False
@@ -170,9 +172,11 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     def _keep(self, channel: str, message: Message, payload: bytes, score: float) -> None:
         """Keep a message for a channel of another process (or any process) until Redis is back."""
         self.pending.put(channel, payload, score, copy.deepcopy(message))
+        metrics.count(self.breaker.name, "kept")
 
     def _expired(self, channel: str, count: int) -> None:
         self.expired += count
+        metrics.count(self.breaker.name, "expired", count)
         emit(logging.WARNING, "channels_messages_expired", breaker=self.breaker.name,
              channel=channel, messages=count, expiry=self.expiry)
 
@@ -228,6 +232,7 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             if general and self.pending:
                 kept = self.pending.take(channel)
                 if kept is not None:
+                    metrics.count(self.breaker.name, "received_here")
                     return kept.message
             task = state.pending.get(channel)
             if task is None:
@@ -485,6 +490,7 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         finally:
             if forwarded:
                 self.forwarded += forwarded
+                metrics.count(self.breaker.name, "forwarded", forwarded)
                 emit(logging.INFO, "channels_messages_forwarded", breaker=self.breaker.name,
                      messages=forwarded, left=len(self.pending))
 

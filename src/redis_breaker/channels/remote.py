@@ -52,6 +52,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 try:
     from channels_redis.utils import create_pool as _upstream_create_pool
@@ -65,6 +66,9 @@ from .outbox import SeenIds
 __all__ = ["RedisLayer", "close_with_loop", "probe_url", "sentinel_probe_url"]
 
 _UPSTREAM_POP_TIMEOUT = 5.0
+#: A backup copy's cleanup that failed is tried again after this, doubling up to the max.
+_CLEAN_RETRY_S = 0.05
+_CLEAN_RETRY_MAX_S = 1.0
 #: channels_redis's send (expire old messages, check the capacity, add, renew
 #: the key's expiry) in one round trip instead of four: the same keys, members
 #: and scores. KEYS[1] channel key; ARGV payload, score, expired-before,
@@ -179,6 +183,7 @@ class RedisLayer(RedisChannelLayer):  # type: ignore[misc]
         self.random_prefix_length = int(getattr(serializer, "random_prefix_length", 12))
         #: Random prefixes of the messages received lately (see ``outbox.SeenIds``).
         self.seen = SeenIds(float(self.expiry) * 2)
+        self._cleaners_retrying: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
         # These pools only tell the timeouts: they never connect.
         self.brpop_timeout = pop_timeout(
             [read_timeout(_create_pool(with_reconnect(host))) for host in self.hosts]
@@ -199,6 +204,7 @@ class RedisLayer(RedisChannelLayer):  # type: ignore[misc]
                 setattr(self, name, getattr(fresh, name))
         self.client_prefix = fresh.client_prefix
         self.seen = SeenIds(self.seen.keep, self.seen.limit)
+        self._cleaners_retrying = weakref.WeakSet()
         self._watch = _ReconnectWatch(self)
         self._loop_pools = weakref.WeakKeyDictionary()
         self._loop_pools_lock = threading.Lock()
@@ -274,6 +280,34 @@ class RedisLayer(RedisChannelLayer):  # type: ignore[misc]
             result[DUPLICATE] = True
         return result
 
+    async def _clean_receive_backup(self, index: int, channel: str) -> None:
+        """Pop the backup copy of a received message, however long Redis is away.
+
+        channels_redis starts this as a task it never awaits: a failure (Redis
+        cut just after the receive) was "never retrieved", the copy stayed in
+        the backup queue, and the channel's next receive put it back in front:
+        the consumer got the message twice. Retrying until Redis answers keeps
+        the channel's clean lock held, so no receive of that channel restores
+        the copy in the meantime; a cancelled cleanup (the layer closing) ends
+        quietly.
+        """
+        delay = _CLEAN_RETRY_S
+        task = asyncio.current_task()
+        try:
+            while True:
+                try:
+                    await super()._clean_receive_backup(index, channel)
+                    return
+                except (RedisConnectionError, RedisTimeoutError, OSError):
+                    if task is not None:
+                        self._cleaners_retrying.add(task)  # close_pools does not wait for these
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, _CLEAN_RETRY_MAX_S)
+        except asyncio.CancelledError:
+            return
+        finally:
+            self._cleaners_retrying.discard(task)  # type: ignore[arg-type]
+
     def create_pool(self, index: int) -> Any:
         pool = _create_pool(with_reconnect(self.hosts[index]))
         self._watch.watch(pool)
@@ -328,6 +362,10 @@ class RedisLayer(RedisChannelLayer):  # type: ignore[misc]
 
     async def close_pools(self) -> None:
         """Close this loop's pools (and Sentinel connections); others close with their loops."""
+        # A backup copy's cleanup waiting for Redis to come back gives up (the
+        # copy is delivered again later, as channels_redis does).
+        for task in list(self._cleaners_retrying):
+            task.cancel()
         await self.wait_received()
         with self._loop_pools_lock:
             loop_pools = self._loop_pools.get(asyncio.get_running_loop())
