@@ -372,6 +372,10 @@ def main(argv: list[str] | None = None) -> int:
                 "executed": len(ran),
                 "lost": len(ids - set(ran)),
                 "duplicates": sum(max(0, n - 1) for n in ran.values()),
+                # the first lost ones, with when delay() was called (drill clock), to look for them
+                "lost_ids": [{"task_id": task_id, "dispatched_at": round(
+                    contestant.task_times[task_id] - run.started, 3)}
+                    for task_id in sorted(ids - set(ran))[:20]],
             }
             # when each task was dispatched and how often it ran, for the per-fault counts
             dispatches[contestant.name] = [(at - run.started, ran.get(task_id, 0))
