@@ -10,12 +10,14 @@ is back), ``sync`` (run in-process) or ``raise``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery, Task
 from celery.result import AsyncResult, EagerResult
 from celery.utils import uuid
 
+from redis_breaker import _registry
 from redis_breaker._breaker import Breaker
 
 from .config import BREAKER_NAME, FALLBACK
@@ -36,18 +38,81 @@ _LOCAL = frozenset({"producer", "connection", "publisher", "router", "result_cls
                     "add_to_parent", "retry", "retry_policy"})
 
 
+@dataclass(slots=True)
+class _AppSettings:
+    """What dispatch reads of an app's configuration, read once per configuration.
+
+    Celery's settings lookup costs about 10 us each on a small machine (a
+    healthy ``delay()`` is a few hundred): dispatch reads them again only when
+    the configuration changes (``app.conf.x = ...``, ``conf.update``, a new
+    ``config_from_object``).
+    """
+
+    token: tuple[int, ...]
+    fallback: str
+    breaker_name: str
+    eager: bool
+    breakers: dict[str, Breaker] = field(default_factory=dict)
+
+
+def _app_settings(app: Celery) -> _AppSettings:
+    conf = app.conf
+    changes = conf.changes
+    token = (id(conf), len(changes), *map(id, changes.values()))
+    cached: _AppSettings | None = app.__dict__.get("_redis_breaker_settings")
+    if cached is not None and cached.token == token:
+        return cached
+    fresh = _AppSettings(token, FALLBACK.read(app), BREAKER_NAME.read(app),
+                         bool(conf.task_always_eager))
+    app.__dict__["_redis_breaker_settings"] = fresh
+    return fresh
+
+
+def _breaker(app: Celery, settings: _AppSettings, name: str) -> Breaker:
+    """The breaker ``name`` of ``app`` (its probe URL adopted once per configuration)."""
+    b = settings.breakers.get(name)
+    # The registry's own object: a registry reset (tests) makes new breakers.
+    if b is None or _registry._breakers.get(name) is not b:
+        b = settings.breakers[name] = breaker_for(app, name)
+    return b
+
+
 def breaker_name_for(task: Task) -> str:
     """The breaker ``task`` dispatches through: its own ``breaker_name``, else the app's."""
-    name = getattr(task, "breaker_name", None) or BREAKER_NAME.read(task._get_app())
+    name = getattr(task, "breaker_name", None) or _app_settings(task._get_app()).breaker_name
     BREAKER_NAME.checked(name)
     return str(name)
 
 
 def fallback_for(task: Task) -> str:
     """The fallback of ``task``: its own ``breaker_fallback``, else the app's."""
-    fallback = str(getattr(task, "breaker_fallback", None) or FALLBACK.read(task._get_app()))
+    fallback = getattr(task, "breaker_fallback", None) or _app_settings(task._get_app()).fallback
     FALLBACK.checked(fallback)
-    return fallback
+    return str(fallback)
+
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _plain_json(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` is JSON as it is (str, numbers, None, lists and str-keyed dicts of them).
+
+    Most task arguments are: then the outbox's full kombu-JSON check is skipped.
+    """
+    if isinstance(value, _PLAIN):
+        return True
+    if depth > 8:
+        return False
+    if isinstance(value, (list, tuple)):
+        return all(_plain_json(v, depth + 1) for v in value)
+    if type(value) is dict:
+        return all(type(k) is str and _plain_json(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def _check_storable(name: str, args: Any, kwargs: Any, options: dict[str, Any]) -> None:
+    if not (_plain_json(args) and _plain_json(kwargs) and _plain_json(options)):
+        check_storable(name, args, kwargs, options)
 
 
 def _stored(options: dict[str, Any]) -> dict[str, Any]:
@@ -92,16 +157,17 @@ def dispatch(task: Task, args: Any = None, kwargs: Any = None, *, fallback: str 
     on bounded producers of its own.
     """
     app = task._get_app()
-    if fallback:
-        FALLBACK.checked(fallback)
-    mode = fallback or fallback_for(task)
-    b = breaker_for(app, breaker or breaker_name_for(task))
+    settings = _app_settings(app)
+    mode = str(FALLBACK.checked(fallback or getattr(task, "breaker_fallback", None)
+                                or settings.fallback))
+    name = breaker or getattr(task, "breaker_name", None) or settings.breaker_name
+    b = _breaker(app, settings, str(BREAKER_NAME.checked(name)))
     task_id = task_id or uuid()
-    if app.conf.task_always_eager:
+    if settings.eager:
         return Task.apply_async(task, args, kwargs, task_id=task_id, producer=producer,
                                 **options)
     if mode == "outbox":
-        check_storable(task.name, args, kwargs, _stored(options))
+        _check_storable(task.name, args, kwargs, _stored(options) if options else options)
 
     def publish_now() -> AsyncResult:
         return publish(task, args, kwargs, task_id, options, producer)
@@ -122,19 +188,17 @@ def send_task(app: Celery, name: str, args: Any = None, kwargs: Any = None,
         return Celery.send_task(app, name, args, kwargs, **options)
     task = options.get("task_type")
     fallback = options.pop("breaker_fallback", None)
-    if fallback:
-        FALLBACK.checked(fallback)
+    settings = _app_settings(app)
     if task is None:
         task = app.tasks.get(name)
-        mode = fallback or str(FALLBACK.checked(FALLBACK.read(app)))
-        b = breaker_for(app, str(BREAKER_NAME.checked(BREAKER_NAME.read(app))))
-    else:
-        mode = fallback or fallback_for(task)
-        b = breaker_for(app, breaker_name_for(task))
+    mode = str(FALLBACK.checked(fallback or getattr(task, "breaker_fallback", None)
+                                or settings.fallback))
+    breaker_name = getattr(task, "breaker_name", None) or settings.breaker_name
+    b = _breaker(app, settings, str(BREAKER_NAME.checked(breaker_name)))
     task_id = options.pop("task_id", None) or uuid()
     producer = options.pop("producer", None) or options.pop("publisher", None)
     if mode == "outbox":
-        check_storable(name, args, kwargs, _stored(options))
+        _check_storable(name, args, kwargs, _stored(options))
 
     def publish_now() -> AsyncResult:
         return send_by_name(app, name, args, kwargs, task_id, options, producer)
