@@ -189,6 +189,16 @@ def start_worker(env: dict[str, str], out: Path) -> subprocess.Popen[bytes]:
         cwd=HERE, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def where_in_broker(client: Any, task_id: str) -> str:
+    """Where a task that never ran is in the broker: its queue, kombu's unacked index, or nowhere."""
+    needle = task_id.encode()
+    if any(needle in item for item in client.lrange("drill", 0, -1)):
+        return "queue"
+    if any(needle in item for item in client.hvals("unacked")):
+        return "unacked"
+    return "nowhere"
+
+
 # ---------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
@@ -362,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
 
         tasks = {}
         dispatches = {}
+        broker = server.client()
         for contestant in players:
             if contestant.name not in expected:
                 continue
@@ -374,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
                 "duplicates": sum(max(0, n - 1) for n in ran.values()),
                 # the first lost ones, with when delay() was called (drill clock), to look for them
                 "lost_ids": [{"task_id": task_id, "dispatched_at": round(
-                    contestant.task_times[task_id] - run.started, 3)}
+                    contestant.task_times[task_id] - run.started, 3),
+                    "in_broker": where_in_broker(broker, task_id)}
                     for task_id in sorted(ids - set(ran))[:20]],
             }
             # when each task was dispatched and how often it ran, for the per-fault counts
