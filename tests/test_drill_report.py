@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import redis
+from django.test import override_settings
+
+from redis_breaker import get_breaker
+from tests.harness import RedisServer
+
 sys.path.append(str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
+from drill_app import hidden
 from drill_report import breaker_timing, fmt, per_process, sig, summarize, write_html
 
 
@@ -176,3 +184,42 @@ def test_served_processes_each_pay_only_until_the_host_state_says_open() -> None
     assert (one["closed_after_restore_s"], one["closed_here"]) == (0.6, False)
     assert one["first_call_through_redis_s"] == 0.7
     assert two["first_call_through_redis_s"] == 0.5
+
+
+def test_hidden_errors_are_counted_in_the_callers_own_context(redis_server: RedisServer) -> None:
+    """django-redis's swallowed exceptions and redis-breaker's fallbacks count, each for its own caller.
+
+    Redis is stopped: django-redis with IGNORE_EXCEPTIONS returns None and logs
+    the exception it swallowed (counted), a breaker call served by its fallback
+    is counted through ``note_fallback``; another thread's count stays apart.
+    """
+    from django_redis.cache import RedisCache
+
+    url = redis_server.url
+    redis_server.stop()
+    hidden.install()
+    with override_settings(DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS=True,
+                           DJANGO_REDIS_LOGGER=hidden.IGNORED_LOGGER):
+        cache = RedisCache(url, {"OPTIONS": {"SOCKET_TIMEOUT": 0.5, "SOCKET_CONNECT_TIMEOUT": 0.5,
+                                             "IGNORE_EXCEPTIONS": True}})
+        box = hidden.start()
+        assert cache.get("k") is None
+        assert box[0] == 1
+        breaker = get_breaker("drill-hidden")
+        hidden.wrap_breaker(breaker)
+        client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        assert breaker.call_with_fallback(client.get, lambda key: "local", ("k",)) == "local"
+        assert box[0] == 2
+
+        elsewhere: list[int] = []
+
+        def other_caller() -> None:
+            mine = hidden.start()
+            cache.get("k")
+            elsewhere.append(mine[0])
+
+        thread = threading.Thread(target=other_caller)
+        thread.start()
+        thread.join(60)
+        assert elsewhere == [1]
+        assert box[0] == 2
