@@ -60,8 +60,8 @@ class Run:
     transitions: list[tuple[float, str]] = field(default_factory=list)
     #: pybreaker's breaker: (time, new state)
     pybreaker_transitions: list[tuple[float, str]] = field(default_factory=list)
-    #: each error a caller saw: (contestant, op, start, the exception, its text cut short)
-    errors: list[tuple[str, str, float, str]] = field(default_factory=list)
+    #: each error a caller saw: (contestant, op, start, the exception and its text, cut short)
+    error_texts: list[tuple[str, str, float, str]] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
     def now(self) -> float:
@@ -87,7 +87,7 @@ def sync_worker(run: Run, contestant: Any, index: int, pace: float) -> None:
             contestant.sync_ops[op](next(counter))
         except Exception as exc:
             error = True
-            run.errors.append((contestant.name, op, start, f"{type(exc).__name__}: {exc}"[:200]))
+            run.error_texts.append((contestant.name, op, start, f"{type(exc).__name__}: {exc}"[:200]))
         duration = run.now() - start
         run.record(contestant.name, op, start, duration, error, box[0] > before)
         time.sleep(max(0.0, pace - duration))
@@ -105,7 +105,7 @@ async def async_worker(run: Run, contestant: Any, index: int, pace: float) -> No
                 await fn(next(counter))
             except Exception as exc:
                 error = True
-                run.errors.append((contestant.name, op, start,
+                run.error_texts.append((contestant.name, op, start,
                                    f"{type(exc).__name__}: {exc}"[:200]))
             duration = run.now() - start
             run.record(contestant.name, op, start, duration, error, box[0] > before)

@@ -232,7 +232,7 @@ def healthy_phase_errors(run: Any, faults: list[str], limit: int = 50) -> list[d
     found = []
     for fault in faults:
         window = _phase(run, fault, "healthy")
-        for contestant, op, start, text in getattr(run, "errors", []):
+        for contestant, op, start, text in getattr(run, "error_texts", []):
             if window["start"] <= start < window["end"]:
                 found.append({"fault": fault, "contestant": contestant, "op": op,
                               "after_phase_start_s": sig(start - window["start"]), "error": text})

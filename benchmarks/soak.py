@@ -43,7 +43,8 @@ class CountingRun(Run):
         self.errors = 0
         self._count_lock = threading.Lock()
 
-    def record(self, contestant: str, op: str, start: float, duration: float, error: bool) -> None:
+    def record(self, contestant: str, op: str, start: float, duration: float, error: bool,
+               hidden: bool = False) -> None:
         with self._count_lock:
             self.calls += 1
             self.errors += error
