@@ -76,6 +76,12 @@ class Pair:
     def states(self) -> list[str]:
         return [str(e["state"]) for e in _lines(self.sent_log) if "state" in e]
 
+    def paused(self) -> bool:
+        """The sender saw the pause and sends nothing until it ends."""
+        lines = _lines(self.sent_log)
+        return any("paused" in e for e in lines) and "paused" in [
+            k for e in lines for k in e if k in ("paused", "sent", "raised")][-1]
+
     def done(self) -> bool:
         return any("done" in e for e in _lines(self.sent_log))
 
@@ -127,7 +133,7 @@ def test_worker_channel_loses_nothing_across_a_fault(fault: str, make_pair: obje
         if fault == "restart-empty":
             # Redis loses what it holds: let the consumer take it all first.
             pair.pause(True)
-            assert wait_until(lambda: pair.got() == pair.sent(), DEADLINE)
+            assert wait_until(lambda: pair.paused() and pair.got() == pair.sent(), DEADLINE)
         before = len(pair.sent()) + len(pair.raised())
         if fault == "refused":
             server.stop(save=True)
@@ -177,6 +183,7 @@ async def test_a_send_that_ran_after_a_thaw_is_received_once(redis_server: Redis
         channel = await layer.new_channel()
         await layer.send(channel, {"type": "warm"})  # a pooled connection, nothing to connect
         assert await asyncio.wait_for(layer.receive(channel), 5) == {"type": "warm"}
+        await layer.redis.wait_received()  # every pooled connection idle: the send is written
         redis_server.freeze()
         await layer.send(channel, {"type": "once"})  # written, then timed out
         assert layer.breaker.stats().fallback_calls >= 1

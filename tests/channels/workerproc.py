@@ -8,7 +8,7 @@
 ``interval`` seconds, through a ``BreakerChannelLayer`` whose breaker shares
 the host-wide state in ``--state-dir``; while ``<control>/pause`` exists it
 sends nothing. It writes one JSON line per call (``{"sent": n}`` or
-``{"raised": n, "error": ...}``) and, every 0.1 s, ``{"pending": k,
+``{"raised": n, "error": ...}``, ``{"paused": n}`` when it sees the pause) and, every 0.1 s, ``{"pending": k,
 "state": s}``; once done it stays until ``<control>/exit`` exists, so its
 kept messages can be forwarded. ``receive`` writes ``{"got": n}`` for every
 message of the channel until ``<control>/exit`` exists.
@@ -56,10 +56,15 @@ async def send(args: argparse.Namespace, out: Any) -> None:
 
     reporter = asyncio.ensure_future(report())
     n = 0
+    paused = False
     while n < args.count:
         if (control / "pause").exists():
+            if not paused:
+                print(json.dumps({"paused": n}), file=out, flush=True)
+                paused = True
             await asyncio.sleep(0.02)
             continue
+        paused = False
         try:
             await layer.send(args.channel, {"type": "work", "n": n})
         except Exception as exc:
