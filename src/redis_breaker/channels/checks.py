@@ -1,4 +1,4 @@
-"""System checks of every ``BreakerChannelLayer`` in ``CHANNEL_LAYERS`` (``redis_breaker.E020`` to ``E022``, ``W002``).
+"""System checks of every ``BreakerChannelLayer`` in ``CHANNEL_LAYERS`` (``redis_breaker.E020`` to ``E023``, ``W002``).
 
 Registered by ``redis_breaker.checks``, under the name ``check_channel_layers``.
 The layer itself validates nothing of its CONFIG (channels_redis reads
@@ -16,6 +16,8 @@ from django.core.checks import CheckMessage, Error
 from django.core.checks import Warning as CheckWarning
 
 from redis_breaker._breaker import Breaker
+from redis_breaker._config import url_problem
+from redis_breaker._redact import redact_url
 from redis_breaker.checks_common import (
     EXAMPLE_TIMEOUT,
     SENTINEL_URL_EXAMPLE,
@@ -74,7 +76,9 @@ def _check_layer(alias: str, entry: Mapping[str, Any]) -> list[CheckMessage]:
                            id="redis_breaker.E021"))
         return found
     for i, host in enumerate(hosts):
-        found += _check_host(setting_path("CHANNEL_LAYERS", alias, "CONFIG", "hosts", i), host)
+        host_path = setting_path("CHANNEL_LAYERS", alias, "CONFIG", "hosts", i)
+        address = _check_address(host_path, host)
+        found += address or _check_host(host_path, host)
     found += _check_sentinel_host(alias, breaker, hosts[0])
     return found
 
@@ -99,6 +103,46 @@ def _check_sentinel_host(alias: str, breaker: Any, host: Any) -> list[CheckMessa
              f'sentinels and master group), or fix {path}["sentinels"].',
         id="redis_breaker.E022",
     )]
+
+
+_ADDRESS_FIX = ('Write it as "redis://[[user]:password@]host:port/db" (rediss:// for TLS, '
+                'unix:///path/to/redis.sock), or as a dict {"host": ..., "port": 1-65535}; '
+                "percent-encode any of @ : / ? # % and spaces in the user name or password.")
+
+
+def _check_address(path: str, host: Any) -> list[CheckMessage]:
+    """A hosts entry's address redis-py cannot use (E023): the layer would reach no Redis."""
+    why: str | None = None
+    where, text = path, ""
+    if isinstance(host, str) or (isinstance(host, Mapping)
+                                 and isinstance(host.get("address"), str)):
+        url = host if isinstance(host, str) else host["address"]
+        if not isinstance(host, str):
+            where = f'{path}["address"]'
+        text = f" {redact_url(url)!r}"
+        why = url_problem(url)
+        if why is None and url.lower().startswith("redis+sentinel:"):
+            why = ("has scheme 'redis+sentinel', which channels_redis does not read (give "
+                   "\"sentinels\" and \"master_name\" instead)")
+    elif isinstance(host, (list, tuple)) and len(host) == 2:
+        why = _host_port_problem(host[0], host[1])
+    elif isinstance(host, Mapping) and "host" in host:
+        why = _host_port_problem(host.get("host"), host.get("port", 6379))
+    if why is None:
+        return []
+    return [Error(f"{where}{text} {why}: the channel layer cannot reach this Redis, and "
+                  "its breaker's probe would PING nothing.",
+                  hint=f"Fix {where}. {_ADDRESS_FIX}", id="redis_breaker.E023")]
+
+
+def _host_port_problem(host: Any, port: Any) -> str | None:
+    if not isinstance(host, str) or not host.strip():
+        return f"has a host that is {shown(host)}, not a host name or address"
+    if any(c.isspace() for c in host):
+        return "has whitespace in its host"
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        return f"has a port that is {shown(port)}, not a number from 1 to 65535"
+    return None
 
 
 def _check_host(path: str, host: Any) -> list[CheckMessage]:
