@@ -30,7 +30,7 @@ SQLITE_DOCUMENTED = {"transaction_mode": "IMMEDIATE",
                      "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL"}
 LABELS = {"sqlite_defaults": "SQLite, Django's defaults",
           "sqlite_documented": "SQLite, documented settings",
-          "postgresql": "PostgreSQL 1x (fsync on)"}
+          "postgresql": "PostgreSQL (fsync on)"}
 
 
 class OutboxRouter:

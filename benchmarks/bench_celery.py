@@ -1,6 +1,6 @@
 """Celery ``delay()`` latency during a broker outage: plain Celery vs BreakerTask.
 
-    python benchmarks/bench_celery.py [--quick] [--json PATH]
+    python benchmarks/bench_celery.py [--quick] [--outbox-only] [--json PATH]
 
 Starts its own redis-server, configures Django in-process (outbox on a file
 SQLite database) and measures, side by side in one run, one ``delay()`` per
@@ -14,6 +14,10 @@ call while the broker is refused (stopped), hung (SIGSTOP) and blackholed
 
 "once open" is every call after the breaker opened; the first five calls
 discover the outage and each pays at most one transport timeout (1 s).
+
+Then the outbox part (``_outbox_bench.py``): outbox ``delay()`` with the breaker
+open, per database side by side (SQLite with Django's defaults, SQLite with the
+documented settings, PostgreSQL), in autocommit and inside ``atomic()``.
 """
 
 from __future__ import annotations
@@ -148,6 +152,8 @@ def _in_a_fresh_process(args: argparse.Namespace) -> dict[str, Any]:
     command = [sys.executable, str(Path(__file__).resolve()), "--json", str(out)]
     if args.quick:
         command.append("--quick")
+    if args.outbox_only:
+        command.append("--outbox-only")
     sys.stdout.flush()
     subprocess.run(command, check=True)
     report: dict[str, Any] = json.loads(out.read_text())
@@ -159,6 +165,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer calls, shorter caps")
     parser.add_argument("--json", type=Path, help="write the figures to this file")
+    parser.add_argument("--outbox-only", action="store_true",
+                        help="only the outbox part (delay() into the outbox, per database)")
     args = parser.parse_args(argv)
     from django.conf import settings
 
@@ -191,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results: dict[str, dict[str, Any]] = {}
     rows = []
     try:
-        for fault, server, break_it, heal in faults:
+        for fault, server, break_it, heal in ([] if args.outbox_only else faults):
             break_it()
             try:
                 for mode in ("plain", "outbox", "sync"):
@@ -227,10 +235,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if postgres is not None:
             postgres.close()
 
-    print_table(
-        f"delay() during a broker outage (ms; plain Celery: {plain_calls} calls, "
-        f"each capped at {cap:g}s)",
-        ["fault", "dispatch", "calls", "p50", "p99 once open", "p99", "max", "outcome"], rows)
+    if rows:
+        print_table(
+            f"delay() during a broker outage (ms; plain Celery: {plain_calls} calls, "
+            f"each capped at {cap:g}s)",
+            ["fault", "dispatch", "calls", "p50", "p99 once open", "p99", "max", "outcome"],
+            rows)
     for fault in ("refused", "hung", "blackhole"):
         plain = results.get(f"{fault}/plain")
         outbox = results.get(f"{fault}/outbox")

@@ -64,6 +64,8 @@ class PostgresServer:
 
     def __init__(self, port: int | None = None, *, durable: bool = False) -> None:
         bindir = find_postgres_bindir()
+        if bindir is None and os.environ.get("PG_BINDIR"):
+            raise PostgresNotInstalled(f"PG_BINDIR={os.environ['PG_BINDIR']} has no initdb")
         if bindir is None:
             raise PostgresNotInstalled(INSTALL_HINT)
         self.bindir = bindir
