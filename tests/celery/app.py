@@ -11,6 +11,13 @@ import os
 import redis
 from celery import Celery
 
+if os.environ.get("RB_STATE_DIR"):
+    # The worker's breaker state in the test's directory (the subprocess has none of the
+    # test's settings), not in the user's default one, where other runs leave theirs.
+    from redis_breaker import _shared
+
+    _shared.default_state_dir = lambda: os.environ["RB_STATE_DIR"]
+
 app = Celery(
     "rb-worker-tests",
     broker=os.environ.get("RB_BROKER_URL", "redis://127.0.0.1:6379/15"),

@@ -19,6 +19,13 @@ from redis_breaker.celery import BreakerTask, protect
 
 BROKER = os.environ.get("RB_BROKER_URL", "redis://127.0.0.1:6379/15")
 
+if os.environ.get("RB_STATE_DIR"):
+    # The worker's breaker state in the test's directory (the subprocess has none of the
+    # test's settings), not in the user's default one, where other runs leave theirs.
+    from redis_breaker import _shared
+
+    _shared.default_state_dir = lambda: os.environ["RB_STATE_DIR"]
+
 app = Celery("rb-calling-tests", task_cls=BreakerTask, set_as_current=False)
 app.conf.update(
     broker_url=BROKER,

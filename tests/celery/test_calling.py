@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from redis_breaker.models import OutboxMessage
 from tests.harness import RedisServer
 
 from .conftest import celery_worker, join_relays, wait_for
+from .workers import worker_state_dir
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -46,7 +48,7 @@ def recorder() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def calling(broker: RedisServer, recorder: RedisServer) -> Iterator[Any]:
+def calling(broker: RedisServer, recorder: RedisServer, tmp_path: Path) -> Iterator[Any]:
     """The calling app's module, pointed at ``broker``, with a worker consuming from it."""
     from tests.celery import calling_app
 
@@ -54,8 +56,12 @@ def calling(broker: RedisServer, recorder: RedisServer) -> Iterator[Any]:
     app.conf.broker_url = app.conf.result_backend = broker.url
     for cached in ("_redis_breaker_producers", "_redis_breaker_once_client"):
         app.__dict__.pop(cached, None)
+    # The module's app outlives a test: forget the result backend of the last test's server.
+    vars(app._local).pop("backend", None)
+    if getattr(app, "_backend_cache", None) is not None:
+        app._backend_cache = None
     with celery_worker("tests.celery.calling_app", RB_BROKER_URL=broker.url,
-                       RB_RECORD_URL=recorder.url) as log:
+                       RB_RECORD_URL=recorder.url, RB_STATE_DIR=worker_state_dir(tmp_path)) as log:
         runs = recorder.client()
         probe = calling_app.add.delay(-1, -1)
         wait_for(lambda: runs.hexists("runs", f"{probe.id}:0"), timeout=60,
@@ -203,7 +209,8 @@ def test_calling_api_through_an_outage(calling: Any, broker: RedisServer,
         # Five calls find the outage (a refused port answers at once) and open the breaker.
         first = [("delay", calling.add.delay(1000 + i, 1)) for i in range(5)]
         assert breaker.state is State.OPEN
-        sent = [(label, send()) for label, send, _ in scenarios if label not in RESULT_BACKEND_CANVAS]
+        sent = [(label, send()) for label, send, _ in scenarios
+                if label not in RESULT_BACKEND_CANVAS]
         assert OutboxMessage.objects.count() == len(sent) + 5
         broker.start()
         wait_for(lambda: OutboxMessage.objects.count() == 0, timeout=60,

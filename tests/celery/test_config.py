@@ -48,7 +48,8 @@ CASES: list[tuple[celery_config.CelerySetting, Any, Callable[[Celery], Any]]] = 
     (celery_config.TIMEOUT, -1, bounded_transport_options),
     (celery_config.TIMEOUT, float("nan"), bounded_transport_options),
     (celery_config.RELAY_INTERVAL, True, relay_interval),
-    (celery_config.ONCE, "yes", lambda app: celery_config.ONCE.checked(celery_config.ONCE.read(app))),
+    (celery_config.ONCE, "yes", lambda app: celery_config.ONCE.checked(
+        celery_config.ONCE.read(app))),
     (celery_config.ONCE_TTL, 0, lambda app: celery_config.ONCE_TTL.checked(
         celery_config.ONCE_TTL.read(app))),
 ]

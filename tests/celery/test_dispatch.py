@@ -31,7 +31,8 @@ def _connections_received(server: RedisServer) -> int:
         client.close()
 
 
-def test_closed_publishes_with_bounded_transport(celery_app: Celery, redis_server: RedisServer) -> None:
+def test_closed_publishes_with_bounded_transport(celery_app: Celery,
+                                                 redis_server: RedisServer) -> None:
     """While closed, delay() publishes to Redis with the returned task id and writes no row."""
     result = celery_app.tasks["t.add"].delay(2, 3)
     assert [m["id"] for m in queued(redis_server)] == [result.id]
@@ -192,7 +193,8 @@ def test_execute_task_sync(celery_app: Celery, redis_server: RedisServer) -> Non
 
 
 def test_breaker_name_and_fallback_from_celery_config(celery_app: Celery) -> None:
-    """redis_breaker_name and redis_breaker_fallback in the Celery config pick breaker and fallback."""
+    """redis_breaker_name and redis_breaker_fallback in the Celery config pick breaker and
+    fallback."""
     celery_app.conf.redis_breaker_name = "jobs"
     add = celery_app.tasks["t.add"]
     with forced_open("jobs"):

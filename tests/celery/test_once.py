@@ -26,6 +26,7 @@ from redis_breaker.outbox import drain
 from tests.harness import RedisServer
 
 from .conftest import celery_worker, join_relays, queued, wait_for
+from .workers import worker_state_dir
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -97,8 +98,8 @@ def recorder() -> Iterator[RedisServer]:
         yield server
 
 
-def _ambiguous_dispatch(redis_server: RedisServer, recorder: RedisServer, once: bool
-                        ) -> tuple[str, dict[str, int], Path]:
+def _ambiguous_dispatch(redis_server: RedisServer, recorder: RedisServer, once: bool,
+                        tmp_path: Path) -> tuple[str, dict[str, int], Path]:
     """Dispatch one task whose publish times out after reaching Redis; relay it; count runs."""
     from tests.celery.app import app, record
 
@@ -108,7 +109,8 @@ def _ambiguous_dispatch(redis_server: RedisServer, recorder: RedisServer, once: 
         app.__dict__.pop(cached, None)
     runs = recorder.client()
     with celery_worker("tests.celery.app", RB_BROKER_URL=redis_server.url,
-                       RB_RECORD_URL=recorder.url, RB_ONCE="1" if once else "0") as log:
+                       RB_RECORD_URL=recorder.url, RB_ONCE="1" if once else "0",
+                       RB_STATE_DIR=worker_state_dir(tmp_path)) as log:
         try:
             canary = record.delay(-1).id
             wait_for(lambda: runs.hexists("runs", canary), timeout=60,
@@ -139,10 +141,10 @@ def _ambiguous_dispatch(redis_server: RedisServer, recorder: RedisServer, once: 
     return task_id, counts, log
 
 
-def test_a_twice_published_task_runs_once(redis_server: RedisServer,
-                                          recorder: RedisServer) -> None:
+def test_a_twice_published_task_runs_once(redis_server: RedisServer, recorder: RedisServer,
+                                          tmp_path: Path) -> None:
     """The worker's claim on the task id skips the outbox's second copy: one run."""
-    task_id, counts, log = _ambiguous_dispatch(redis_server, recorder, once=True)
+    task_id, counts, log = _ambiguous_dispatch(redis_server, recorder, True, tmp_path)
     assert counts[task_id] == 1
     client = redis_server.client()
     try:
@@ -154,9 +156,9 @@ def test_a_twice_published_task_runs_once(redis_server: RedisServer,
 
 
 def test_without_the_claim_the_task_runs_twice(redis_server: RedisServer,
-                                               recorder: RedisServer) -> None:
+                                               recorder: RedisServer, tmp_path: Path) -> None:
     """With CELERY_REDIS_BREAKER_ONCE off, the same ambiguous publish runs the task twice."""
-    task_id, counts, _ = _ambiguous_dispatch(redis_server, recorder, once=False)
+    task_id, counts, _ = _ambiguous_dispatch(redis_server, recorder, False, tmp_path)
     assert counts[task_id] == 2
 
 

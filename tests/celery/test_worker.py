@@ -13,6 +13,7 @@ from redis_breaker.models import OutboxMessage
 from tests.harness import RedisServer
 
 from .conftest import celery_worker, join_relays, wait_for
+from .workers import worker_state_dir
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -39,10 +40,10 @@ def recorder() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def worker(broker: RedisServer, recorder: RedisServer) -> Iterator[Path]:
+def worker(broker: RedisServer, recorder: RedisServer, tmp_path: Path) -> Iterator[Path]:
     """``celery worker --pool=solo`` in a subprocess, consuming from ``broker``."""
     with celery_worker("tests.celery.app", RB_BROKER_URL=broker.url,
-                       RB_RECORD_URL=recorder.url) as log:
+                       RB_RECORD_URL=recorder.url, RB_STATE_DIR=worker_state_dir(tmp_path)) as log:
         yield log
 
 
