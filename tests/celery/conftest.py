@@ -136,7 +136,13 @@ def _outbox_database(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def outbox_db(_outbox_database: str) -> Iterator[str]:
     """The alias of the database the outbox uses in this test (run once per database)."""
+    from django.db import connections, router
+
+    from redis_breaker.models import OutboxMessage
+
     route_outbox(None if _outbox_database == "default" else _outbox_database)
+    vendor = connections[router.db_for_write(OutboxMessage)].vendor
+    assert vendor == ("sqlite" if _outbox_database == "default" else "postgresql"), vendor
     try:
         yield _outbox_database
     finally:
