@@ -16,13 +16,15 @@ from typing import Any
 import pytest
 from django.core.cache import caches
 from django_redis.client import DefaultClient
+from django_redis.pool import ConnectionFactory
 from redis.lock import Lock
 
 from redis_breaker import BreakerOpenError
 from redis_breaker.cache import BreakerCache
 from redis_breaker.testing import forced_open
-from tests.harness import RedisSentinelCluster, RedisServer
-from tests.sentinel.conftest import sentinel_cluster  # noqa: F401  (a fixture)
+from tests.harness import RedisNotInstalled, RedisSentinelCluster, RedisServer
+
+from .conftest import recovered, wait_for
 
 #: Methods of django-redis's clients that never talk to Redis.
 OFFLINE = {"decode", "encode", "make_key", "make_pattern", "get_next_client_index",
@@ -154,6 +156,8 @@ def _check_every_call(cache: BreakerCache, servers: list[RedisServer],
                 assert name in unsupported, name
             assert _stats(servers) == before, f"{name} reached Redis while the breaker was open"
         assert refused > 60, refused  # the direct ones, and every client handed out
+    # What was written while open is replayed now: nothing is left for a later test.
+    wait_for(lambda: recovered(cache), what="the journal to be replayed")
 
 
 def _entry(location: Any, **options: Any) -> dict[str, Any]:
@@ -197,13 +201,25 @@ def test_shard_client(settings: Any, redis_server: RedisServer) -> None:
         other.close()
 
 
-def test_sentinel_client(settings: Any,
-                         sentinel_cluster: RedisSentinelCluster) -> None:  # noqa: F811
-    cluster = sentinel_cluster
-    cache = _breaker_cache(settings, _entry(
-        f"redis://{cluster.master_name}/0", CLIENT_CLASS="django_redis.client.SentinelClient",
-        CONNECTION_FACTORY="django_redis.pool.SentinelConnectionFactory",
-        SENTINELS=cluster.sentinels))
-    cluster.wait_for_replication()
-    _check_every_call(cache, [cluster.master, *cluster.replicas],
-                      settle=cluster.wait_for_replication)
+def test_sentinel_client(settings: Any) -> None:
+    # A master group of its own: django-redis keeps its connection pools in a
+    # process-wide dict keyed by LOCATION, so a later test naming the same
+    # group would otherwise get this cluster's pools, pointing at sentinels gone.
+    try:
+        cluster = RedisSentinelCluster(master_name="rb-client-classes")
+    except RedisNotInstalled as exc:
+        pytest.fail(str(exc), pytrace=False)
+    location = f"redis://{cluster.master_name}/0"
+    try:
+        cluster.start()
+        cache = _breaker_cache(settings, _entry(
+            location, CLIENT_CLASS="django_redis.client.SentinelClient",
+            CONNECTION_FACTORY="django_redis.pool.SentinelConnectionFactory",
+            SENTINELS=cluster.sentinels))
+        cluster.wait_for_replication()
+        _check_every_call(cache, [cluster.master, *cluster.replicas],
+                          settle=cluster.wait_for_replication)
+    finally:
+        for key in [k for k in ConnectionFactory._pools if k.startswith(location)]:
+            ConnectionFactory._pools.pop(key).disconnect()
+        cluster.close()
