@@ -21,8 +21,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import logging
 import os
+import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable
@@ -86,6 +88,12 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self.group_expiry = self.redis.group_expiry
         self.breaker = breaker if isinstance(breaker, Breaker) else get_breaker(breaker)
         self.breaker.adopt_url(probe_url(self.redis.hosts))
+        #: One breaker per host (shard): ``breaker`` for the first, one of its own
+        #: (same settings, that host's URL) for each other.
+        self.breakers = [self.breaker] + [shard_breaker(self.breaker, i, self.redis.hosts[i])
+                                          for i in range(1, self.redis.ring_size)]
+        self._sharded = len(self.breakers) > 1
+        self._next_shard = 0
         self.mirror = GroupMirror(self.group_expiry)
         self.local = LocalQueues(self.expiry, self.get_capacity, self.mirror.drop_channel)
         #: Group messages for members in other processes that Redis did not take.
@@ -102,7 +110,8 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self._resync_wanted = False
         self._closed = False
         self._listener = _weak_listener(self)
-        self.breaker.add_listener(self._listener)
+        for shard in self.breakers:
+            shard.add_listener(self._listener)
         # A command that went through only on a new connection: Redis may have
         # restarted empty with no error and no transition to tell.
         self.redis.on_reconnect = _weak_reconnect(self)
@@ -148,17 +157,50 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         assert self.require_valid_channel_name(channel), "Channel name not valid"
         assert "__asgi_channel__" not in message
         self._loop_state()
-        args = (channel, message, self.redis.payload(channel, message), time.time())
+        index = self._send_shard(channel) if self._sharded else 0
+        args = (channel, message, self.redis.payload(channel, message), time.time(), index)
         if self.pending and channel in self.pending:
             # Kept messages of this channel go first: queue behind them.
             self._keep(*args)
             self._forward_soon()
             return
-        await self.breaker.acall_with_fallback(
+        await self.breakers[index].acall_with_fallback(
             self.redis.send_payload, self._send_locally, args, integration=_INTEGRATION
         )
 
-    def _send_locally(self, channel: str, message: Message, payload: bytes, score: float) -> None:
+    def _send_shard(self, channel: str) -> int:
+        """The host a send goes to: the channel's own, or for a general channel the
+        next host whose breaker is not open (a worker may pop it from any)."""
+        if "!" in channel:
+            return int(self.redis.consistent_hash(self.redis.non_local_name(channel)))
+        return self._live_shard()
+
+    def _live_shard(self) -> int:
+        """The next host in turn whose breaker is not open (the next in turn if all are)."""
+        count = len(self.breakers)
+        start = self._next_shard
+        self._next_shard = (start + 1) % count
+        for step in range(count):
+            index = (start + step) % count
+            if not self.breakers[index].is_open:
+                self._next_shard = (index + 1) % count
+                return index
+        return start
+
+    def _shard_breaker(self, channel: str) -> Breaker:
+        """The breaker of a specific channel's host (the first's for a general channel)."""
+        if self._sharded and "!" in channel:
+            return self.breakers[int(self.redis.consistent_hash(
+                self.redis.non_local_name(channel)))]
+        return self.breaker
+
+    def _group_breaker(self, group: str) -> Breaker:
+        if self._sharded:
+            return self.breakers[int(self.redis.consistent_hash(group))]
+        return self.breaker
+
+    def _send_locally(self, channel: str, message: Message, payload: bytes, score: float,
+                      index: int = 0) -> None:
         if self._ours in channel:
             self.local.put(channel, copy.deepcopy(message))
             # Should the failed send reach Redis after all, its copy is dropped on receipt.
@@ -167,9 +209,10 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                 self.redis.seen.add(key)
         else:
             self._keep(channel, message, payload, score)
-        self._redis_behind()
+        self._redis_behind(self.breakers[index])
 
-    def _keep(self, channel: str, message: Message, payload: bytes, score: float) -> None:
+    def _keep(self, channel: str, message: Message, payload: bytes, score: float,
+              index: int = 0) -> None:
         """Keep a message for a channel of another process (or any process) until Redis is back."""
         self.pending.put(channel, payload, score, copy.deepcopy(message))
         metrics.count(self.breaker.name, "kept")
@@ -190,23 +233,43 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         assert self.require_valid_group_name(group), "Group name not valid"
         self._loop_state()
         sent: list[bytes] = []
-        return await self.breaker.acall_with_fallback(
+        return await self._group_breaker(group).acall_with_fallback(
             self._group_send_redis, self._group_send_locally, (group, message, sent),
             integration=_INTEGRATION,
         )
 
     async def _group_send_redis(self, group: str, message: Message, sent: list[bytes]) -> bool:
-        await self.redis.group_send(group, message, sent)
-        return True
+        if not self._sharded:
+            await self.redis.group_send(group, message, sent)
+            return True
+        home = self.redis.consistent_hash(group)
+        delivered = True
+        for index, names, write in await self.redis.group_send_shards(group, message, sent):
+            if index == home:
+                await write()  # a failure here is the group's host's, as for the members read
+            else:
+                delivered &= await self.breakers[index].acall_with_fallback(
+                    _run, self._group_shard_locally, (write, names, message, sent, index),
+                    integration=_INTEGRATION)
+        return delivered
+
+    def _group_shard_locally(self, write: object, names: list[str], message: Message,
+                             sent: list[bytes], index: int) -> bool:
+        """The members on a host that is down: those of this process get it here."""
+        self._seen_all(sent)
+        for channel in names:
+            if self._ours in channel:
+                self.local.put(channel, copy.deepcopy(message), drop_if_full=True)
+            else:
+                self.dropped += 1
+        self._redis_behind(self.breakers[index])
+        return False
 
     def _group_send_locally(self, group: str, message: Message, sent: list[bytes]) -> bool:
         # A command that failed may still run (a frozen server runs what it had
         # read once it thaws): a copy reaching a member here is dropped on receipt.
-        for payload in sent:
-            key = self.redis.message_id(payload)
-            if key is not None:
-                self.redis.seen.add(key)
-        self._redis_behind()
+        self._seen_all(sent)
+        self._redis_behind(self._group_breaker(group))
         for channel in self.mirror.members(group):
             if self._ours in channel:
                 # A full channel drops the message, as group_send does on Redis.
@@ -214,6 +277,12 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             else:
                 self.dropped += 1
         return False
+
+    def _seen_all(self, payloads: list[bytes]) -> None:
+        for payload in payloads:
+            key = self.redis.message_id(payload)
+            if key is not None:
+                self.redis.seen.add(key)
 
     # ---------------------------------------------------------------- receiving
     async def new_channel(self, prefix: str = "specific") -> str:
@@ -260,49 +329,56 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     async def _receive_from_redis(self, channel: str, state: LoopState) -> Message:
         delay = TRIAL_WAIT_S
+        specific = "!" in channel
         while True:
             changed = state.changed
-            if self.breaker.state not in _PASSING:
+            if specific or not self._sharded:
+                index = self.redis.consistent_hash(self.redis.non_local_name(channel)) \
+                    if specific else 0
+            else:
+                index = self._live_shard()  # a general channel: pop from the hosts that answer
+            breaker = self.breakers[index]
+            if breaker.state not in _PASSING:
                 # Open or half-open: leave the trial calls to the probe and the resync.
                 await wait(changed, _RECHECK_S)
                 continue
             try:
-                message: Message = await self.redis.receive(channel)
+                message: Message = await self.redis.receive_at(channel, index)
                 if DUPLICATE in message:
                     continue  # a second copy of a message received before
                 return message
             except rex.TimeoutError as exc:
                 # An idle blocking pop can outlast a short read timeout; only a
                 # PING that fails too says Redis is unwell.
-                if await self._redis_answers(channel):
+                if await self._redis_answers(index):
                     continue
                 error: BaseException = exc
             except Exception as exc:
-                if self.breaker.counts(exc):
-                    self._record_failure(exc)
+                if breaker.counts(exc):
+                    self._record_failure(breaker, exc)
                 elif not isinstance(exc, rex.RedisError):
                     raise  # a bug here or in the message, not Redis
                 # Other Redis errors (an OOM refusing the backup write, say) are not
                 # an outage, but closing the consumer's socket would not help either.
                 error = exc
-            self.breaker.note_fallback(_INTEGRATION, error)
-            self._redis_behind()
+            breaker.note_fallback(_INTEGRATION, error)
+            self._redis_behind(breaker)
             await wait(changed, delay)
             delay = min(delay * 2, _RETRY_MAX_S)
 
-    async def _redis_answers(self, channel: str) -> bool:
-        index = self.redis.consistent_hash(self.redis.non_local_name(channel))
+    async def _redis_answers(self, index: int) -> bool:
         try:
-            await self.breaker.acall(self.redis.connection(index).ping)
+            await self.breakers[index].acall(self.redis.connection(index).ping)
         except asyncio.CancelledError:
             raise
         except Exception:
             return False  # a counted failure was recorded by acall
         return True
 
-    def _record_failure(self, exc: BaseException) -> None:
+    @staticmethod
+    def _record_failure(breaker: Breaker, exc: BaseException) -> None:
         """Count a failure that happened outside a breaker call (a receive)."""
-        if self.breaker.state not in _PASSING:
+        if breaker.state not in _PASSING:
             return
 
         def fail() -> None:
@@ -310,7 +386,7 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
         # What comes back is the error just recorded, or a rejection.
         with contextlib.suppress(BaseException):
-            self.breaker.call(fail)
+            breaker.call(fail)
 
     # ------------------------------------------------------------------- groups
     async def group_add(self, group: str, channel: str) -> None:
@@ -319,7 +395,7 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         assert self.require_valid_channel_name(channel), "Channel name not valid"
         self.mirror.add(group, channel)
         self._loop_state(home=True)
-        await self.breaker.acall_with_fallback(
+        await self._group_breaker(group).acall_with_fallback(
             self.redis.group_add, self._add_later, (group, channel), integration=_INTEGRATION
         )
 
@@ -329,19 +405,19 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         assert self.require_valid_channel_name(channel), "Channel name not valid"
         self.mirror.discard(group, channel)
         self._loop_state(home=True)
-        await self.breaker.acall_with_fallback(
+        await self._group_breaker(group).acall_with_fallback(
             self.redis.group_discard, self._discard_later, (group, channel),
             integration=_INTEGRATION,
         )
 
     def _add_later(self, group: str, channel: str) -> None:
-        self._redis_behind()
+        self._redis_behind(self._group_breaker(group))
 
     def _discard_later(self, group: str, channel: str) -> None:
         self.mirror.unsent_discards.add((group, channel))
-        self._redis_behind()
+        self._redis_behind(self._group_breaker(group))
 
-    def _redis_behind(self) -> None:
+    def _redis_behind(self, breaker: Breaker | None = None) -> None:
         """Redis missed a call, and may come back empty: re-apply memberships once it answers.
 
         An open breaker restarts the resync when it half-opens; a failure that
@@ -349,7 +425,7 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         ever would.
         """
         self._resync_wanted = True
-        if not self.breaker.is_open:
+        if not (breaker or self.breaker).is_open:
             self._start_resync(self._loop_state())
             self._forward_soon()
 
@@ -366,8 +442,9 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         """Stop the work this layer runs on the current loop and close its Redis pools."""
         # Transitions already on their way to a loop must not start work after this.
         self._closed = True
-        with contextlib.suppress(ValueError):
-            self.breaker.remove_listener(self._listener)
+        for shard in self.breakers:
+            with contextlib.suppress(ValueError):
+                shard.remove_listener(self._listener)
         state = self._loops.get(asyncio.get_running_loop())
         if state is not None:
             await state.stop()
@@ -380,7 +457,8 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         if self._closed:
             # Used again after close(): follow the breaker again.
             self._closed = False
-            self.breaker.add_listener(self._listener)
+            for shard in self.breakers:
+                shard.add_listener(self._listener)
         return self._loops.of(loop, home=home)
 
     def _on_change(self, change: StateChange) -> None:
@@ -414,42 +492,47 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             self._resync_wanted = False
             groups = self.mirror.snapshot()
             discards = sorted(self.mirror.unsent_discards)
+            # A group whose host is down waits for that host's recovery; the others go on.
+            behind = False
             for group, members in groups.items():
-                if not await self._through_breaker(state, self.redis.group_rejoin, group,
-                                                   members):
-                    return
+                if not await self._through_breaker(state, self._group_breaker(group),
+                                                   self.redis.group_rejoin, group, members):
+                    behind = True
             for group, channel in discards:
-                if not await self._through_breaker(state, self.redis.group_discard, group, channel):
-                    return
+                if not await self._through_breaker(state, self._group_breaker(group),
+                                                   self.redis.group_discard, group, channel):
+                    behind = True
+                    continue
                 if group not in self.mirror.groups or channel not in self.mirror.groups[group]:
                     self.mirror.unsent_discards.discard((group, channel))
+            if behind:
+                self._resync_wanted = True  # that host's next half-open starts over
+                return
             emit(logging.INFO, "channels_groups_resynced", breaker=self.breaker.name,
                  groups=len(groups), memberships=sum(len(m) for m in groups.values()),
                  discards=len(discards))
 
-    async def _through_breaker(self, state: LoopState, fn: Callable[..., Awaitable[object]],
-                               *args: Any) -> bool:
+    async def _through_breaker(self, state: LoopState, breaker: Breaker,
+                               fn: Callable[..., Awaitable[object]], *args: Any) -> bool:
         """Run one resync step as a (trial) call; False when the breaker opened again."""
         delay = TRIAL_WAIT_S
         while True:
-            if self.breaker.is_open:
-                self._resync_wanted = True  # the next half-open starts over
+            if breaker.is_open:
                 return False
             changed = state.changed
             try:
                 # Half-open, it waits while another trial holds the slot.
-                await self.breaker.acall_as_trial(fn, *args)
+                await breaker.acall_as_trial(fn, *args)
                 return True
             except BreakerOpenError:
                 continue  # opened again (or closed just as the slot was refused): look again
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if not self.breaker.counts(exc):
-                    emit(logging.ERROR, "channels_resync_failed", breaker=self.breaker.name,
+                if not breaker.counts(exc):
+                    emit(logging.ERROR, "channels_resync_failed", breaker=breaker.name,
                          error=describe_error(exc), args=repr(args[:1]))
                     return True  # not an outage: skip this step, keep the rest
-                self._resync_wanted = True
             await wait(changed, delay)
             delay = min(delay * 2, _RETRY_MAX_S)
 
@@ -473,20 +556,26 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         forwarded = 0
         delay = TRIAL_WAIT_S
         try:
-            while self.pending and not self._closed and not self.breaker.is_open:
-                blocked = False
+            while self.pending and not self._closed:
+                blocked = waiting = False
                 for channel in self.pending.channels():
-                    while not self.breaker.is_open:
+                    while True:
+                        index = self._send_shard(channel) if self._sharded else 0
+                        if self.breakers[index].is_open:
+                            waiting = True  # that host's recovery kicks this again
+                            break
                         kept = self.pending.take(channel)
                         if kept is None:
                             break
-                        if not await self._forward_one(channel, kept):
+                        if not await self._forward_one(channel, kept, index):
                             blocked = True
                             break
                         forwarded += 1
                 if blocked:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, _FORWARD_RETRY_MAX_S)
+                elif waiting:
+                    return
         finally:
             if forwarded:
                 self.forwarded += forwarded
@@ -494,16 +583,17 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                 emit(logging.INFO, "channels_messages_forwarded", breaker=self.breaker.name,
                      messages=forwarded, left=len(self.pending))
 
-    async def _forward_one(self, channel: str, kept: Kept) -> bool:
+    async def _forward_one(self, channel: str, kept: Kept, index: int = 0) -> bool:
         """Write one kept message; False (and kept again) when it could not be written now."""
+        breaker = self.breakers[index]
         try:
-            written = await self.breaker.acall_as_trial(self.redis.forward, channel,
-                                                        kept.payload, kept.score)
+            written = await breaker.acall_as_trial(self.redis.forward, channel,
+                                                   kept.payload, kept.score, index)
         except BaseException as exc:
             self.pending.put_back(channel, kept)
             if isinstance(exc, Exception) and not isinstance(exc, BreakerOpenError) \
-                    and not self.breaker.counts(exc):
-                emit(logging.ERROR, "channels_forward_failed", breaker=self.breaker.name,
+                    and not breaker.counts(exc):
+                emit(logging.ERROR, "channels_forward_failed", breaker=breaker.name,
                      channel=channel, error=describe_error(exc))
             if isinstance(exc, Exception):
                 return False
@@ -511,6 +601,33 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         if not written:  # full: its reader is behind; try again until the message expires
             self.pending.put_back(channel, kept)
         return bool(written)
+
+
+async def _run(write: Callable[[], Awaitable[None]], *_: Any) -> bool:
+    """Run one host's part of a group_send (the other arguments are its fallback's)."""
+    await write()
+    return True
+
+
+def shard_breaker(first: Breaker, index: int, host: dict[str, Any]) -> Breaker:
+    """The breaker of host ``index`` of a sharded layer whose first host's is ``first``.
+
+    One per (first breaker, host) in the process, so the layers of one
+    configuration share it: ``first``'s settings, this host's URL for the probe
+    (and for the host-wide state file's name).
+    """
+    url = probe_url([host])
+    key = (first.name, index, url)
+    with _SHARDS_LOCK:
+        breaker = _SHARDS.get(key)
+        if breaker is None:
+            breaker = _SHARDS[key] = Breaker(f"{first.name}-shard{index}",
+                                             dataclasses.replace(first.config, url=url))
+    return breaker
+
+
+_SHARDS: dict[tuple[str, int, str | None], Breaker] = {}
+_SHARDS_LOCK = threading.Lock()
 
 
 def _weak_listener(layer: BreakerChannelLayer) -> Callable[[StateChange], None]:

@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import hashlib
 import inspect
+import itertools
 import logging
 import os
 import threading
@@ -223,22 +224,29 @@ class RedisLayer(RedisChannelLayer):  # type: ignore[misc]
         return payload[:length] if length > 0 else None
 
     async def send_payload(self, channel: str, message: dict[str, Any], payload: bytes,
-                           score: float) -> None:
+                           score: float, index: int | None = None) -> None:
         """channels_redis's ``send`` of an already serialized message; ``ChannelFull`` when full."""
-        if not await self.forward(channel, payload, score):
+        if not await self.forward(channel, payload, score, index):
             raise ChannelFull()
 
-    async def forward(self, channel: str, payload: bytes, score: float) -> bool:
+    async def forward(self, channel: str, payload: bytes, score: float,
+                      index: int | None = None) -> bool:
         """Write ``payload`` with ``score`` to ``channel``; False when the channel is full.
 
         Writing the same payload again leaves one copy (a sorted set's member).
+        ``index``: the host (by default a specific channel's, or the next in turn).
+        A specific channel goes to the host its receiver pops from, the hash of
+        its non-local part (channels_redis's own ``send`` hashes the whole name,
+        which with several hosts is another host than its ``receive`` reads).
         """
         if "!" in channel:
-            index = self.consistent_hash(channel)
             key = self.prefix + self.non_local_name(channel)
+            if index is None:
+                index = self.consistent_hash(self.non_local_name(channel))
         else:
-            index = next(self._send_index_generator)
             key = self.prefix + channel
+            if index is None:
+                index = next(self._send_index_generator)
         args = (key, payload, repr(score), int(time.time()) - int(self.expiry),
                 self.get_capacity(channel), int(self.expiry))
         added = await _script(self.connection(index), _SEND, _SEND_SHA, 1, args)
@@ -251,6 +259,13 @@ class RedisLayer(RedisChannelLayer):  # type: ignore[misc]
         The payloads written (or maybe written, should a command fail) are
         appended to ``sent``.
         """
+        for _index, _names, write in await self.group_send_shards(group, message, sent):
+            await write()
+
+    async def group_send_shards(
+        self, group: str, message: dict[str, Any], sent: list[bytes] | None = None,
+    ) -> list[tuple[int, list[str], Callable[[], Coroutine[Any, Any, None]]]]:
+        """Read the group's members; for each host holding some: (host, members, write)."""
         key = self._group_key(group)
         connection = self.connection(self.consistent_hash(group))
         async with connection.pipeline(transaction=False) as pipe:
@@ -262,15 +277,32 @@ class RedisLayer(RedisChannelLayer):  # type: ignore[misc]
             channel_names, message)
         if sent is not None:
             sent.extend(payloads.values())
+        shards: list[tuple[int, list[str], Callable[[], Coroutine[Any, Any, None]]]] = []
         for index, keys in by_shard.items():
-            now = time.time()
-            args = (*keys, *(payloads[k] for k in keys), *(capacities[k] for k in keys),
-                    repr(now), int(now) - int(self.expiry), int(self.expiry))
-            full = await _script(self.connection(index), _GROUP_SEND, _GROUP_SEND_SHA,
-                                 len(keys), args)
-            if full:
-                _upstream_log.info("%s of %s channels over capacity in group %s", full,
-                                   len(channel_names), group)
+            on_shard = set(keys)
+            names = [n for n in channel_names if self.prefix + self.non_local_name(n) in on_shard]
+
+            async def write(index: int = index, keys: list[str] = keys) -> None:
+                now = time.time()
+                args = (*keys, *(payloads[k] for k in keys), *(capacities[k] for k in keys),
+                        repr(now), int(now) - int(self.expiry), int(self.expiry))
+                full = await _script(self.connection(index), _GROUP_SEND, _GROUP_SEND_SHA,
+                                     len(keys), args)
+                if full:
+                    _upstream_log.info("%s of %s channels over capacity in group %s", full,
+                                       len(channel_names), group)
+
+            shards.append((index, names, write))
+        return shards
+
+    async def receive_at(self, channel: str, index: int) -> dict[str, Any]:
+        """``receive``, a general channel popped from host ``index``."""
+        if "!" not in channel and self.ring_size > 1:
+            # channels_redis takes the host for a general channel from this iterator,
+            # before its first await.
+            self._receive_index_generator = itertools.repeat(index)
+        message: dict[str, Any] = await self.receive(channel)
+        return message
 
     def deserialize(self, message: bytes) -> dict[str, Any]:
         """channels_redis's ``deserialize``; a second copy of a message comes back marked."""
