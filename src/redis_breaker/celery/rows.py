@@ -178,10 +178,54 @@ def write_message(
         with transaction.atomic(using=db):
             with connection.cursor() as cursor:
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")
-            row.save(using=db)
+            _insert(row, db)
     else:
-        row.save(using=db)
+        _insert(row, db)
     return row
+
+
+# The INSERT of a row, per database alias and vendor: (sql, fields, returns the id).
+_INSERTS: dict[tuple[str, str], tuple[str, list[Any], bool]] = {}
+
+
+def _insert_statement(connection: Any) -> tuple[str, list[Any], bool]:
+    from redis_breaker.models import OutboxMessage
+
+    key = (connection.alias, connection.vendor)
+    found = _INSERTS.get(key)
+    if found is None:
+        meta = OutboxMessage._meta
+        fields = [f for f in meta.concrete_fields if not f.primary_key]
+        qn = connection.ops.quote_name
+        sql = (f"INSERT INTO {qn(meta.db_table)} ({', '.join(qn(f.column) for f in fields)}) "
+               f"VALUES ({', '.join(['%s'] * len(fields))})")
+        returns = bool(connection.features.can_return_columns_from_insert)
+        if returns:
+            returning, _ = connection.ops.return_insert_columns([meta.pk])
+            sql += " " + returning
+        found = _INSERTS[key] = (sql, fields, returns)
+    return found
+
+
+def _insert(row: OutboxMessage, db: str) -> None:
+    """INSERT ``row`` into ``db`` with a statement built once per database.
+
+    ``Model.save()`` compiles the INSERT for every row, about two thirds of
+    the cost of an outbox dispatch on SQLite. The values are prepared by the
+    model's own fields, as ``save()`` prepares them; no signal is sent.
+    """
+    connection = connections[db]
+    sql, fields, returns = _insert_statement(connection)
+    params = [f.get_db_prep_save(getattr(row, f.attname), connection) for f in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        if returns:
+            row.pk = cursor.fetchone()[0]
+        else:
+            row.pk = connection.ops.last_insert_id(cursor, row._meta.db_table,
+                                                   str(row._meta.pk.column))
+    row._state.adding = False
+    row._state.db = db
 
 
 # ------------------------------------------------------------------ claiming
