@@ -163,7 +163,8 @@ def test_without_the_claim_the_task_runs_twice(redis_server: RedisServer,
 
 
 def test_retries_and_direct_calls_are_not_claimed(redis_server: RedisServer) -> None:
-    """A direct call claims nothing; a claim is per retry count, so self.retry() runs."""
+    """A direct call or an eager run claims nothing; a claim is per retry count, so
+    self.retry() runs."""
     app = Celery("rb-once", broker=redis_server.url, task_cls=BreakerTask, set_as_current=False)
 
     @app.task(name="t.once", shared=False, bind=True)
@@ -172,6 +173,7 @@ def test_retries_and_direct_calls_are_not_claimed(redis_server: RedisServer) -> 
 
     try:
         assert once() == "ran"
+        assert once.apply().get() == "ran"  # eager: the sync fallback's way of running
         client = redis_server.client()
         try:
             assert client.keys("redis_breaker:once:*") == []
