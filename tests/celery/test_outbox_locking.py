@@ -118,8 +118,8 @@ def test_why_sqlite_needs_immediate_transactions(mode: str, locked: bool,
 def test_outbox_commit_settings_stay_with_the_outbox_row(celery_app: Celery,
                                                          outbox_db: str) -> None:
     """Outside a transaction the row is committed on its own: on PostgreSQL without waiting
-    for the WAL flush (SET LOCAL, that transaction only); inside the caller's transaction the
-    outbox changes nothing about how the caller's transaction commits."""
+    for the WAL flush (set_config(..., true) in the INSERT: that transaction only); inside
+    the caller's transaction the outbox changes nothing about how it commits."""
     from django.test.utils import CaptureQueriesContext
 
     connection = connections[outbox_db]
@@ -144,7 +144,9 @@ def test_outbox_commit_settings_stay_with_the_outbox_row(celery_app: Celery,
     sent = [q["sql"] for q in alone.captured_queries]
     assert [q["sql"].split()[0] for q in inside.captured_queries][:1] == ["INSERT"]
     if connection.vendor == "postgresql":
-        assert "SET LOCAL synchronous_commit TO OFF" in sent
+        assert len(sent) == 1
+        assert "set_config('synchronous_commit', 'off', true)" in sent[0]
+        assert "set_config" not in inside.captured_queries[0]["sql"]
         assert synchronous_commit() == "on"  # the session's setting is untouched
         with connection.cursor() as cursor:
             cursor.execute("RESET synchronous_commit")

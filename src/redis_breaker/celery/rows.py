@@ -167,38 +167,31 @@ def write_message(
         expires=_db_datetime(expires),
         created_at=_db_now(),
     )
-    db = using or router.db_for_write(OutboxMessage)
-    connection = connections[db]
-    if connection.vendor == "postgresql" and connection.get_autocommit():
-        # Outside the caller's transaction the row is a transaction of its own:
-        # committed without waiting for the WAL flush (as SQLite's synchronous=NORMAL,
-        # docs/celery.md). A crash of the server can lose the last ~0.6 s of rows; it
-        # cannot corrupt them. A row written in the caller's transaction is committed
-        # however the caller's transaction is.
-        with transaction.atomic(using=db):
-            with connection.cursor() as cursor:
-                cursor.execute("SET LOCAL synchronous_commit TO OFF")
-            _insert(row, db)
-    else:
-        _insert(row, db)
+    _insert(row, using or router.db_for_write(OutboxMessage))
     return row
 
 
-# The INSERT of a row, per database alias and vendor: (sql, fields, returns the id).
-_INSERTS: dict[tuple[str, str], tuple[str, list[Any], bool]] = {}
+# The INSERT of a row, per database alias, vendor and whether it is PostgreSQL's
+# statement of its own (below): (sql, fields, returns the id).
+_INSERTS: dict[tuple[str, str, bool], tuple[str, list[Any], bool]] = {}
 
 
-def _insert_statement(connection: Any) -> tuple[str, list[Any], bool]:
+def _insert_statement(connection: Any, alone: bool) -> tuple[str, list[Any], bool]:
     from redis_breaker.models import OutboxMessage
 
-    key = (connection.alias, connection.vendor)
+    key = (connection.alias, connection.vendor, alone)
     found = _INSERTS.get(key)
     if found is None:
         meta = OutboxMessage._meta
         fields = [f for f in meta.concrete_fields if not f.primary_key]
         qn = connection.ops.quote_name
-        sql = (f"INSERT INTO {qn(meta.db_table)} ({', '.join(qn(f.column) for f in fields)}) "
-               f"VALUES ({', '.join(['%s'] * len(fields))})")
+        placeholders = ", ".join(["%s"] * len(fields))
+        sql = f"INSERT INTO {qn(meta.db_table)} ({', '.join(qn(f.column) for f in fields)}) "
+        if alone:
+            sql += (f"SELECT {placeholders} "
+                    "WHERE set_config('synchronous_commit', 'off', true) = 'off'")
+        else:
+            sql += f"VALUES ({placeholders})"
         returns = bool(connection.features.can_return_columns_from_insert)
         if returns:
             returning, _ = connection.ops.return_insert_columns([meta.pk])
@@ -213,9 +206,18 @@ def _insert(row: OutboxMessage, db: str) -> None:
     ``Model.save()`` compiles the INSERT for every row, about two thirds of
     the cost of an outbox dispatch on SQLite. The values are prepared by the
     model's own fields, as ``save()`` prepares them; no signal is sent.
+
+    On PostgreSQL outside the caller's transaction the statement is a
+    transaction of its own, and it commits without waiting for the WAL to
+    reach the disk: ``set_config('synchronous_commit', 'off', true)`` in the
+    INSERT itself holds for that transaction only (one round trip; as
+    SQLite's ``synchronous=NORMAL``, docs/celery.md). A crash of the server can
+    lose the last ~0.6 s of such rows; it cannot corrupt them. A row written
+    in the caller's transaction is committed however the caller's is.
     """
     connection = connections[db]
-    sql, fields, returns = _insert_statement(connection)
+    alone = connection.vendor == "postgresql" and connection.get_autocommit()
+    sql, fields, returns = _insert_statement(connection, alone)
     params = [f.get_db_prep_save(getattr(row, f.attname), connection) for f in fields]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
