@@ -196,3 +196,30 @@ async def test_backup_cleanup_cut_by_a_hung_redis_is_retried_not_leaked(
         probe.close()
         layer.breaker.reset()
         await layer.close()
+
+
+async def test_a_receive_cancelled_as_its_message_arrives_loses_nothing(
+    redis_server: RedisServer,
+) -> None:
+    """A consumer's receive cancelled (a wait_for that timed out) just as its Redis read
+    took the message: the channel's next receive returns that message."""
+    layer = BreakerChannelLayer(hosts(redis_server), breaker=fast_breaker("cancelled"))
+    sender = BreakerChannelLayer(hosts(redis_server), breaker=fast_breaker("cancelled-sender"))
+    try:
+        waiting = asyncio.ensure_future(layer.receive("jobs"))
+        state = layer._loops.get(asyncio.get_running_loop())
+        for _ in range(200):
+            if state is not None and "jobs" in state.pending:
+                break
+            await asyncio.sleep(0.01)
+            state = layer._loops.get(asyncio.get_running_loop())
+        assert state is not None
+        # Cancel the consumer the moment its Redis read finishes, before it is handed over.
+        state.pending["jobs"].add_done_callback(lambda _task: waiting.cancel())
+        await sender.send("jobs", {"type": "job", "n": 1})
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert await asyncio.wait_for(layer.receive("jobs"), 10) == {"type": "job", "n": 1}
+    finally:
+        await sender.close()
+        await layer.close()

@@ -316,11 +316,18 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             try:
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             except asyncio.CancelledError:
-                # The consumer is going away: stop reading its channel from Redis.
-                if state.pending.get(channel) is task:
-                    del state.pending[channel]
-                task.cancel()
-                await asyncio.wait((task,))
+                # The consumer is going away (or gave up waiting, as wait_for does):
+                # stop reading its channel from Redis...
+                if not task.done():
+                    task.cancel()
+                    await asyncio.wait((task,))
+                if task.cancelled() or task.exception() is not None:
+                    if state.pending.get(channel) is task:
+                        del state.pending[channel]
+                else:
+                    # ...but a message it already took from Redis is in no queue any
+                    # more: the channel's next receive returns it.
+                    state.pending[channel] = task
                 raise
             finally:
                 self.local.forget_waiter(channel, arrived)

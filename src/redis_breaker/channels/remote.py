@@ -105,6 +105,17 @@ end
 return full
 """
 _GROUP_SEND_SHA = hashlib.sha1(_GROUP_SEND).hexdigest()
+#: Before a blocking pop: every message of the backup queue (KEYS[2]) goes back
+#: to the channel (KEYS[1]) with its score, so a pop a cancellation cut short
+#: loses nothing.
+_RESTORE = b"""
+local entries = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+for i = 1, #entries, 2 do
+    redis.call('ZADD', KEYS[1], entries[i + 1], entries[i])
+end
+redis.call('DEL', KEYS[2])
+"""
+_RESTORE_SHA = hashlib.sha1(_RESTORE).hexdigest()
 #: channels_redis's own logger: its over-capacity line is part of its behaviour.
 _upstream_log = logging.getLogger("channels_redis.core")
 #: Set on a received message that is a second copy of one received before.
@@ -311,6 +322,27 @@ class RedisLayer(RedisChannelLayer):  # type: ignore[misc]
         if length > 0 and not self.seen.first_time(message[:length]):
             result[DUPLICATE] = True
         return result
+
+    async def _brpop_with_clean(self, index: int, channel: str, timeout: float) -> bytes | None:
+        """channels_redis's blocking pop with its backup queue, keeping a popped message.
+
+        Once BZPOPMIN has returned a message it is in no queue of Redis: should
+        the write of its backup copy fail (Redis cut right then, say a blackholed
+        network), channels_redis raised and the message was gone. Here it is
+        returned all the same; the backup copy only guards against a
+        cancellation, and its cleanup finds nothing to pop.
+        """
+        backup = self._backup_channel_name(channel)
+        connection = self.connection(index)
+        await _script(connection, _RESTORE, _RESTORE_SHA, 2, (channel, backup))
+        result = await connection.bzpopmin(channel, timeout=timeout)
+        if result is None:
+            return None
+        _key, member, score = result
+        with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
+            await connection.zadd(backup, {member: float(score)})
+        popped: bytes = member
+        return popped
 
     async def _clean_receive_backup(self, index: int, channel: str) -> None:
         """Pop the backup copy of a received message, however long Redis is away.
