@@ -38,6 +38,8 @@ import inspect
 import itertools
 import logging
 import os
+import socket
+import struct
 import threading
 import time
 import types
@@ -151,12 +153,32 @@ class _ReconnectWatch:
         pool.make_connection = make_connection
 
     def connected(self, connection: Any) -> None:
+        _reset_on_close(connection)
         if connection not in self._connected:
             self._connected.add(connection)
             return
         layer = self._layer()
         if layer is not None:
             layer.reconnected()
+
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def _reset_on_close(connection: Any) -> None:
+    """Have closing ``connection`` reset it (SO_LINGER 0) rather than end it with a FIN.
+
+    A connection is closed when a reply did not come in time. With a FIN, the
+    kernel keeps sending what the server had not acknowledged (a blocking pop,
+    say) and the server runs it once it can read again (a network back, a
+    frozen server thawed): a pop for a client that is gone takes a message
+    nobody receives. A reset drops what was not delivered.
+    """
+    writer = getattr(connection, "_writer", None)
+    sock = writer.get_extra_info("socket") if writer is not None else None
+    if sock is not None:
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
 
 
 class _LoopPools:
