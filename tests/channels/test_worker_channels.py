@@ -92,6 +92,16 @@ class Pair:
         elif path.exists():
             path.unlink()
 
+    def explain(self) -> str:
+        """What the processes logged, for a failure's message (pytest's folders rotate)."""
+        got = self.got()
+        missing = sorted(set(range(COUNT)) - set(got))
+        errors = "".join(f"\n{p.name}:\n{p.read_text()[-3000:]}"
+                         for p in sorted(self.control.parent.glob("*.err")))
+        sends = [e for e in _lines(self.sent_log) if "pending" not in e]
+        return (f"got {len(got)} of {COUNT}; missing {missing[:20]}; received {got}; "
+                f"sender {sends}{errors}")
+
     def close(self) -> None:
         (self.control / "exit").touch()
         for proc in self.procs:
@@ -158,14 +168,12 @@ def test_worker_channel_loses_nothing_across_a_fault(fault: str, make_pair: obje
         else:
             server.restart(empty=True)
         assert wait_until(pair.done, DEADLINE)
-        assert wait_until(lambda: len(pair.got()) >= COUNT, DEADLINE), (
-            f"got {len(pair.got())} of {COUNT}; missing "
-            f"{sorted(set(range(COUNT)) - set(pair.got()))[:20]}")
+        assert wait_until(lambda: len(pair.got()) >= COUNT, DEADLINE), pair.explain()
         assert pair.raised() == []
         assert pair.sent() == list(range(COUNT))
         # One more moment for a late duplicate to show.
         wait_until(lambda: len(pair.got()) > COUNT, 1.0)
-        assert pair.got() == list(range(COUNT))
+        assert pair.got() == list(range(COUNT)), pair.explain()
     finally:
         server.close()
 
