@@ -97,7 +97,9 @@ def test_defaults_apply_when_unset(app: Celery) -> None:
     ("redis://:s3cret@127.0.0.1:70000/0", "port that is not a number from 1 to 65535"),
     (" redis://:s3cret@127.0.0.1:6379/0", "whitespace at its start or end"),
     ("redis://:s3cret@127.0.0.1:6379/zero", "path other than /<database number>"),
-    ("redis://:s3cret@127.0.0.1:6379/0?socket_timeout=nope", "invalid value"),
+    # redis-py 5.0's parser does not name the parameter.
+    ("redis://:s3cret@127.0.0.1:6379/0?socket_timeout=nope",
+     "(invalid value|not a URL redis-py can read)"),
 ])
 def test_celery_redis_urls_are_checked_without_showing_them(setting: str, check_id: str,
                                                             url: str, says: str) -> None:
@@ -107,7 +109,7 @@ def test_celery_redis_urls_are_checked_without_showing_them(setting: str, check_
         [error] = check_celery()
     assert error.id == check_id
     assert error.msg.startswith(f"{setting} ")
-    assert says in error.msg
+    assert re.search(says, error.msg)
     assert f"Set {setting} to the Redis URL" in error.hint
     assert "s3cret" not in error.msg + error.hint
 

@@ -112,7 +112,8 @@ def test_protect_bounds_the_result_backend(redis_server: RedisServer) -> None:
 
 def test_async_result_while_redis_is_down(redis_server: RedisServer) -> None:
     """With protect(app), state and ready() raise redis-py's ConnectionError (refused) or
-    TimeoutError (hung) and get() Celery's RuntimeError, each after one attempt."""
+    TimeoutError (hung) and get() Celery's RuntimeError (redis-py's error on Celery 5.3),
+    each after one attempt."""
     app = protect(_app(redis_server.url, redis_server.url.replace("/0", "/1")))
     try:
         result = app.tasks["t.add"].delay(1, 2)
@@ -122,7 +123,8 @@ def test_async_result_while_redis_is_down(redis_server: RedisServer) -> None:
             result.state  # noqa: B018
         with pytest.raises(redis.ConnectionError):
             result.ready()
-        with pytest.raises(RuntimeError, match="Retry limit exceeded"):
+        # Celery 5.5+ raises RuntimeError("Retry limit exceeded ..."), 5.3 redis-py's error.
+        with pytest.raises((RuntimeError, redis.ConnectionError)):
             result.get(timeout=5)
         redis_server.start()
         redis_server.freeze()
