@@ -215,21 +215,29 @@ def test_calling_api_healthy(calling: Any, recorder: RedisServer) -> None:
     assert OutboxMessage.objects.count() == 0
 
 
+@pytest.mark.parametrize("fault", ["refused", "hung"])
 def test_calling_api_through_an_outage(calling: Any, broker: RedisServer,
-                                       recorder: RedisServer) -> None:
-    """With the broker (and the result backend on it) stopped, every scenario lands in the
-    outbox without raising; after recovery each one runs once with its result."""
+                                       recorder: RedisServer, fault: str) -> None:
+    """With the broker (and the result backend on it) stopped or frozen, every scenario lands
+    in the outbox without raising; after recovery each one runs once with its result.
+
+    Frozen (SIGSTOP), the publishes that find the outage time out after writing to Redis's
+    socket: Redis may queue them when it runs again, and the outbox sends them as well; the
+    workers' claims run each once.
+    """
     breaker = get_breaker("default")
+    down, up = (broker.stop, broker.start) if fault == "refused" else (broker.freeze,
+                                                                        broker.thaw)
 
     def dispatch(scenarios: list[Scenario]) -> list[tuple[str, Any]]:
-        broker.stop()
-        # Five calls find the outage (a refused port answers at once) and open the breaker.
+        down()
+        # Five calls find the outage (each waits at most one socket timeout) and open it.
         first = [("delay", calling.add.delay(1000 + i, 1)) for i in range(5)]
         assert breaker.state is State.OPEN
         sent = [(label, send()) for label, send, _ in scenarios
                 if label not in RESULT_BACKEND_CANVAS]
         assert OutboxMessage.objects.count() == len(sent) + 5
-        broker.start()
+        up()
         wait_for(lambda: OutboxMessage.objects.count() == 0, timeout=60,
                  what="the relay to empty the outbox")
         for _, result in first:
