@@ -2,7 +2,6 @@
 
     python -m tests.channels.workerproc send|receive --url URL --state-dir DIR
         --channel NAME --out FILE --control DIR [--count N] [--interval S]
-        [--layer breaker|pubsub]
 
 ``send`` sends ``{"type": "work", "n": n}`` for n in 0..count-1, one every
 ``interval`` seconds, through a ``BreakerChannelLayer`` whose breaker shares
@@ -25,21 +24,18 @@ from pathlib import Path
 from typing import Any
 
 from redis_breaker import Breaker, BreakerConfig
+from redis_breaker.channels import BreakerChannelLayer
 
 LIFETIME_S = 300.0
 SOCKET_TIMEOUT = 0.5
 
 
-def make_layer(args: argparse.Namespace) -> Any:
+def make_layer(args: argparse.Namespace) -> BreakerChannelLayer:
     breaker = Breaker("workers", BreakerConfig(
         reset_timeout=0.05, max_reset_timeout=0.2, probe_timeout=0.25, failure_rate=None,
         state_dir=args.state_dir))
     hosts = [{"address": args.url, "socket_timeout": SOCKET_TIMEOUT,
               "socket_connect_timeout": SOCKET_TIMEOUT}]
-    if args.layer == "pubsub":
-        from redis_breaker.channels import BreakerPubSubChannelLayer
-        return BreakerPubSubChannelLayer(hosts, breaker=breaker)
-    from redis_breaker.channels import BreakerChannelLayer
     return BreakerChannelLayer(hosts, breaker=breaker, capacity=1000, expiry=120)
 
 
@@ -105,7 +101,6 @@ def main() -> None:
     parser.add_argument("--control", required=True)
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--interval", type=float, default=0.02)
-    parser.add_argument("--layer", choices=("breaker", "pubsub"), default="breaker")
     args = parser.parse_args()
     with open(args.out, "a") as out:
         asyncio.run((send if args.role == "send" else receive)(args, out))
