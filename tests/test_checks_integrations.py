@@ -254,6 +254,16 @@ INTEGRATION_CASES: list[tuple[str, Any, dict[str, Any], str, str, str]] = [
      "redis_breaker.E033", "CELERY_REDIS_BREAKER_RELAY_INTERVAL is int -5", "0 turns it off"),
     ("celery-relay-interval-bool", check_celery, {"CELERY_REDIS_BREAKER_RELAY_INTERVAL": True},
      "redis_breaker.E033", "CELERY_REDIS_BREAKER_RELAY_INTERVAL is bool", "seconds"),
+    ("celery-once-not-bool", check_celery, {"CELERY_REDIS_BREAKER_ONCE": "yes"},
+     "redis_breaker.E034", "CELERY_REDIS_BREAKER_ONCE is str 'yes'", "False"),
+    ("celery-once-ttl-zero", check_celery, {"CELERY_REDIS_BREAKER_ONCE_TTL": 0},
+     "redis_breaker.E035", "CELERY_REDIS_BREAKER_ONCE_TTL is int 0", "seconds"),
+    ("celery-broker-url-port", check_celery,
+     {"CELERY_BROKER_URL": f"redis://:{SECRET}@127.0.0.1:70000/0"},
+     "redis_breaker.E036", "CELERY_BROKER_URL has a port", "Set CELERY_BROKER_URL"),
+    ("celery-result-backend-url-space", check_celery,
+     {"CELERY_RESULT_BACKEND": f" redis://:{SECRET}@127.0.0.1:6379/1"},
+     "redis_breaker.E037", "CELERY_RESULT_BACKEND has whitespace", "Set CELERY_RESULT_BACKEND"),
 ]
 
 
