@@ -25,6 +25,10 @@ Ids are stable; each is documented in docs/configuration.md and asserted by a te
 - ``redis_breaker.E031``: ``CELERY_REDIS_BREAKER_NAME`` is not a string.
 - ``redis_breaker.E032``: ``CELERY_REDIS_BREAKER_TIMEOUT`` is not a positive number.
 - ``redis_breaker.E033``: ``CELERY_REDIS_BREAKER_RELAY_INTERVAL`` is not a number of seconds.
+- ``redis_breaker.E034``: ``CELERY_REDIS_BREAKER_ONCE`` is not a bool.
+- ``redis_breaker.E035``: ``CELERY_REDIS_BREAKER_ONCE_TTL`` is not a number of seconds.
+- ``redis_breaker.E036``: ``CELERY_BROKER_URL`` is a Redis URL redis-py cannot use.
+- ``redis_breaker.E037``: ``CELERY_RESULT_BACKEND`` is a Redis URL redis-py cannot use.
 - ``redis_breaker.W001``: a ``BreakerCache`` primary without socket timeouts.
 - ``redis_breaker.W002``: a ``BreakerChannelLayer`` host without socket timeouts.
 - ``redis_breaker.W003``: a host-wide breaker's state directory (``STATE_DIR``, or the
