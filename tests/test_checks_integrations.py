@@ -217,6 +217,11 @@ INTEGRATION_CASES: list[tuple[str, Any, dict[str, Any], str, str, str]] = [
                                         "socket_connect_timeout": 0.5}])},
      "redis_breaker.E022", '["hosts"][0] finds its master through Redis Sentinel',
      'REDIS_BREAKERS["default"]["URL"] = "redis+sentinel://'),
+    ("layer-host-port-out-of-range", check_channel_layers,
+     {"CHANNEL_LAYERS": _layers(hosts=[{"address": f"redis://:{SECRET}@127.0.0.1:99999/0",
+                                        "socket_timeout": 0.5,
+                                        "socket_connect_timeout": 0.5}])},
+     "redis_breaker.E023", '["hosts"][0]["address"]', "percent-encode"),
     ("layer-breaker-not-a-name", check_channel_layers,
      {"CHANNEL_LAYERS": _layers(hosts=[HOST_OK], breaker=5)},
      "redis_breaker.E020", 'CHANNEL_LAYERS["default"]["CONFIG"]["breaker"] is int 5',
@@ -331,7 +336,8 @@ def test_every_check_id_including_warnings_is_documented() -> None:
         assert f"| `{check_id}` |" in DOCS, f"{check_id} is not documented"
     tested = {c[3] for c in INTEGRATION_CASES} | {c[2] for c in BREAKER_CASES}
     own_tests = {"redis_breaker.E001", "redis_breaker.E002", "redis_breaker.E003",
-                 "redis_breaker.E006", "redis_breaker.W003"}  # in test_checks.py
+                 "redis_breaker.E006", "redis_breaker.W003",  # in test_checks.py
+                 "redis_breaker.W030"}  # in tests/celery/test_outbox_checks.py (needs a database)
     assert found - own_tests <= tested
 
 

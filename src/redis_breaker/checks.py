@@ -21,6 +21,7 @@ Ids are stable; each is documented in docs/configuration.md and asserted by a te
 - ``redis_breaker.E020``: a ``BreakerChannelLayer`` ``breaker`` that is not a breaker name.
 - ``redis_breaker.E021``: a ``BreakerChannelLayer`` ``CONFIG`` without usable ``hosts``.
 - ``redis_breaker.E022``: a Sentinel host from which no probe URL can be built, and no ``URL``.
+- ``redis_breaker.E023``: a ``BreakerChannelLayer`` host address redis-py cannot use.
 - ``redis_breaker.E030``: ``CELERY_REDIS_BREAKER_FALLBACK`` is not a fallback policy.
 - ``redis_breaker.E031``: ``CELERY_REDIS_BREAKER_NAME`` is not a string.
 - ``redis_breaker.E032``: ``CELERY_REDIS_BREAKER_TIMEOUT`` is not a positive number.
@@ -29,11 +30,13 @@ Ids are stable; each is documented in docs/configuration.md and asserted by a te
 - ``redis_breaker.E035``: ``CELERY_REDIS_BREAKER_ONCE_TTL`` is not a number of seconds.
 - ``redis_breaker.E036``: ``CELERY_BROKER_URL`` is a Redis URL redis-py cannot use.
 - ``redis_breaker.E037``: ``CELERY_RESULT_BACKEND`` is a Redis URL redis-py cannot use.
+- ``redis_breaker.E040``: a URL of a ``BreakerCache`` primary's ``LOCATION`` redis-py cannot use.
 - ``redis_breaker.W001``: a ``BreakerCache`` primary without socket timeouts.
 - ``redis_breaker.W002``: a ``BreakerChannelLayer`` host without socket timeouts.
 - ``redis_breaker.W003``: a host-wide breaker's state directory (``STATE_DIR``, or the
   default one) that the engine would refuse: not a directory of this user, open to group or
   others, not writable, or a path that cannot be created.
+- ``redis_breaker.W030``: the outbox's database is SQLite without the settings it relies on.
 """
 
 from __future__ import annotations
