@@ -7,18 +7,22 @@ if the application already imported it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import threading
+import weakref
 from typing import Any
 
 from ._breaker import Breaker
 from ._config import BreakerConfig
 
-__all__ = ["all_breakers", "get_breaker", "reload_breakers", "reset_breakers"]
+__all__ = ["all_breakers", "derived_breaker", "get_breaker", "reload_breakers", "reset_breakers"]
 
 _breakers: dict[str, Breaker] = {}
 _lock = threading.Lock()
+#: Breakers made by ``derived_breaker``: the breaker whose settings each takes, and its URL.
+_derived: weakref.WeakKeyDictionary[Breaker, tuple[str, str | None]] = weakref.WeakKeyDictionary()
 
 
 def _settings_for(name: str) -> dict[str, Any] | None:
@@ -59,6 +63,36 @@ def get_breaker(name: str = "default") -> Breaker:
         return breaker
 
 
+def derived_breaker(base: Breaker, suffix: str, url: str | None) -> Breaker:
+    """A breaker of the registry with ``base``'s settings and its own ``url``.
+
+    For an integration that needs one breaker per Redis server where the user
+    configured one (a sharded channel layer: a breaker per host). It is named
+    ``<base>-<suffix>``, listed by ``all_breakers`` (so the status, health
+    checks and metrics show it), and re-reads ``base``'s settings when they
+    change. A name already taken by a breaker for another URL gets ``-2``,
+    ``-3``... appended. A ``REDIS_BREAKERS`` entry under the derived name
+    configures it instead (its ``URL`` defaults to ``url``).
+    """
+    stem = f"{base.name}-{suffix}"
+    with _lock:
+        for n in range(1, 1000):
+            name = stem if n == 1 else f"{stem}-{n}"
+            breaker = _breakers.get(name)
+            if breaker is None:
+                if _settings_for(name) is not None:
+                    breaker = Breaker(name, config_for(name))
+                    breaker.adopt_url(url)
+                else:
+                    breaker = Breaker(name, dataclasses.replace(base.config, url=url))
+                    _derived[breaker] = (base.name, url)
+                _breakers[name] = breaker
+                return breaker
+            if breaker.url == url:
+                return breaker
+    raise RuntimeError(f"more than 999 breakers derived from {base.name!r} ({suffix})")
+
+
 def all_breakers() -> dict[str, Breaker]:
     """Every breaker in use, plus every one named in ``REDIS_BREAKERS``."""
     for name in configured_names():
@@ -82,7 +116,12 @@ def reload_breakers() -> dict[str, str]:
     kept: dict[str, str] = {}
     for breaker in breakers:
         try:
-            breaker.configure(_reloaded_config(breaker.name))
+            derived = _derived.get(breaker)
+            if derived is None:
+                breaker.configure(_reloaded_config(breaker.name))
+            else:
+                base, url = derived
+                breaker.configure(dataclasses.replace(_reloaded_config(base), url=url))
         except Exception as exc:
             kept[breaker.name] = describe_error(exc)
     return kept

@@ -79,3 +79,37 @@ async def test_one_dead_shard_leaves_the_others_on_redis() -> None:
                 for breaker in layer.breakers:
                     breaker.reset()
                 await layer.close()
+
+
+def test_shard_breakers_are_in_the_registry_and_follow_their_settings() -> None:
+    """Each other host's breaker is a registry breaker (the status, health checks and
+    metrics list it) with the layer's breaker's settings and its host's URL; a settings
+    change reaches it and keeps that URL; another layer over the same hosts shares it."""
+    from django.test import override_settings
+
+    from redis_breaker import all_breakers, get_breaker
+    from redis_breaker.health import status_breakers
+
+    with RedisServer() as first, RedisServer() as second, override_settings(
+            REDIS_BREAKERS={"sharded": {"FAILURE_THRESHOLD": 7, "PROBE": False}}):
+        both = hosts(first) + hosts(second)
+        layer = BreakerChannelLayer(both, breaker="sharded")
+        again = BreakerChannelLayer(both, breaker="sharded")
+        try:
+            shard = layer.breakers[1]
+            assert shard.name == "sharded-shard1"
+            assert again.breakers[1] is shard
+            assert all_breakers()["sharded-shard1"] is shard
+            assert shard.url == second.url
+            assert get_breaker("sharded").url == first.url
+            assert shard.config.failure_threshold == 7
+            listed, unusable = status_breakers()  # what the status command, view and metrics show
+            assert listed["sharded-shard1"] is shard
+            assert unusable == {}
+            with override_settings(REDIS_BREAKERS={"sharded": {"FAILURE_THRESHOLD": 3,
+                                                               "PROBE": False}}):
+                assert shard.config.failure_threshold == 3
+                assert shard.url == second.url
+        finally:
+            for layer_ in (layer, again):
+                asyncio.run(layer_.close_pools())

@@ -21,10 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import dataclasses
 import logging
 import os
-import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable
@@ -38,7 +36,7 @@ from redis_breaker._breaker import TRIAL_WAIT_S, Breaker
 from redis_breaker._errors import BreakerOpenError
 from redis_breaker._events import emit
 from redis_breaker._redact import describe_error, redact
-from redis_breaker._registry import get_breaker
+from redis_breaker._registry import derived_breaker, get_breaker
 from redis_breaker._state import State, StateChange
 
 from . import metrics
@@ -619,22 +617,11 @@ async def _run(write: Callable[[], Awaitable[None]], *_: Any) -> bool:
 def shard_breaker(first: Breaker, index: int, host: dict[str, Any]) -> Breaker:
     """The breaker of host ``index`` of a sharded layer whose first host's is ``first``.
 
-    One per (first breaker, host) in the process, so the layers of one
-    configuration share it: ``first``'s settings, this host's URL for the probe
-    (and for the host-wide state file's name).
+    ``<first>-shard<index>`` in the registry (so the status, health checks and
+    metrics list it), shared by the layers of one configuration: ``first``'s
+    settings, this host's URL for the probe (and for the host-wide state file's name).
     """
-    url = probe_url([host])
-    key = (first.name, index, url)
-    with _SHARDS_LOCK:
-        breaker = _SHARDS.get(key)
-        if breaker is None:
-            breaker = _SHARDS[key] = Breaker(f"{first.name}-shard{index}",
-                                             dataclasses.replace(first.config, url=url))
-    return breaker
-
-
-_SHARDS: dict[tuple[str, int, str | None], Breaker] = {}
-_SHARDS_LOCK = threading.Lock()
+    return derived_breaker(first, f"shard{index}", probe_url([host]))
 
 
 def _weak_listener(layer: BreakerChannelLayer) -> Callable[[StateChange], None]:
