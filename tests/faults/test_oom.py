@@ -50,6 +50,8 @@ def test_out_of_memory_is_not_an_outage(stack: Stack) -> None:
                 stack.loop.run(stack.layer.send(stack.member, {"type": "fault.message"}))
             with pytest.raises(redis.exceptions.OutOfMemoryError):
                 stack.loop.run(stack.layer.group_add("other", stack.member))
+            with pytest.raises(redis.exceptions.OutOfMemoryError):
+                stack.loop.run(stack.layer.group_send(GROUP, {"type": "fault.message"}))
     after = stack.breaker.totals()
     assert stack.breaker.state is State.CLOSED
     assert after.failures == before.failures

@@ -76,7 +76,14 @@ _CLEAN_RETRY_MAX_S = 1.0
 #: the key's expiry) in one round trip instead of four: the same keys, members
 #: and scores. KEYS[1] channel key; ARGV payload, score, expired-before,
 #: capacity, expiry. Returns 1, or 0 when the channel is full.
+#:
+#: Each script's first write is a ZADD that may add memory (``XX``: it adds
+#: nothing, at most moves this very payload's score): Redis refuses a script
+#: on ``maxmemory`` only at its first write command, and only if that command
+#: may add memory; a script that began with ZREMRANGEBYSCORE would then write
+#: past ``maxmemory`` where channels_redis's commands get Redis's OOM error.
 _SEND = b"""
+redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, ARGV[3])
 if redis.call('ZCOUNT', KEYS[1], '-inf', '+inf') >= tonumber(ARGV[4]) then
     return 0
@@ -95,6 +102,7 @@ local score = ARGV[2 * n + 1]
 local expired_before = ARGV[2 * n + 2]
 local expiry = ARGV[2 * n + 3]
 local full = 0
+redis.call('ZADD', KEYS[1], 'XX', score, ARGV[1])
 for i = 1, n do
     redis.call('ZREMRANGEBYSCORE', KEYS[i], 0, expired_before)
     if redis.call('ZCOUNT', KEYS[i], '-inf', '+inf') < tonumber(ARGV[n + i]) then
