@@ -59,8 +59,10 @@ def _fork() -> int:
         return os.fork()
 
 
-def fork_children(work: Callable[[int], None], children: int = CHILDREN) -> list[str]:
+def fork_children(work: Callable[[int], None], children: int = CHILDREN,
+                  forked: Callable[[], None] | None = None) -> list[str]:
     """Fork ``children`` children at random moments; each runs ``work(i)`` and exits.
+    ``forked()``, when given, runs in the parent once every child is forked.
 
     Returns one line per child that failed or hung (empty: every child finished its
     work), with the stacks of a hung child's threads.
@@ -88,6 +90,8 @@ def fork_children(work: Callable[[int], None], children: int = CHILDREN) -> list
                 os._exit(code)
         os.close(write)
         running[pid] = (i, read)
+    if forked is not None:
+        forked()
     return _collect(running)
 
 
@@ -96,7 +100,11 @@ def _collect(running: dict[int, tuple[int, int]]) -> list[str]:
     outputs: dict[int, bytes] = dict.fromkeys(running, b"")
     deadline = time.monotonic() + CHILD_DEADLINE_S + 30
     while running and time.monotonic() < deadline:
-        readable, _, _ = select.select([fd for _, fd in running.values()], [], [], 0.2)
+        # poll, not select: a long suite's descriptors may be numbered past FD_SETSIZE.
+        poller = select.poll()
+        for _, fd in running.values():
+            poller.register(fd, select.POLLIN)
+        readable = {fd for fd, _ in poller.poll(200)}
         for pid, (i, fd) in list(running.items()):
             if fd in readable:
                 chunk = os.read(fd, 65536)
@@ -200,15 +208,19 @@ def test_a_probe_running(redis_server: RedisServer, tmp_path: Path) -> None:
         assert breaker.call(lambda: "ok") == "ok"
 
     def thaw_later() -> None:
-        time.sleep(1.0)
+        time.sleep(0.5)  # the children's probes PING a frozen Redis for a while first
         redis_server.thaw()
         ready.touch()
 
+    # Thawed only once every child is forked (forking can take long on a busy machine):
+    # each child starts with the breaker open.
+    thaw = threading.Thread(target=thaw_later, daemon=True)
     try:
         with busy(caller, caller):
-            threading.Thread(target=thaw_later, daemon=True).start()
-            failures = fork_children(child)
+            failures = fork_children(child, forked=thaw.start)
     finally:
+        if thaw.is_alive():
+            thaw.join()
         dead.close()
         breaker.reset()
     assert failures == [], "\n\n".join(failures)

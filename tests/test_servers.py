@@ -512,7 +512,10 @@ class WebSocket:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            if not select.select([self.sock], [], [], left)[0]:
+            # poll, not select: a long suite's descriptors may be numbered past FD_SETSIZE.
+            poller = select.poll()
+            poller.register(self.sock, select.POLLIN)
+            if not poller.poll(left * 1000):
                 return None
             first_two = self._exact(2)  # a frame has begun: read all of it
             opcode, length = first_two[0] & 0x0F, first_two[1] & 0x7F

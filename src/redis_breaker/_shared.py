@@ -198,6 +198,11 @@ class Record:
                 os.close(self.fd)
             self.fd = -1
 
+    def __del__(self) -> None:
+        # A breaker dropped without closing its record (one made for a while, or a
+        # registry cleared): its descriptor goes with it. The mapping closes its own.
+        self.close()
+
     def release(self) -> None:
         """Unmap a record nobody uses (the views first: a mapping with views cannot close)."""
         for view in (self.hot, self.ints, self.floats):
