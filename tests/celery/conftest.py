@@ -50,6 +50,25 @@ def wait_for(predicate: Any, timeout: float = 20.0, what: str = "condition") -> 
     pytest.fail(f"timed out after {timeout}s waiting for {what}")
 
 
+@pytest.fixture
+def broker() -> Iterator[RedisServer]:
+    """A broker (and result backend) that keeps its data across stop/start (AOF), as a
+    production broker would."""
+    server = RedisServer(extra_args=("--appendonly", "yes", "--appendfsync", "always"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def recorder() -> Iterator[RedisServer]:
+    """A second redis-server, never faulted, where the tasks record each run."""
+    with RedisServer() as server:
+        yield server
+
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

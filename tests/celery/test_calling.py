@@ -37,22 +37,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def broker() -> Iterator[RedisServer]:
-    """Broker and result backend on one server that keeps its data across stop/start (AOF)."""
-    server = RedisServer(extra_args=("--appendonly", "yes", "--appendfsync", "always"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture
-def recorder() -> Iterator[RedisServer]:
-    """A second redis-server, never faulted, where the tasks record each run."""
-    with RedisServer() as server:
-        yield server
 
 
 def _forget_backend(app: Any) -> None:

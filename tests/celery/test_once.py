@@ -13,7 +13,6 @@ import contextlib
 import re
 import socket
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -90,12 +89,6 @@ class ReplyLosingProxy:
         for sock in self._sockets:
             sock.close()
 
-
-@pytest.fixture
-def recorder() -> Iterator[RedisServer]:
-    """A second redis-server, never faulted, where the task records each run."""
-    with RedisServer() as server:
-        yield server
 
 
 def _ambiguous_dispatch(redis_server: RedisServer, recorder: RedisServer, once: bool,

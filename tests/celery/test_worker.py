@@ -21,22 +21,6 @@ TOTAL = 500
 OUTAGE = (150, 350)  # dispatch indexes where the broker stops and comes back
 
 
-@pytest.fixture
-def broker() -> Iterator[RedisServer]:
-    """A broker that keeps its queue across stop/start (AOF), as a production broker would."""
-    server = RedisServer(extra_args=("--appendonly", "yes", "--appendfsync", "always"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture
-def recorder() -> Iterator[RedisServer]:
-    """A second redis-server, never faulted, where the tasks record each run."""
-    with RedisServer() as server:
-        yield server
 
 
 @pytest.fixture

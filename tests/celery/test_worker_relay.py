@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,12 +20,6 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("
 
 TASKS = 40
 
-
-@pytest.fixture
-def recorder() -> Iterator[RedisServer]:
-    """A second redis-server, never faulted, where the tasks record each run."""
-    with RedisServer() as server:
-        yield server
 
 
 def worker_database(alias: str) -> str:
