@@ -37,7 +37,7 @@ from redis_breaker import BreakerConfig, _redact, get_breaker
 from redis_breaker import _registry as registry
 from redis_breaker._probe import ping_url
 from redis_breaker._redact import describe_error, redact, redact_url, redact_value, shown
-from redis_breaker.checks import check_breakers
+from redis_breaker.checks import check_breakers, check_caches, check_celery, check_channel_layers
 from redis_breaker.health import check_redis_health, get_redis_status
 from redis_breaker.prometheus import BreakerCollector
 from redis_breaker.testing import capture_events
@@ -157,6 +157,36 @@ def test_config_and_checks_show_no_credential(user: str, password: str) -> None:
             except ValueError as exc:
                 outputs.append(str(exc))
         assert leaks(secrets, *outputs) == [], (form, url, outputs)
+
+
+@pytest.mark.timeout(900)
+@settings(max_examples=40, deadline=None)
+@given(user=any_credential, password=any_credential)
+def test_integration_checks_show_no_credential(user: str, password: str) -> None:
+    """The integrations' checks of their own URLs (a cache's LOCATION, a channel layer's
+    hosts, Celery's broker and result backend): a usable port and an impossible one, which
+    makes each check quote the URL in its error."""
+    secrets = (user, password)
+    timeouts = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
+    for port in (6379, 99999):
+        for form, url in url_forms(user, password, port).items():
+            overrides = {
+                "CACHES": {
+                    "redis": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                              "LOCATION": url, "OPTIONS": dict(timeouts)},
+                    "default": {"BACKEND": "redis_breaker.cache.BreakerCache",
+                                "OPTIONS": {"PRIMARY": "redis"}}},
+                "CHANNEL_LAYERS": {"default": {
+                    "BACKEND": "redis_breaker.channels.BreakerChannelLayer",
+                    "CONFIG": {"hosts": [{"address": url, **timeouts}]}}},
+                "CELERY_BROKER_URL": url,
+                "CELERY_RESULT_BACKEND": url,
+            }
+            outputs: list[str] = []
+            with override_settings(**overrides):
+                for check in (check_caches, check_channel_layers, check_celery):
+                    outputs += [f"{m.id} {m.msg} {m.hint}" for m in check()]
+            assert leaks(secrets, *outputs) == [], (form, url, outputs)
 
 
 def _status_texts() -> list[str]:

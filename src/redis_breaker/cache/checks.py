@@ -29,7 +29,7 @@ from redis_breaker.conf import conf
 
 from .backend import sentinel_location, uses_sentinel
 from .options import OPTIONS, is_breaker_cache, validate_options
-from .sharing import shared_databases
+from .sharing import cache_database_urls, shared_databases
 
 __all__ = ["check_caches"]
 
@@ -93,17 +93,24 @@ def _check_locations(alias: str, primary: str, entry: Any) -> list[CheckMessage]
     separators = "," if is_subclass(entry.get("BACKEND"), (_DJANGO_REDIS,)) else ";,"
     items = list(location) if isinstance(location, (list, tuple)) else [location]
     urls: list[Any] = []
+    #: The pieces of a string that holds credentials and was cut at a separator.
+    cut: set[int] = set()
     for item in items:
         if isinstance(item, str):
+            whole = item
             for sep in separators[1:]:
                 item = item.replace(sep, separators[0])
-            urls += item.split(separators[0])
+            parts = item.split(separators[0])
+            if "@" in whole and any("://" not in part for part in parts):
+                cut.update(range(len(urls), len(urls) + len(parts)))
+            urls += parts
         else:
             urls.append(item)
     fix = (f"Set {where} to a redis://, rediss:// or unix:// URL (or several: a list, or "
            f"separated by {' or '.join(repr(c) for c in separators)} without spaces); "
-           "percent-encode any of @ : / ? # % and spaces in the user name or password. "
-           "A django-redis Sentinel primary names its master group: redis://<group>/<db>.")
+           f"percent-encode any of @ : / ? # % {' '.join(separators)} and spaces in the user "
+           "name or password. A django-redis Sentinel primary names its master group: "
+           "redis://<group>/<db>.")
     found: list[CheckMessage] = []
     for index, url in enumerate(urls, 1):
         which = f"URL {index} of {len(urls)}" if len(urls) > 1 else "URL"
@@ -113,7 +120,11 @@ def _check_locations(alias: str, primary: str, entry: Any) -> list[CheckMessage]
         elif not url:
             why, text = "is empty (a separator too many)", ""
         else:
-            text = f" {redact_url(url)!r}"
+            # A separator inside a user name or password cuts it in two: a piece shows
+            # only when it is a whole URL with credentials of its own (masked).
+            shown_ok = index - 1 not in cut or ("://" in url and "@" in url)
+            text = f" {redact_url(url)!r}" if shown_ok else (
+                " (not shown: it is a piece of a URL with credentials)")
             why = url_problem(url)
             if why is None and url.lower().startswith("redis+sentinel:"):
                 why = ("has scheme 'redis+sentinel', which the cache backends do not read "
@@ -194,12 +205,15 @@ def _check_shared_database(alias: str, primary: str, entry: Any) -> list[CheckMe
     if not isinstance(entry, Mapping):
         return []
     where = setting_path("CACHES", primary, "LOCATION")
+    # The server as the URL names it, through the redaction routine: a user name with
+    # a character a URL cannot hold unencoded reads as the "host" of a raw URL.
+    urls = cache_database_urls(entry)
     return [CheckWarning(
-        f"{where} ({alias!r}'s PRIMARY) writes to Redis database {db} of {host or 'a socket'}"
-        f"{f':{port}' if port else ''}, which also holds {tenant}: the cache's clear() is "
-        "FLUSHDB of that database and deletes their data too.",
+        f"{where} ({alias!r}'s PRIMARY, {redact_url(urls.get(database, ''))!r}) writes to "
+        f"Redis database {database[2]} of that server, which also holds {tenant}: the "
+        "cache's clear() is FLUSHDB of that database and deletes their data too.",
         hint=f"Give the cache a database of its own (another number in {where}, such as "
              "/1). After an outage BreakerCache deletes only the cache's own keys, but a "
              "clear() while Redis is healthy is the primary's FLUSHDB.",
         id="redis_breaker.W010",
-    ) for tenant, (host, port, db) in shared_databases(entry)]
+    ) for tenant, database in shared_databases(entry)]

@@ -18,7 +18,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from django.conf import settings
 
-__all__ = ["Database", "cache_databases", "shared_databases", "url_database"]
+__all__ = ["Database", "cache_database_urls", "cache_databases", "shared_databases",
+           "url_database"]
 
 #: (host or socket path, port, database number)
 Database = tuple[str, int, int]
@@ -56,17 +57,32 @@ def url_database(url: Any, db: Any = None) -> Database | None:
 def _locations(entry: Mapping[str, Any]) -> list[str]:
     location = entry.get("LOCATION")
     items = location if isinstance(location, (list, tuple)) else [location]
-    return [part.strip() for item in items if isinstance(item, str)
-            for part in item.replace(";", ",").split(",") if part.strip()]
+    found: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            continue
+        parts = [part.strip() for part in item.replace(";", ",").split(",") if part.strip()]
+        if "@" in item and any("://" not in part for part in parts):
+            # A separator inside a user name or password cut a URL in pieces (E040): a
+            # piece's "host" may be part of the credentials, so only whole URLs count.
+            parts = [part for part in parts if "://" in part and "@" in part]
+        found += parts
+    return found
 
 
 def cache_databases(entry: Mapping[str, Any]) -> set[Database]:
     """The Redis databases a Redis cache entry of ``CACHES`` writes to."""
+    return set(cache_database_urls(entry))
+
+
+def cache_database_urls(entry: Mapping[str, Any]) -> dict[Database, str]:
+    """Each Redis database a Redis cache entry of ``CACHES`` writes to, with its URL."""
     options = entry.get("OPTIONS")
     options = options if isinstance(options, Mapping) else {}
     pool = options.get("CONNECTION_POOL_KWARGS")
     db = options.get("db", pool.get("db") if isinstance(pool, Mapping) else None)
-    return {found for url in _locations(entry) if (found := url_database(url, db)) is not None}
+    return {found: url for url in _locations(entry)
+            if (found := url_database(url, db)) is not None}
 
 
 def _host_database(host: Any) -> Database | None:
