@@ -215,7 +215,7 @@ def sentence(summary: dict[str, Any]) -> str:
         if name in (OURS, "redis-breaker-http") or name not in totals:
             continue
         total = totals[name]
-        words = f"{name} {total['errors']:,} errors seen"
+        words = f"{name} {_count(total['errors'], 'error')} seen"
         if total["hidden"]:
             words += f", {total['hidden']:,} hidden"
         words += f", slowest {fmt(total['max_ms'])} ms, {total['calls']:,} calls"
@@ -352,7 +352,7 @@ def print_tables(report: dict[str, Any]) -> None:
                                                            ("pybreaker", v["pybreaker"]))])
     for served in report.get("served_processes", []):
         print_table(f"Served processes, {served['fault']}: the workers paid "
-                    f"{served['host_onset_calls']} calls for the onset", PROCESS_HEADER,
+                    f"{_count(served['host_onset_calls'], 'call')} for the onset", PROCESS_HEADER,
                     [[fmt(c) for c in _process_cells(r)] for r in served["processes"]])
     print_table("Tasks dispatched through the whole drill", ["contestant", "dispatched", "executed",
                                                             "lost", "duplicates"],
@@ -484,7 +484,7 @@ def write_html(report: dict[str, Any], images: list[str], path: Path) -> None:
                      "(a call, or its probe thread).</p>")
         for served in report["served_processes"]:
             parts.append(f"<h3>{html.escape(served['fault'])}: the workers paid "
-                         f"{served['host_onset_calls']} calls for the onset</h3>")
+                         f"{_count(served['host_onset_calls'], 'call')} for the onset</h3>")
             parts.append(_table(PROCESS_HEADER, [_process_cells(r) for r in served["processes"]],
                                 -1))
     parts.append("<h2>Contestants</h2><ul>" + "".join(
