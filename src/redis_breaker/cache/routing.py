@@ -43,6 +43,10 @@ _DEFAULTS = {spec.key: spec.default for spec in OPTIONS}
 Fallback = Callable[..., Any]
 
 
+#: Keywords of django-redis's client methods left out when None (their default).
+_OMITTED_WHEN_NONE = frozenset({"client", "itersize"})
+
+
 class _Bound:
     """What one BreakerCache instance talks to, resolved once per breaker object."""
 
@@ -260,6 +264,10 @@ class CacheRouting(BaseCache):
                     journal.kick()
                     raise KeyNotReplayedError(bound.breaker.name, key)
         given = kwargs.get("client")
+        # Unset keywords are left out, as django-redis's own cache passes only what it
+        # is given: django-redis 5.4's ShardClient.keys/iter_keys take no client or itersize.
+        kwargs = {name: value for name, value in kwargs.items()
+                  if value is not None or name not in _OMITTED_WHEN_NONE}
         if given is None and not lasting:
             # One breaker call for the whole operation, as for reads and writes.
             return bound.breaker.call(method, *args, **kwargs)
