@@ -241,7 +241,8 @@ def _redis_py_problem(url: str, hint: str) -> str | None:
     try:
         kwargs = parse_url(url)  # type: ignore[no-untyped-call]
     except ValueError as exc:
-        name = re.search(r"Invalid value for '([^']*)'", str(exc))
+        # redis-py 5.1+ quotes the name with '...', 5.0 with `...`.
+        name = re.search(r"Invalid value for ['`]([^'`]*)['`]", str(exc))
         if name is not None:
             return f"has an invalid value for its {name.group(1)!r} parameter" + hint
         return "is not a URL redis-py can read" + hint
