@@ -77,6 +77,10 @@ def _locations(entry: Mapping[str, Any]) -> list[str]:
     return found
 
 
+#: Stands in ``_check_locations`` for a LOCATION string cut inside its credentials.
+_CUT = object()
+
+
 def _check_locations(alias: str, primary: str, entry: Any) -> list[CheckMessage]:
     """Every URL of the primary's LOCATION, judged as ``REDIS_BREAKERS``' ``URL`` is (E040).
 
@@ -93,8 +97,6 @@ def _check_locations(alias: str, primary: str, entry: Any) -> list[CheckMessage]
     separators = "," if is_subclass(entry.get("BACKEND"), (_DJANGO_REDIS,)) else ";,"
     items = list(location) if isinstance(location, (list, tuple)) else [location]
     urls: list[Any] = []
-    #: The pieces of a string that holds credentials and was cut at a separator.
-    cut: set[int] = set()
     for item in items:
         if isinstance(item, str):
             whole = item
@@ -102,8 +104,11 @@ def _check_locations(alias: str, primary: str, entry: Any) -> list[CheckMessage]
                 item = item.replace(sep, separators[0])
             parts = item.split(separators[0])
             if "@" in whole and any("://" not in part for part in parts):
-                cut.update(range(len(urls), len(urls) + len(parts)))
-            urls += parts
+                # A separator inside a user name or password cut the URL in pieces, any of
+                # which may hold a part of them: judged (and shown) as one, never piece by piece.
+                urls.append(_CUT)
+            else:
+                urls += parts
         else:
             urls.append(item)
     fix = (f"Set {where} to a redis://, rediss:// or unix:// URL (or several: a list, or "
@@ -115,16 +120,16 @@ def _check_locations(alias: str, primary: str, entry: Any) -> list[CheckMessage]
     for index, url in enumerate(urls, 1):
         which = f"URL {index} of {len(urls)}" if len(urls) > 1 else "URL"
         why: str | None
-        if not isinstance(url, str):
+        if url is _CUT:
+            why, text = (f"holds credentials and is cut by {' or '.join(map(repr, separators))} "
+                         "into pieces that are not all URLs (a separator inside the user name "
+                         "or password?); not shown"), ""
+        elif not isinstance(url, str):
             why, text = f"is a {type(url).__name__}, not a string", ""
         elif not url:
             why, text = "is empty (a separator too many)", ""
         else:
-            # A separator inside a user name or password cuts it in two: a piece shows
-            # only when it is a whole URL with credentials of its own (masked).
-            shown_ok = index - 1 not in cut or ("://" in url and "@" in url)
-            text = f" {redact_url(url)!r}" if shown_ok else (
-                " (not shown: it is a piece of a URL with credentials)")
+            text = f" {redact_url(url)!r}"
             why = url_problem(url)
             if why is None and url.lower().startswith("redis+sentinel:"):
                 why = ("has scheme 'redis+sentinel', which the cache backends do not read "

@@ -63,9 +63,9 @@ def _locations(entry: Mapping[str, Any]) -> list[str]:
             continue
         parts = [part.strip() for part in item.replace(";", ",").split(",") if part.strip()]
         if "@" in item and any("://" not in part for part in parts):
-            # A separator inside a user name or password cut a URL in pieces (E040): a
-            # piece's "host" may be part of the credentials, so only whole URLs count.
-            parts = [part for part in parts if "://" in part and "@" in part]
+            # A separator inside a user name or password cut a URL in pieces (E040): any
+            # piece's "host" may be part of the credentials, so none of them counts.
+            continue
         found += parts
     return found
 
