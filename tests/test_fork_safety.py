@@ -117,12 +117,13 @@ def _collect(running: dict[int, tuple[int, int]]) -> list[str]:
                 del running[pid]
                 code = os.waitstatus_to_exitcode(status)
                 if code != 0:
-                    failures.append(f"child {i} exited {code}:\n{outputs[pid].decode()[-4000:]}")
+                    # The head: a hung child's faulthandler dump puts the innermost frames first.
+                    failures.append(f"child {i} exited {code}:\n{outputs[pid].decode()[:6000]}")
     for pid, (i, fd) in running.items():  # past every deadline: no faulthandler either
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         os.close(fd)
-        failures.append(f"child {i} hung and was killed:\n{outputs[pid].decode()[-4000:]}")
+        failures.append(f"child {i} hung and was killed:\n{outputs[pid].decode()[:6000]}")
     return failures
 
 
