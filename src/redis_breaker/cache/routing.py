@@ -44,7 +44,7 @@ Fallback = Callable[..., Any]
 
 
 #: Keywords of django-redis's client methods left out when None (their default).
-_OMITTED_WHEN_NONE = frozenset({"client", "itersize"})
+_OMITTED_WHEN_NONE = ("client", "itersize")
 
 
 class _Bound:
@@ -266,8 +266,10 @@ class CacheRouting(BaseCache):
         given = kwargs.get("client")
         # Unset keywords are left out, as django-redis's own cache passes only what it
         # is given: django-redis 5.4's ShardClient.keys/iter_keys take no client or itersize.
-        kwargs = {name: value for name, value in kwargs.items()
-                  if value is not None or name not in _OMITTED_WHEN_NONE}
+        # ``kwargs`` is the caller's own (a literal or its **kwargs): changed in place.
+        for name in _OMITTED_WHEN_NONE:
+            if name in kwargs and kwargs[name] is None:
+                del kwargs[name]
         if given is None and not lasting:
             # One breaker call for the whole operation, as for reads and writes.
             return bound.breaker.call(method, *args, **kwargs)

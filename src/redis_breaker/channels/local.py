@@ -22,6 +22,17 @@ __all__ = ["GroupMirror", "LocalQueues"]
 Message = dict[str, Any]
 
 
+def drop_waiter(waiters: dict[str, list[asyncio.Future[None]]], channel: str,
+                waiter: asyncio.Future[None]) -> None:
+    """Remove ``waiter`` from ``channel``'s waiters, and the channel once it has none."""
+    found = waiters.get(channel)
+    if found is not None:
+        if waiter in found:
+            found.remove(waiter)
+        if not found:
+            del waiters[channel]
+
+
 class LocalQueues:
     """Bounded, expiring FIFO queues per channel, with waiters that do not consume.
 
@@ -79,12 +90,7 @@ class LocalQueues:
 
     def forget_waiter(self, channel: str, waiter: asyncio.Future[None]) -> None:
         waiter.cancel()
-        waiters = self._waiters.get(channel)
-        if waiters is not None:
-            if waiter in waiters:
-                waiters.remove(waiter)
-            if not waiters:
-                del self._waiters[channel]
+        drop_waiter(self._waiters, channel, waiter)
 
     def clear(self) -> None:
         self._queues.clear()

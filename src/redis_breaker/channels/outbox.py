@@ -28,7 +28,7 @@ from typing import Any
 
 from channels.exceptions import ChannelFull
 
-from .local import _wake
+from .local import _wake, drop_waiter
 
 __all__ = ["Kept", "PendingSends", "SeenIds"]
 
@@ -126,12 +126,7 @@ class PendingSends:
     def forget_waiter(self, channel: str, waiter: asyncio.Future[None]) -> None:
         waiter.cancel()
         with self._lock:
-            waiters = self._waiters.get(channel)
-            if waiters is not None:
-                if waiter in waiters:
-                    waiters.remove(waiter)
-                if not waiters:
-                    del self._waiters[channel]
+            drop_waiter(self._waiters, channel, waiter)
 
     def sweep(self) -> None:
         """Drop (and count) every expired message."""
