@@ -95,15 +95,36 @@ def celery_worker(app_module: str, **env: str) -> Iterator[Path]:
             proc.wait(5)
 
 
+def worker_database(alias: str) -> str:
+    """The test's outbox database as a worker subprocess's ``default`` (JSON, for its
+    ``RB_DATABASE``: ``tests.celery.worker_settings``)."""
+    from django.db import connections
+
+    return json.dumps(connections[alias].settings_dict, default=str)
+
+
 def join_relays() -> None:
     """Wait for every background relay pass of this process to end."""
     for relay in list(outbox._relays.values()):
         relay.join(10)
 
 
+#: The session's one PostgreSQL server and test database, shared by every conftest or
+#: module that imports these fixtures (tests/faults does): pytest gives each importer a
+#: fixture of its own, and a second server would double the start-up cost.
+_shared_postgres: dict[str, Any] = {}
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """A real PostgreSQL server for the whole session (never a skip when there is none)."""
+    if "server" in _shared_postgres:
+        _shared_postgres["users"] += 1
+        try:
+            yield _shared_postgres["server"]
+        finally:
+            _shared_postgres["users"] -= 1
+        return
     try:
         server = PostgresServer()
     except PostgresNotInstalled as exc:
@@ -113,10 +134,15 @@ def postgres_server() -> Iterator[PostgresServer]:
     except Exception as exc:
         server.close()
         pytest.fail(f"PostgreSQL did not start: {exc}", pytrace=False)
+    _shared_postgres.update(server=server, users=1)
     try:
         yield server
     finally:
-        server.close()
+        _shared_postgres["users"] -= 1
+        # Session fixtures end together: the last user closes the server.
+        if not _shared_postgres["users"]:
+            _shared_postgres.clear()
+            server.close()
 
 
 @pytest.fixture(scope="session")
@@ -125,12 +151,14 @@ def postgres_db(postgres_server: PostgresServer, django_db_setup: None,
     """The ``postgres`` database alias: registered, its test database created and migrated."""
     from django.db import connections
 
-    connections.settings[POSTGRES] = postgres_server.settings(
-        "redis_breaker", TEST={"NAME": "test_redis_breaker"})
-    connections.configure_settings(connections.settings)
-    with django_db_blocker.unblock():
-        connections[POSTGRES].creation.create_test_db(verbosity=0, autoclobber=True,
-                                                      serialize=False)
+    if _shared_postgres.get("database") is not postgres_server:
+        connections.settings[POSTGRES] = postgres_server.settings(
+            "redis_breaker", TEST={"NAME": "test_redis_breaker"})
+        connections.configure_settings(connections.settings)
+        with django_db_blocker.unblock():
+            connections[POSTGRES].creation.create_test_db(verbosity=0, autoclobber=True,
+                                                          serialize=False)
+        _shared_postgres["database"] = postgres_server
     try:
         yield POSTGRES
     finally:

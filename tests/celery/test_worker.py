@@ -1,4 +1,9 @@
-"""A real Celery worker on a real Redis: 500 tasks dispatched across an outage, none lost."""
+"""A real Celery worker on a real Redis: 500 tasks dispatched across an outage, none lost.
+
+Run once with the outbox on SQLite and once on PostgreSQL (``outbox_db``). The worker is
+a Django project's worker on the test's database: its own relay (every 0.5 s) drains the
+outbox alongside this process's, the two claiming rows from each other.
+"""
 
 from __future__ import annotations
 
@@ -12,22 +17,23 @@ from redis_breaker import State, get_breaker
 from redis_breaker.models import OutboxMessage
 from tests.harness import RedisServer
 
-from .conftest import celery_worker, join_relays, wait_for
+from .conftest import celery_worker, join_relays, wait_for, worker_database
 from .workers import worker_state_dir
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("outbox_db")]
 
 TOTAL = 500
 OUTAGE = (150, 350)  # dispatch indexes where the broker stops and comes back
 
 
-
-
 @pytest.fixture
-def worker(broker: RedisServer, recorder: RedisServer, tmp_path: Path) -> Iterator[Path]:
-    """``celery worker --pool=solo`` in a subprocess, consuming from ``broker``."""
-    with celery_worker("tests.celery.app", RB_BROKER_URL=broker.url,
-                       RB_RECORD_URL=recorder.url, RB_STATE_DIR=worker_state_dir(tmp_path)) as log:
+def worker(broker: RedisServer, recorder: RedisServer, tmp_path: Path, outbox_db: str
+           ) -> Iterator[Path]:
+    """``celery worker --pool=solo`` in a subprocess, consuming from ``broker``, its Django
+    ``default`` database the test's outbox database."""
+    with celery_worker("tests.celery.django_worker", RB_BROKER_URL=broker.url,
+                       RB_RECORD_URL=recorder.url, RB_DATABASE=worker_database(outbox_db),
+                       RB_STATE_DIR=worker_state_dir(tmp_path)) as log:
         yield log
 
 

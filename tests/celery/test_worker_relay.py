@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -14,17 +13,12 @@ from redis_breaker.celery import worker_relay as _worker_relay
 from redis_breaker.models import OutboxMessage
 from tests.harness import RedisServer
 
-from .conftest import celery_worker, join_relays, wait_for
+from .conftest import celery_worker, join_relays, wait_for, worker_database
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("outbox_db")]
 
 TASKS = 40
 
-
-
-def worker_database(alias: str) -> str:
-    """The test's outbox database as the worker subprocess's ``default`` (JSON, for its env)."""
-    return json.dumps(connections[alias].settings_dict, default=str)
 
 
 def state_dir(tmp_path: Path) -> str:

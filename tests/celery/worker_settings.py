@@ -1,4 +1,5 @@
-"""Django settings of the worker subprocess in test_worker_relay.py: the test's own database.
+"""Django settings of a worker subprocess (test_worker.py, test_worker_relay.py): the test's own
+database.
 
 ``RB_DATABASE`` is the test's outbox database (SQLite or PostgreSQL) as JSON.
 """
@@ -18,6 +19,9 @@ if os.environ.get("RB_STATE_DIR"):
                                   "STATE_DIR": os.environ["RB_STATE_DIR"]}}
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Messages a worker held when the broker vanished come back quickly.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 10}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_REDIS_BREAKER_RELAY_INTERVAL = float(os.environ.get("RB_RELAY_INTERVAL", "0.5"))
 # The library's events on stderr, which the test reads back from the worker's log.

@@ -11,12 +11,19 @@ from typing import Any
 
 import pytest
 
+from tests.celery.conftest import (  # noqa: F401 - the outbox on SQLite and on PostgreSQL
+    _outbox_database,
+    outbox_db,
+    postgres_db,
+    postgres_server,
+)
 from tests.harness import RedisServer
 
 from .conftest import Stack, build_stack, new_server
 
 CAN, WHY = RedisServer.can_blackhole()
-pytestmark = pytest.mark.skipif(not CAN, reason=WHY)
+# Once with the outbox on SQLite, once on PostgreSQL.
+pytestmark = [pytest.mark.skipif(not CAN, reason=WHY), pytest.mark.usefixtures("outbox_db")]
 
 
 @pytest.fixture

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+import pytest
+
+from tests.celery.conftest import (  # noqa: F401 - the outbox on SQLite and on PostgreSQL
+    _outbox_database,
+    outbox_db,
+    postgres_db,
+    postgres_server,
+)
+
 from .conftest import Stack
+
+# Once with the outbox on SQLite, once on PostgreSQL.
+pytestmark = pytest.mark.usefixtures("outbox_db")
 
 
 def test_refused(stack: Stack) -> None:
