@@ -45,6 +45,24 @@ def _forget_backend(app: Any) -> None:
         app._backend_cache = None
 
 
+CAN_BLACKHOLE, NO_BLACKHOLE = RedisServer.can_blackhole()
+
+
+@pytest.fixture
+def broker(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
+    """The broker and result backend (AOF, as in production); for the blackhole scenario in a
+    network namespace of its own, where its packets can be dropped."""
+    callspec = getattr(request.node, "callspec", None)
+    netns = callspec is not None and callspec.params.get("fault") == "blackhole"
+    server = RedisServer(extra_args=("--appendonly", "yes", "--appendfsync", "always"),
+                         netns=netns)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
 @pytest.fixture
 def calling(broker: RedisServer, recorder: RedisServer, tmp_path: Path) -> Iterator[Any]:
     """The calling app's module, pointed at ``broker``, with a worker consuming from it."""
@@ -199,19 +217,25 @@ def test_calling_api_healthy(calling: Any, recorder: RedisServer) -> None:
     assert OutboxMessage.objects.count() == 0
 
 
-@pytest.mark.parametrize("fault", ["refused", "hung"])
+@pytest.mark.parametrize("fault", [
+    "refused", "hung",
+    pytest.param("blackhole", marks=pytest.mark.skipif(not CAN_BLACKHOLE, reason=NO_BLACKHOLE)),
+])
 def test_calling_api_through_an_outage(calling: Any, broker: RedisServer,
                                        recorder: RedisServer, fault: str) -> None:
-    """With the broker (and the result backend on it) stopped or frozen, every scenario lands
-    in the outbox without raising; after recovery each one runs once with its result.
+    """With the broker (and the result backend on it) stopped, frozen or blackholed, every
+    scenario lands in the outbox without raising; after recovery each one runs once with its
+    result.
 
-    Frozen (SIGSTOP), the publishes that find the outage time out after writing to Redis's
-    socket: Redis may queue them when it runs again, and the outbox sends them as well; the
-    workers' claims run each once.
+    Frozen (SIGSTOP) or blackholed (packets dropped), the publishes that find the outage
+    time out after writing to the socket: Redis may queue them when it runs again (a
+    dropped packet is sent again once the partition heals), and the outbox sends them as
+    well; the workers' claims run each once.
     """
     breaker = get_breaker("default")
-    down, up = (broker.stop, broker.start) if fault == "refused" else (broker.freeze,
-                                                                        broker.thaw)
+    down, up = {"refused": (broker.stop, broker.start),
+                "hung": (broker.freeze, broker.thaw),
+                "blackhole": (broker.blackhole, broker.unblackhole)}[fault]
 
     def dispatch(scenarios: list[Scenario]) -> list[tuple[str, Any]]:
         down()
