@@ -1,4 +1,4 @@
-"""System checks of every ``BreakerChannelLayer`` in ``CHANNEL_LAYERS`` (``redis_breaker.E020`` to ``E023``, ``W002``).
+"""System checks of every ``BreakerChannelLayer`` and ``BreakerPubSubChannelLayer`` in ``CHANNEL_LAYERS`` (``redis_breaker.E020`` to ``E023``, ``W002``).
 
 Registered by ``redis_breaker.checks``, under the name ``check_channel_layers``.
 The layer itself validates nothing of its CONFIG (channels_redis reads
@@ -36,18 +36,20 @@ from .remote import sentinel_probe_url
 __all__ = ["check_channel_layers"]
 
 _LAYER = "redis_breaker.channels.BreakerChannelLayer"
+_PUBSUB_LAYER = "redis_breaker.channels.BreakerPubSubChannelLayer"
 _EXAMPLE_HOSTS = (f'[{{"address": "redis://...", "socket_timeout": {EXAMPLE_TIMEOUT}, '
                   f'"socket_connect_timeout": {EXAMPLE_TIMEOUT}}}]')
 
 
 def check_channel_layers(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """Every ``BreakerChannelLayer`` in ``CHANNEL_LAYERS``: its breaker and hosts."""
+    """Every ``BreakerChannelLayer`` (or pub/sub layer) in ``CHANNEL_LAYERS``: breaker and hosts."""
     layers = conf.CHANNEL_LAYERS
     if not isinstance(layers, Mapping):
         return []
     found: list[CheckMessage] = []
     for alias, entry in layers.items():
-        if isinstance(entry, Mapping) and is_subclass(entry.get("BACKEND"), (_LAYER,)):
+        if isinstance(entry, Mapping) and is_subclass(entry.get("BACKEND"),
+                                                             (_LAYER, _PUBSUB_LAYER)):
             found += _check_layer(str(alias), entry)
     return found
 

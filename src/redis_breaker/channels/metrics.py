@@ -4,7 +4,10 @@
 ``kept`` (a send while Redis was unusable, for a channel this process does
 not own), ``forwarded`` (written to Redis on recovery), ``received_here`` (a
 consumer of this process took it first) or ``expired`` (dropped unsent after
-the layer's expiry). This process's counts; labels carry breaker names only.
+the layer's expiry); ``BreakerPubSubChannelLayer`` adds ``uncertain`` (a
+publish that failed after it may have reached Redis, not published again) and
+``local_only`` (a group message that reached this process's members only).
+This process's counts; labels carry breaker names only.
 
 Counting costs a dict update on the outage path only. The collector is
 registered on the default Prometheus registry when the first layer is made,
@@ -21,7 +24,7 @@ from typing import Any
 
 __all__ = ["OUTCOMES", "count", "counts", "register", "register_default"]
 
-OUTCOMES = ("kept", "forwarded", "received_here", "expired")
+OUTCOMES = ("kept", "forwarded", "received_here", "expired", "uncertain", "local_only")
 _counts: Counter[tuple[str, str]] = Counter()
 _lock = threading.Lock()
 _registered: set[int] = set()

@@ -20,6 +20,7 @@ from redis_breaker._breaker import Breaker
 from redis_breaker._registry import get_breaker
 
 from .layer import BreakerChannelLayer, Message
+from .pubsub import BreakerPubSubChannelLayer
 from .remote import close_with_loop
 
 __all__ = ["async_safe_group_send", "safe_group_send"]
@@ -39,7 +40,7 @@ async def async_safe_group_send(group: str, message: Message, *,
     layer = get_channel_layer(alias)
     if layer is None:
         return False
-    if isinstance(layer, BreakerChannelLayer):
+    if isinstance(layer, (BreakerChannelLayer, BreakerPubSubChannelLayer)):
         return await layer.send_to_group(group, message)
     guard = breaker if isinstance(breaker, Breaker) else get_breaker(breaker)
 

@@ -1,0 +1,348 @@
+"""BreakerPubSubChannelLayer on a real redis-server: healthy, open, real faults, recovery.
+
+Two layers on one Redis stand for two server processes (each has its own
+subscriptions, as a process has); the fault tests stop, freeze or restart the
+server for real. ``test_pubsub_workers.py`` runs two real processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.exceptions import ChannelFull
+from channels.layers import channel_layers
+from channels.testing import WebsocketCommunicator
+from channels_redis.pubsub import RedisPubSubChannelLayer
+from freezegun import freeze_time
+
+from redis_breaker import Breaker, State
+from redis_breaker.channels import BreakerPubSubChannelLayer, metrics, safe_group_send
+from redis_breaker.testing import capture_events
+from tests.harness import RedisServer
+
+from .conftest import fast_breaker, hosts
+from .consumers import app_for
+
+DEADLINE_S = 15.0
+
+
+async def until(predicate: Any, what: str, timeout: float = DEADLINE_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def nothing(layer: BreakerPubSubChannelLayer, channel: str, timeout: float = 0.5) -> bool:
+    try:
+        await asyncio.wait_for(layer.receive(channel), timeout)
+    except asyncio.TimeoutError:
+        return True
+    return False
+
+
+@pytest.fixture
+def make_layer(redis_server: RedisServer) -> Iterator[Any]:
+    made: list[tuple[str, BreakerPubSubChannelLayer, Breaker]] = []
+
+    def make(alias: str, server: RedisServer | None = None,
+             **config: Any) -> BreakerPubSubChannelLayer:
+        breaker = fast_breaker(alias)
+        layer = BreakerPubSubChannelLayer(hosts(server or redis_server), breaker=breaker,
+                                          **config)
+        channel_layers.set(alias, layer)
+        made.append((alias, layer, breaker))
+        return layer
+
+    yield make
+    for alias, _layer, breaker in made:
+        channel_layers.backends.pop(alias, None)
+        breaker.reset()
+
+
+@pytest.fixture
+async def pair(make_layer: Any) -> AsyncIterator[tuple[BreakerPubSubChannelLayer,
+                                                      BreakerPubSubChannelLayer]]:
+    a, b = make_layer("pubsub-a"), make_layer("pubsub-b")
+    yield a, b
+    for layer in (a, b):
+        await layer.close()
+
+
+# ----------------------------------------------------------------- healthy
+async def test_healthy_is_channels_redis(pair: Any) -> None:
+    """Closed: send, receive, groups across two processes go through Redis, nothing counted."""
+    a, b = pair
+    mine, theirs = await a.new_channel(), await b.new_channel()
+    assert mine.startswith("asgispecific.")
+    await b.send(mine, {"type": "hello", "n": 1})
+    assert await asyncio.wait_for(a.receive(mine), 5) == {"type": "hello", "n": 1}
+    await a.group_add("room", mine)
+    await b.group_add("room", theirs)
+    await a.group_send("room", {"type": "chat"})
+    assert await asyncio.wait_for(a.receive(mine), 5) == {"type": "chat"}
+    assert await asyncio.wait_for(b.receive(theirs), 5) == {"type": "chat"}
+    assert a.breaker.stats().fallback_calls == 0
+    assert (a.local_only, a.uncertain, len(a.pending)) == (0, 0, 0)
+    await a.group_discard("room", mine)
+    await b.group_send("room", {"type": "again"})
+    assert await asyncio.wait_for(b.receive(theirs), 5) == {"type": "again"}
+    assert await nothing(a, mine)
+
+
+async def test_parity_attributes(make_layer: Any) -> None:
+    """channels_redis's public surface is there: extensions, serializer, per-loop layer, shards."""
+    layer = make_layer("pubsub-parity")
+    assert {"groups", "flush"} <= set(layer.extensions)
+    message = {"a": True, "b": None, "c": {"d": []}}
+    plain = RedisPubSubChannelLayer(hosts=layer.hosts)
+    assert layer.serialize(message) == plain.serialize(message)
+    assert layer.deserialize(layer.serialize(message)) == message
+    loop_layer = layer._get_layer()
+    assert loop_layer.channel_layer is layer
+    assert layer._shards is loop_layer._shards  # delegated as channels_redis does
+    assert layer.prefix == "asgi"
+    await layer.flush()
+    await layer.close()
+
+
+def test_sync_send_and_loop_close(make_layer: Any) -> None:
+    """async_to_sync senders work, and a closed loop's per-loop layer is dropped."""
+    layer = make_layer("pubsub-sync")
+    loop = asyncio.new_event_loop()
+    channel = loop.run_until_complete(layer.new_channel())
+    async_to_sync(layer.send)(channel, {"type": "sync"})
+    assert loop.run_until_complete(asyncio.wait_for(layer.receive(channel), 5)) == {
+        "type": "sync"}
+    loop.close()
+    assert len(layer._layers) == 0
+
+
+# -------------------------------------------------------------------- open
+async def test_open_own_channels_and_groups_are_served_here(pair: Any) -> None:
+    """Open: sends and group sends reach this process's channels at once; nothing raises."""
+    a, _b = pair
+    first, second = await a.new_channel(), await a.new_channel()
+    await a.group_add("room", first)
+    await a.group_add("room", second)
+    a.breaker.force_open()
+    started = time.perf_counter()
+    await a.send(first, {"type": "direct"})
+    await a.group_send("room", {"type": "all"})
+    elapsed = time.perf_counter() - started
+    assert elapsed < 1.0  # no Redis wait at all (deliberately loose: not a speed assertion)
+    assert await asyncio.wait_for(a.receive(first), 1) == {"type": "direct"}
+    assert await asyncio.wait_for(a.receive(first), 1) == {"type": "all"}
+    assert await asyncio.wait_for(a.receive(second), 1) == {"type": "all"}
+    # New channels and memberships work while open too.
+    third = await a.new_channel()
+    await a.group_add("room", third)
+    assert not await a.send_to_group("room", {"type": "late"})
+    assert await asyncio.wait_for(a.receive(third), 1) == {"type": "late"}
+    assert a.local_only == 2
+    assert metrics.counts()[(a.breaker.name, "local_only")] >= 2
+
+
+async def test_open_send_to_another_process_is_kept_and_published_on_recovery(
+        pair: Any, redis_server: RedisServer) -> None:
+    """Redis stopped: sends to B's channel are kept by A, then reach B once, in order."""
+    a, b = pair
+    theirs = await b.new_channel()
+    redis_server.stop()
+    for n in range(30):
+        await a.send(theirs, {"type": "m", "n": n})  # the first finds the outage
+    assert len(a.pending) == 30  # the others queue behind it, without waiting for Redis
+    redis_server.start()
+    got = [(await asyncio.wait_for(b.receive(theirs), DEADLINE_S))["n"] for _ in range(30)]
+    assert got == list(range(30))
+    assert await nothing(b, theirs, 1.0)
+    await until(lambda: a.forwarded == 30, "forwarded count")
+    assert len(a.pending) == 0
+
+
+async def test_kept_messages_wait_for_a_subscriber(make_layer: Any) -> None:
+    """A kept message nobody is subscribed to yet is published again until someone is."""
+    a, b = make_layer("pubsub-wait-a"), make_layer("pubsub-wait-b")
+    a.breaker.force_open()
+    await a.send("worker", {"type": "job", "n": 1})
+    a.breaker.reset()
+    a.forward_soon()
+    await asyncio.sleep(0.5)
+    assert len(a.pending) == 1  # PUBLISH reached nobody: still kept
+    receive = asyncio.ensure_future(b.receive("worker"))
+    assert await asyncio.wait_for(receive, DEADLINE_S) == {"type": "job", "n": 1}
+    await a.close()
+    await b.close()
+
+
+async def test_kept_message_taken_by_a_local_receiver_is_not_published(make_layer: Any) -> None:
+    a = make_layer("pubsub-local-take")
+    a.breaker.force_open()
+    await a.send("jobs", {"type": "job"})
+    assert await asyncio.wait_for(a.receive("jobs"), 1) == {"type": "job"}
+    assert len(a.pending) == 0
+    await a.close()
+
+
+def test_kept_messages_expire_counted(make_layer: Any) -> None:
+    layer = make_layer("pubsub-expiry", expiry=10, capacity=2)
+    layer.breaker.force_open()
+
+    async def scenario(frozen: Any) -> None:
+        with capture_events() as events:
+            await layer.send("far", {"type": "old"})
+            await layer.send("far", {"type": "old2"})
+            with pytest.raises(ChannelFull):
+                await layer.send("far", {"type": "over"})
+            frozen.tick(11)
+            await layer.send("far", {"type": "new"})
+        assert layer.expired == 2
+        assert any(e["event"] == "channels_messages_expired" for e in events)
+        assert len(layer.pending) == 1
+
+    with freeze_time("2026-01-01 00:00:00") as frozen:
+        async_to_sync(scenario)(frozen)
+
+
+async def test_receive_never_raises_and_resubscribes_after_an_empty_restart(
+        pair: Any, redis_server: RedisServer) -> None:
+    """Consumers waiting through a stop and an empty restart get later messages on the same channels."""
+    a, b = pair
+    mine = await a.new_channel()
+    await a.group_add("room", mine)
+    theirs = await b.new_channel()
+    waiting = asyncio.ensure_future(a.receive(mine))
+    await asyncio.sleep(0.2)
+    redis_server.stop()
+    await a.group_send("room", {"type": "during"})  # served here
+    assert await asyncio.wait_for(waiting, 5) == {"type": "during"}
+    waiting = asyncio.ensure_future(a.receive(mine))
+    # B subscribes while Redis is down: applied on recovery.
+    await b.group_add("room", theirs)
+    await until(lambda: a.breaker.state is not State.CLOSED, "A's breaker to open")
+    redis_server.restart(empty=True)
+    await until(lambda: a.breaker.state is State.CLOSED and b.breaker.state is State.CLOSED,
+                "breakers to close")
+    client = redis_server.client()
+    await until(lambda: len(client.pubsub_channels()) >= 3, "subscriptions re-applied")
+    client.close()
+    await b.group_send("room", {"type": "after"})
+    assert await asyncio.wait_for(waiting, DEADLINE_S) == {"type": "after"}
+    assert await asyncio.wait_for(b.receive(theirs), DEADLINE_S) == {"type": "after"}
+    assert not waiting.cancelled()
+
+
+async def test_a_publish_that_ran_after_a_thaw_is_received_once(
+        make_layer: Any, redis_server: RedisServer) -> None:
+    """A publish that timed out on a frozen server is served here; Redis's copy on thawing is dropped."""
+    layer = make_layer("pubsub-thaw")
+    channel = await layer.new_channel()
+    await layer.send(channel, {"type": "warm"})
+    assert await asyncio.wait_for(layer.receive(channel), 5) == {"type": "warm"}
+    redis_server.freeze()
+    await layer.send(channel, {"type": "once"})  # written, then timed out
+    assert layer.breaker.stats().fallback_calls >= 1
+    assert await asyncio.wait_for(layer.receive(channel), 1) == {"type": "once"}
+    redis_server.thaw()
+    await until(lambda: layer.breaker.state is State.CLOSED, "breaker to close")
+    assert await nothing(layer, channel, 2.0)
+    await layer.close()
+
+
+async def test_an_uncertain_publish_for_another_process_is_counted_not_repeated(
+        pair: Any, redis_server: RedisServer) -> None:
+    a, b = pair
+    theirs = await b.new_channel()
+    await a.send(theirs, {"type": "warm"})
+    assert await asyncio.wait_for(b.receive(theirs), 5) == {"type": "warm"}
+    redis_server.freeze()
+    with capture_events() as events:
+        await a.send(theirs, {"type": "maybe"})
+    assert a.uncertain == 1
+    assert any(e["event"] == "channels_message_uncertain" for e in events)
+    redis_server.thaw()
+    # The frozen server runs it on thawing: B gets it once (it is not published again).
+    assert await asyncio.wait_for(b.receive(theirs), DEADLINE_S) == {"type": "maybe"}
+    assert await nothing(b, theirs, 2.0)
+
+
+# ------------------------------------------------------------- consumers
+async def test_websocket_consumers_stay_open_through_an_outage(
+        pair: Any, redis_server: RedisServer) -> None:
+    """A chat consumer on A keeps talking to A's members while Redis is down; B resumes after."""
+    a, b = pair
+    alice = WebsocketCommunicator(app_for("pubsub-a"), "/ws/chat/")
+    carol = WebsocketCommunicator(app_for("pubsub-a"), "/ws/chat/")
+    bob = WebsocketCommunicator(app_for("pubsub-b"), "/ws/chat/")
+    for communicator in (alice, carol, bob):
+        assert (await communicator.connect())[0]
+    await alice.send_json_to({"say": "hi"})
+    for communicator in (alice, carol, bob):
+        assert (await communicator.receive_json_from(5))["text"] == "hi"
+    redis_server.stop()
+    for n in range(5):
+        await alice.send_json_to({"say": f"down-{n}"})
+        assert (await alice.receive_json_from(5))["text"] == f"down-{n}"
+        assert (await carol.receive_json_from(5))["text"] == f"down-{n}"
+    assert a.breaker.is_open
+    assert await bob.receive_nothing(0.2)
+    redis_server.start()
+    await until(lambda: a.breaker.state is State.CLOSED and b.breaker.state is State.CLOSED,
+                "breakers to close")
+    client = redis_server.client()
+    await until(lambda: client.pubsub_numsub("asgi__group__room")[0][1] == 2, "re-subscribed")
+    client.close()
+    await alice.send_json_to({"say": "back"})
+    for communicator in (alice, carol, bob):
+        assert (await communicator.receive_json_from(DEADLINE_S))["text"] == "back"
+    for communicator in (alice, carol, bob):
+        assert await communicator.receive_nothing(0.3)
+        await communicator.disconnect()
+
+
+def test_safe_group_send_says_whether_redis_took_it(make_layer: Any,
+                                                    redis_server: RedisServer) -> None:
+    make_layer("default")
+    assert safe_group_send("room", {"type": "x"}, alias="default") is True
+    redis_server.stop()
+    results = [safe_group_send("room", {"type": "x"}, alias="default") for _ in range(6)]
+    assert results[-1] is False
+
+
+# ----------------------------------------------------------------- shards
+async def test_one_dead_shard_leaves_the_other_on_redis(make_layer: Any,
+                                                        redis_server: RedisServer) -> None:
+    other = RedisServer().start()
+    try:
+        both = hosts(redis_server) + hosts(other)
+        a = BreakerPubSubChannelLayer(both, breaker=fast_breaker("pubsub-shards-a"))
+        b = BreakerPubSubChannelLayer(both, breaker=fast_breaker("pubsub-shards-b"))
+        assert [x.name for x in a.breakers] == ["pubsub-shards-a", "pubsub-shards-a-shard1"]
+        names = [await b.new_channel() for _ in range(12)]
+        on = {i: [n for n in names if a._get_layer()._index(n) == i] for i in (0, 1)}
+        assert on[0]
+        assert on[1]
+        other.stop()
+        for name in names:
+            await a.send(name, {"type": "m", "to": name})
+        assert not a.breakers[0].is_open
+        assert a.breakers[1].is_open
+        for name in on[0]:  # the live host's traffic went through Redis
+            assert await asyncio.wait_for(b.receive(name), 5) == {"type": "m", "to": name}
+        assert len(a.pending) == len(on[1])
+        other.start()
+        for name in on[1]:
+            assert await asyncio.wait_for(b.receive(name), DEADLINE_S) == {"type": "m",
+                                                                           "to": name}
+        for breaker in a.breakers + b.breakers:
+            breaker.reset()
+        await a.close()
+        await b.close()
+    finally:
+        other.close()
