@@ -1,6 +1,6 @@
 """Run the peers' own test suites on the plain backend and through ours.
 
-    python tests/peers/run.py [--cache-dir DIR] [--suite django|django-redis|channels_redis]
+    python tests/peers/run.py [--cache-dir DIR] [--suite django|django-redis|channels_redis|channels_redis_pubsub]
         [--json PATH]
 
 The suites come from the sdists of the installed Django and django-redis
@@ -13,7 +13,9 @@ with every Redis cache alias swapped for a ``BreakerCache`` over it
 
 channels_redis's ``tests/test_core.py`` (from the sdist of the installed
 channels_redis) runs the same way, with its ``RedisChannelLayer`` swapped for
-``BreakerChannelLayer`` (``swap_channels.py``).
+``BreakerChannelLayer`` (``swap_channels.py``), and its ``tests/test_pubsub.py``
+with its ``RedisPubSubChannelLayer`` swapped for ``BreakerPubSubChannelLayer``
+(``swap_pubsub.py``).
 
 Fails unless every test that passes on the plain backend passes through
 ours or is listed, with its reason, in the suite's table (``docs/cache.md``,
@@ -86,6 +88,11 @@ SUITES = {
         ("tests/test_core.py", "-p", "no:django"), (), plugin="swap_channels",
         label="channels_redis", doc="channels.md", section="## channels_redis's test suite",
         ini=ASYNC_INI),
+    "channels_redis_pubsub": Suite(
+        "channels_redis_pubsub", "channels_redis", "tests/", ".",
+        ("tests/test_pubsub.py", "-p", "no:django"), (), plugin="swap_pubsub",
+        label="channels_redis pub/sub", doc="channels.md",
+        section="## channels_redis's test suite", ini=ASYNC_INI),
 }
 
 
@@ -212,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                   for m in ("plain", "breaker")}
         summary[suite.name] = {"version": version, "tests": len(plain), **passed,
                                "listed": len(differ)}
-        print(f"{suite.dist} {version}: {len(plain)} tests; passed plain {passed['plain']}, "
+        print(f"{suite.label or suite.dist} {version}: {len(plain)} tests; passed plain {passed['plain']}, "
               f"through ours {passed['breaker']} ({len(differ)} listed in docs/{suite.doc})")
     print(f"peers' suites: {time.monotonic() - started:.0f} s")
     if args.json:
