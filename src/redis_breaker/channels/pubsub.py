@@ -122,6 +122,8 @@ class _Shard(RedisSingleShardConnection):  # type: ignore[misc]
 
     _redis: Any
     _pubsub: Any
+    _receive_task: Any
+    _subscribed_to: set[str]
 
     def __init__(self, host: dict[str, Any], channel_layer: _LoopLayer, index: int) -> None:
         super().__init__(host, channel_layer)
@@ -147,6 +149,20 @@ class _Shard(RedisSingleShardConnection):  # type: ignore[misc]
             if outcome is not None and _maybe_sent(exc):
                 outcome.append(True)
             raise
+
+    async def flush(self) -> None:
+        """channels_redis's shard flush, closing the client as every redis-py 5+ release wants
+        (channels_redis 4.0 calls the ``close()`` redis-py 5.0.1 deprecated)."""
+        async with self._lock:
+            task, self._receive_task = self._receive_task, None
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            client, self._redis, self._pubsub = self._redis, None, None
+            if client is not None:
+                await _aclose(client)
+            self._subscribed_to = set()
 
     async def resubscribe(self, names: set[str]) -> None:
         """Subscribe to exactly ``names`` (a dead connection connects again on the way)."""
