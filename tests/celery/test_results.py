@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from celery import Celery
 
-from redis_breaker import State, get_breaker
-from redis_breaker.celery import BreakerTask, protect
+from redis_breaker import BreakerOpenError, State, get_breaker
+from redis_breaker.celery import BreakerTask, ResultBackendUnavailable, protect
 from redis_breaker.models import OutboxMessage
 from tests.harness import RedisServer
 
@@ -110,28 +111,66 @@ def test_protect_bounds_the_result_backend(redis_server: RedisServer) -> None:
         mine.close()
 
 
-def test_async_result_while_redis_is_down(redis_server: RedisServer) -> None:
-    """With protect(app), state and ready() raise redis-py's ConnectionError (refused) or
-    TimeoutError (hung) and get() Celery's RuntimeError (redis-py's error on Celery 5.3),
-    each after one attempt."""
+@pytest.mark.parametrize("fault", ["refused", "hung"])
+def test_async_result_while_redis_is_down(redis_server: RedisServer, settings: Any,
+                                          fault: str) -> None:
+    """With protect(app) and the result backend on the broker's server: reads that find the
+    outage raise Celery's own errors after one attempt each and count against the breaker;
+    once it is open, state, ready(), successful(), failed(), get() and forget() raise
+    ResultBackendUnavailable at once (a redis-py ConnectionError, a RuntimeError and a
+    BreakerOpenError, naming the breaker)."""
+    # No probe or trial call during the test: the breaker stays open once open.
+    settings.REDIS_BREAKERS = {"default": {"RESET_TIMEOUT": 600, "MAX_RESET_TIMEOUT": 600}}
     app = protect(_app(redis_server.url, redis_server.url.replace("/0", "/1")))
     try:
         result = app.tasks["t.add"].delay(1, 2)
+        ignored = app.tasks["t.add"].apply_async((1, 2), ignore_result=True)
         assert result.state == "PENDING"
-        redis_server.stop()
-        with pytest.raises(redis.ConnectionError):
-            result.state  # noqa: B018
-        with pytest.raises(redis.ConnectionError):
-            result.ready()
-        # Celery 5.5+ raises RuntimeError("Retry limit exceeded ..."), 5.3 redis-py's error.
-        with pytest.raises((RuntimeError, redis.ConnectionError)):
-            result.get(timeout=5)
-        redis_server.start()
-        redis_server.freeze()
-        try:
-            with pytest.raises(redis.TimeoutError):
-                result.state  # noqa: B018
-        finally:
+        breaker = get_breaker()
+        (redis_server.stop if fault == "refused" else redis_server.freeze)()
+        found: list[BaseException] = []
+        reads = [lambda: result.state, lambda: result.get(timeout=5)]
+        while not breaker.is_open:
+            assert len(found) < 20, found
+            try:
+                reads[len(found) % 2]()
+            except Exception as exc:
+                found.append(exc)
+            else:
+                pytest.fail("a read answered while Redis was down")
+        # Celery's own errors: state raises redis-py's, get() Celery's RuntimeError
+        # ("Retry limit exceeded", 5.5+) or redis-py's (5.3); none of them ours.
+        expected = redis.ConnectionError if fault == "refused" else redis.TimeoutError
+        assert all(isinstance(e, (expected, RuntimeError)) for e in found), found
+        assert not any(isinstance(e, ResultBackendUnavailable) for e in found), found
+        for label, read in [("state", lambda: result.state), ("ready", result.ready),
+                            ("successful", result.successful), ("failed", result.failed),
+                            ("get", lambda: result.get(timeout=5)), ("forget", result.forget)]:
+            with pytest.raises(ResultBackendUnavailable) as info:
+                read()
+            error = info.value
+            assert isinstance(error, redis.ConnectionError), label
+            assert isinstance(error, RuntimeError), label
+            assert isinstance(error, BreakerOpenError), label
+            assert str(error).startswith(
+                "Celery result backend unavailable: redis breaker 'default' is open"), label
+            assert str(redis_server.port) not in str(error), label
+        assert ignored.get(timeout=5) is None
+    finally:
+        if redis_server.frozen:
             redis_server.thaw()
+        _close(app)
+
+
+def test_a_result_backend_on_another_server_is_not_under_the_brokers_breaker(
+        redis_server: RedisServer, other_redis: RedisServer) -> None:
+    """The broker's breaker speaks for the broker's server only: with the broker down and its
+    breaker open, a result backend on another server still answers."""
+    app = protect(_app(redis_server.url, other_redis.url))
+    try:
+        result = app.tasks["t.add"].delay(1, 2)
+        redis_server.stop()
+        get_breaker().force_open()
+        assert result.state == "PENDING"
     finally:
         _close(app)

@@ -11,6 +11,9 @@
   ``retry_policy = {"max_retries": 0}`` when it has no ``retry_policy``. Then
   ``AsyncResult.state`` and ``.get()`` answer or raise within the socket
   timeout instead of retrying 20 times a second apart.
+* That backend, when it is on the broker's Redis server, reads through the
+  broker's breaker (``results``): once the breaker is open, ``AsyncResult``'s
+  reads raise ``ResultBackendUnavailable`` at once.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from celery import Celery
 
 from .config import TIMEOUT
 from .dispatch import send_task
+from .results import guard_result_backend
 
 __all__ = ["bound_result_backend", "protect"]
 
@@ -61,6 +65,7 @@ def protect(app: Celery) -> Celery:
         return app
     app.send_task = partial(send_task, app)
     app._redis_breaker_protected = True
+    guard_result_backend(app)
     if app.configured:
         bound_result_backend(app)
     else:
