@@ -21,6 +21,7 @@ from celery import chain, chord, group
 from celery.result import AsyncResult
 
 from redis_breaker import State, get_breaker
+from redis_breaker.celery import CanvasRefused, ResultBackendUnavailable
 from redis_breaker.models import OutboxMessage
 from tests.harness import RedisServer
 
@@ -64,18 +65,33 @@ def broker(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def calling(broker: RedisServer, recorder: RedisServer, tmp_path: Path) -> Iterator[Any]:
-    """The calling app's module, pointed at ``broker``, with a worker consuming from it."""
+def elsewhere() -> Iterator[RedisServer]:
+    """A result backend on a server of its own, never faulted."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def calling(request: pytest.FixtureRequest, broker: RedisServer, recorder: RedisServer,
+            tmp_path: Path) -> Iterator[Any]:
+    """The calling app's module, pointed at ``broker``, with a worker consuming from it; the
+    result backend on the broker's server, or on another one for a test parametrized with
+    ``backend="elsewhere"``."""
     from tests.celery import calling_app
 
+    callspec = getattr(request.node, "callspec", None)
+    backend = broker
+    if callspec is not None and callspec.params.get("backend") == "elsewhere":
+        backend = request.getfixturevalue("elsewhere")
     app = calling_app.app
-    app.conf.broker_url = app.conf.result_backend = broker.url
+    app.conf.broker_url = broker.url
+    app.conf.result_backend = backend.url
     for cached in ("_redis_breaker_producers", "_redis_breaker_once_client"):
         app.__dict__.pop(cached, None)
     # The module's app outlives a test: a result backend of this test's server.
     _forget_backend(app)
     with celery_worker("tests.celery.calling_app", RB_BROKER_URL=broker.url,
-                       RB_RECORD_URL=recorder.url, RB_STATE_DIR=worker_state_dir(tmp_path)) as log:
+                       RB_BACKEND_URL=backend.url, RB_RECORD_URL=recorder.url, RB_STATE_DIR=worker_state_dir(tmp_path)) as log:
         runs = recorder.client()
         probe = calling_app.add.delay(-1, -1)
         wait_for(lambda: runs.hexists("runs", f"{probe.id}:0"), timeout=60,
@@ -167,7 +183,7 @@ def _scenarios(m: Any, base: int) -> list[Scenario]:
 
 #: Canvas whose dispatch writes to or subscribes on the result backend itself (a group
 #: subscribes to its members' results, a chord stores its size): with the backend on the
-#: stopped server they raise Celery's result-backend error (docs/celery.md).
+#: broker's server down, dispatch refuses them whole (CanvasRefused, docs/celery.md).
 RESULT_BACKEND_CANVAS = ("group", "chord")
 
 
@@ -245,6 +261,15 @@ def test_calling_api_through_an_outage(calling: Any, broker: RedisServer,
         sent = [(label, send()) for label, send, _ in scenarios
                 if label not in RESULT_BACKEND_CANVAS]
         assert OutboxMessage.objects.count() == len(sent) + 5
+        # A group or chord is refused at once, nothing of it stored: a group's first member
+        # by dispatch (CanvasRefused), a chord by Celery's own setup, which subscribes to
+        # its header's results before dispatching any (ResultBackendUnavailable).
+        for label, send, _ in scenarios:
+            if label in RESULT_BACKEND_CANVAS:
+                with pytest.raises(CanvasRefused if label == "group"
+                                   else ResultBackendUnavailable):
+                    send()
+        assert OutboxMessage.objects.count() == len(sent) + 5
         up()
         wait_for(lambda: OutboxMessage.objects.count() == 0, timeout=60,
                  what="the relay to empty the outbox")
@@ -253,3 +278,42 @@ def test_calling_api_through_an_outage(calling: Any, broker: RedisServer,
         return sent
 
     _run_round(calling, recorder, 100, dispatch)
+    # Every other task has run: no member of the refused group or chord ever did.
+    client = recorder.client()
+    try:
+        ran = [json.loads(v) for v in client.hgetall("seen").values()]
+    finally:
+        client.close()
+    assert [s for s in ran if s.get("group") or s.get("name") == "tests.total"] == []
+
+
+@pytest.mark.parametrize("backend", ["elsewhere"])
+def test_group_and_chord_through_an_outage_with_the_result_backend_elsewhere(
+        calling: Any, broker: RedisServer, recorder: RedisServer, backend: str) -> None:
+    """With the result backend on a server of its own, a group and a chord dispatched while
+    the broker is down land in the outbox whole and are relayed intact: every member runs
+    once, the chord's body once with every header result, and both results come back."""
+    add, total = calling.add, calling.total
+    breaker = get_breaker("default")
+    broker.stop()
+    for i in range(5):
+        calling.add.delay(2000 + i, 1)
+    assert breaker.state is State.OPEN
+    grouped = group(add.s(300, i) for i in range(3)).apply_async()
+    chorded = chord([add.s(400, 1), add.s(400, 2)])(total.s())
+    assert OutboxMessage.objects.count() == 5 + 3 + 2
+    broker.start()
+    wait_for(lambda: OutboxMessage.objects.count() == 0, timeout=60,
+             what="the relay to empty the outbox")
+    assert grouped.get(timeout=60) == [300, 301, 302]
+    assert chorded.get(timeout=60) == 803
+    client = recorder.client()
+    try:
+        runs = {k.decode(): int(v) for k, v in client.hgetall("runs").items()}
+        seen = [json.loads(v) for v in client.hgetall("seen").values()]
+    finally:
+        client.close()
+    assert {k: n for k, n in runs.items() if n != 1} == {}
+    members = sorted(s["args"] for s in seen if s.get("group") and s["name"] == "tests.add")
+    assert members == [[300, 0], [300, 1], [300, 2], [400, 1], [400, 2]]
+    assert [s["args"] for s in seen if s["name"] == "tests.total"] == [[[401, 402]]]

@@ -16,11 +16,12 @@ from .dispatch import BreakerTask, dispatch, execute_task_sync, send_task
 from .once import claim_key
 from .protect import bound_result_backend, protect
 from .publish import bounded_transport_options, publish_outboxed, sentinel_probe_url
-from .results import ResultBackendUnavailable
+from .results import CanvasRefused, ResultBackendUnavailable
 
 __all__ = [
     "FALLBACKS",
     "BreakerTask",
+    "CanvasRefused",
     "ResultBackendUnavailable",
     "bound_result_backend",
     "bounded_transport_options",

@@ -24,6 +24,7 @@ from .config import BREAKER_NAME, FALLBACK
 from .once import claim_once
 from .outbox import relay_for
 from .publish import breaker_for, publish, publishing, send_by_name
+from .results import CanvasRefused, canvas_needs_backend
 from .rows import check_storable, write_dispatch
 
 __all__ = [
@@ -133,6 +134,11 @@ def _fallen_back(app: Celery, b: Breaker, mode: str, name: str, task: Task | Non
         return b.call_with_fallback(publish_now, run_here, integration="celery")
 
     def outbox() -> AsyncResult:
+        if (options.get("group_id") is not None or options.get("chord") is not None) \
+                and canvas_needs_backend(app):
+            # A member of a group or chord: the canvas would fail on the result backend
+            # right after this dispatch, leaving part of it in the outbox. Refuse it whole.
+            raise CanvasRefused(b.name, None, b.state.value)
         write_dispatch(app, breaker=b.name, task_name=name, args=args, kwargs=kwargs,
                        task_id=task_id, options=_stored(options))
         relay_for(b, app)

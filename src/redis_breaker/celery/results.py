@@ -26,7 +26,8 @@ from celery import Celery
 
 from redis_breaker._errors import BreakerOpenError
 
-__all__ = ["ResultBackendUnavailable", "guard_result_backend"]
+__all__ = ["CanvasRefused", "ResultBackendUnavailable", "canvas_needs_backend",
+           "guard_result_backend"]
 
 T = TypeVar("T")
 
@@ -46,6 +47,23 @@ class ResultBackendUnavailable(BreakerOpenError, rex.ConnectionError, RuntimeErr
         when = "" if self.retry_in is None else f"; next attempt in {self.retry_in:.3f}s"
         return (f"Celery result backend unavailable: redis breaker {self.name!r} is "
                 f"{self.state}{when}")
+
+
+class CanvasRefused(ResultBackendUnavailable):
+    """A ``group`` or ``chord`` not dispatched: it needs the result backend, which is down.
+
+    A group subscribes to its members' results and a chord stores its size on a Redis
+    result backend as they are dispatched; with that Redis on the broker's server and the
+    broker unreachable, the canvas cannot be started whole. Dispatch refuses its first
+    member that would go to the outbox, before anything of it is stored: nothing of the
+    canvas runs, and the caller can dispatch it again later. A ``RuntimeError``, as
+    Celery's own error for it was.
+    """
+
+    def __str__(self) -> str:
+        return (f"group or chord not dispatched, nothing of it stored: it needs the Celery "
+                f"result backend on the broker's Redis, and redis breaker {self.name!r} "
+                f"found that Redis unavailable ({self.state})")
 
 
 class _Counted(rex.ConnectionError):
@@ -70,6 +88,18 @@ def _on_broker_server(app: Celery, backend_url: str | None) -> bool:
     broker = str(app.conf.broker_write_url or app.conf.broker_url or "")
     mine = _server(backend_url or "")
     return mine is not None and mine == _server(broker)
+
+
+def canvas_needs_backend(app: Celery) -> bool:
+    """Whether a group or chord of ``app`` stores to a result backend on the broker's Redis
+    when it is dispatched (a Redis result backend on the broker's server)."""
+    try:
+        from celery.backends.redis import RedisBackend
+    except ImportError:  # pragma: no cover - redis-py is a dependency
+        return False
+    backend = app.backend
+    return isinstance(backend, RedisBackend) and _on_broker_server(
+        app, getattr(backend, "url", None) or str(app.conf.result_backend or ""))
 
 
 def _through(app: Celery, fn: Callable[..., T], args: tuple[Any, ...],
