@@ -10,10 +10,17 @@ measured in interleaved rounds so machine load falls on all alike:
   ``transaction_mode="IMMEDIATE"``);
 * PostgreSQL (the test harness's server, with PostgreSQL's own durability
   settings: ``fsync`` and ``synchronous_commit`` on).
+
+Each line is measured with two write paths, interleaved too: the row-object path
+(``write_message``: a model instance whose fields encode the JSON that was
+encoded and decoded once already; what every outbox dispatch took before) and
+the direct one ``delay()`` takes now (``write_dispatch``: the column values
+straight into the INSERT, each JSON column encoded once).
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,6 +68,28 @@ def databases(folder: Path, postgres: PostgresServer | None) -> dict[str, dict[s
     return found
 
 
+def _write_dispatch_row_object(app: Any, *, breaker: str, task_name: str, args: Any,
+                               kwargs: Any, task_id: str, options: Any) -> Any:
+    """The outbox write as every dispatch made it before ``write_dispatch``'s direct INSERT."""
+    from redis_breaker.celery import rows
+
+    stored = rows._stored(options)
+    eta, expires = rows._absolute_times(app, stored)
+    return rows.write_message(breaker=breaker, task_id=task_id, task_name=task_name, args=args,
+                              kwargs=kwargs, options=stored, eta=eta, expires=expires)
+
+
+PATHS = ("row object (before)", "direct (now)")
+
+
+def _use_path(path: str) -> None:
+    # The module, not the package's ``dispatch`` function of the same name.
+    dispatch = sys.modules["redis_breaker.celery.dispatch"]
+    rows = sys.modules["redis_breaker.celery.rows"]
+    dispatch.write_dispatch = (_write_dispatch_row_object  # type: ignore[attr-defined]
+                               if path == PATHS[0] else rows.write_dispatch)
+
+
 def _round(task: Any, alias: str, calls: int, atomic: bool, start: int) -> list[float]:
     from django.db import transaction
 
@@ -97,22 +126,28 @@ def measure(app: Any, aliases: list[str], calls: int, rounds: int = 10) -> dict[
         call_command("migrate", "redis_breaker", database=alias, verbosity=0)
     breaker = get_breaker()
     breaker.force_open("benchmark: outbox writes")
-    samples: dict[tuple[str, bool], list[float]] = {(a, m): [] for a in aliases
-                                                    for m in (False, True)}
+    samples: dict[tuple[str, bool, str], list[float]] = {
+        (a, m, p): [] for a in aliases for m in (False, True) for p in PATHS}
     per_round = max(1, calls // rounds)
     try:
         for alias in aliases:  # warm-up: connections, statements, the table's first pages
             ROUTER.alias = alias
-            _round(outboxed, alias, 50, False, 0)
-            _round(outboxed, alias, 50, True, 0)
+            for path in PATHS:
+                _use_path(path)
+                _round(outboxed, alias, 50, False, 0)
+                _round(outboxed, alias, 50, True, 0)
         for r in range(rounds):
             progress(f"outbox round {r + 1}/{rounds}")
             for alias in aliases:
                 ROUTER.alias = alias
                 for atomic in (False, True):
-                    samples[(alias, atomic)] += _round(outboxed, alias, per_round, atomic,
-                                                       r * per_round)
+                    # The paths' order flips each round: neither always runs second.
+                    for path in (PATHS if r % 2 else PATHS[::-1]):
+                        _use_path(path)
+                        samples[(alias, atomic, path)] += _round(
+                            outboxed, alias, per_round, atomic, r * per_round)
     finally:
+        _use_path(PATHS[1])
         for alias in aliases:
             ROUTER.alias = alias
             OutboxMessage.objects.using(alias).all().delete()
@@ -121,13 +156,13 @@ def measure(app: Any, aliases: list[str], calls: int, rounds: int = 10) -> dict[
         breaker.reset("benchmark done")
     results: dict[str, Any] = {}
     rows = []
-    for (alias, atomic), times in samples.items():
+    for (alias, atomic, path), times in samples.items():
         figures = percentiles(times)
         mode = "in atomic(), after a read" if atomic else "autocommit"
-        results[f"{alias}/{'atomic' if atomic else 'autocommit'}"] = {"calls": len(times),
-                                                                      **figures}
-        rows.append([LABELS[alias], mode, len(times), figures["p50_ms"], figures["p99_ms"],
-                     figures["max_ms"]])
-    print_table("outbox delay() with the breaker open, per database (ms)",
-                ["database", "transaction", "calls", "p50", "p99", "max"], rows)
+        results[f"{alias}/{'atomic' if atomic else 'autocommit'}/{path}"] = {
+            "calls": len(times), **figures}
+        rows.append([LABELS[alias], mode, path, len(times), figures["p50_ms"],
+                     figures["p99_ms"], figures["max_ms"]])
+    print_table("outbox delay() with the breaker open, per database and write path (ms)",
+                ["database", "transaction", "write path", "calls", "p50", "p99", "max"], rows)
     return results

@@ -58,11 +58,15 @@ def to_json(value: Any, what: str, task_name: str) -> Any:
     try:
         return json.loads(kombu_json.dumps(value))  # type: ignore[no-untyped-call]
     except (TypeError, ValueError) as exc:
-        raise OutboxSerializationError(
-            f"cannot dispatch {task_name}: its {what} are not JSON-serializable ({exc}). "
-            "The outbox stores tasks as JSON so they survive a Redis outage; "
-            "pass ids or plain data instead of objects."
-        ) from exc
+        raise _unstorable(what, task_name, exc) from exc
+
+
+def _unstorable(what: str, task_name: str, exc: Exception) -> OutboxSerializationError:
+    return OutboxSerializationError(
+        f"cannot dispatch {task_name}: its {what} are not JSON-serializable ({exc}). "
+        "The outbox stores tasks as JSON so they survive a Redis outage; "
+        "pass ids or plain data instead of objects."
+    )
 
 
 def from_json(value: Any) -> Any:
@@ -132,13 +136,54 @@ def _absolute_times(app: Celery, options: dict[str, Any]) -> tuple[datetime | No
     return eta, expires
 
 
+def _json_text(value: Any, what: str, task_name: str) -> str:
+    """``value`` as JSON text (kombu's tags), as the column holds it; as ``to_json`` refuses."""
+    try:
+        text: str = kombu_json.dumps(value)  # type: ignore[no-untyped-call]
+    except (TypeError, ValueError) as exc:
+        raise _unstorable(what, task_name, exc) from exc
+    return text
+
+
 def write_dispatch(app: Celery, *, breaker: str, task_name: str, args: Any, kwargs: Any,
-                   task_id: str, options: Mapping[str, Any]) -> OutboxMessage:
-    """Store one ``apply_async`` the broker could not take, its times made absolute."""
+                   task_id: str, options: Mapping[str, Any]) -> int:
+    """Store one ``apply_async`` the broker could not take, its times made absolute.
+
+    Returns the row's id. The hot path of an outbox dispatch: on PostgreSQL and SQLite
+    the values go to the INSERT as the columns hold them, each JSON column's text
+    encoded once, without a model instance (``write_message`` builds one, and its
+    JSON is encoded, decoded and encoded again); other databases take ``write_message``.
+    """
+    from redis_breaker.models import OutboxMessage
+
     stored = _stored(options)
     eta, expires = _absolute_times(app, stored)
-    return write_message(breaker=breaker, task_id=task_id, task_name=task_name, args=args,
-                         kwargs=kwargs, options=stored, eta=eta, expires=expires)
+    db = router.db_for_write(OutboxMessage)
+    connection = connections[db]
+    if connection.vendor not in _DIRECT_VENDORS:
+        row = write_message(breaker=breaker, task_id=task_id, task_name=task_name, args=args,
+                            kwargs=kwargs, options=stored, eta=eta, expires=expires, using=db)
+        return int(row.pk)
+    alone = connection.vendor == "postgresql" and connection.get_autocommit()
+    sql, names, defaults, returns = _direct_statement(connection, alone)
+    adapt = connection.ops.adapt_datetimefield_value
+    values = {
+        "breaker": breaker,
+        "task_id": task_id,
+        "task_name": task_name,
+        "args": _json_text(list(args or ()), "arguments", task_name),
+        "kwargs": _json_text(dict(kwargs or {}), "keyword arguments", task_name),
+        "options": _json_text(stored, "options", task_name),
+        "eta": adapt(_db_datetime(eta)),
+        "expires": adapt(_db_datetime(expires)),
+        "created_at": adapt(_db_now()),
+    }
+    params = [values[name] if name in values else defaults[name] for name in names]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        if returns:
+            return int(cursor.fetchone()[0])
+        return int(cursor.lastrowid)
 
 
 def write_message(
@@ -197,6 +242,46 @@ def _insert_statement(connection: Any, alone: bool) -> tuple[str, list[Any], boo
             returning, _ = connection.ops.return_insert_columns([meta.pk])
             sql += " " + returning
         found = _INSERTS[key] = (sql, fields, returns)
+    return found
+
+
+_DIRECT_VENDORS = ("postgresql", "sqlite")
+#: ``write_dispatch``'s INSERT per database alias, vendor and whether it is PostgreSQL's
+#: statement of its own: (sql, column attnames in order, prepared defaults, returns the id).
+_DIRECT: dict[tuple[str, str, bool], tuple[str, list[str], dict[str, Any], bool]] = {}
+_GIVEN = frozenset({"breaker", "task_id", "task_name", "args", "kwargs", "options", "eta",
+                    "expires", "created_at"})
+
+
+def _direct_statement(connection: Any, alone: bool
+                      ) -> tuple[str, list[str], dict[str, Any], bool]:
+    """``write_dispatch``'s INSERT (as ``_insert_statement``'s), its JSON columns taking JSON
+    text: ``%s::jsonb`` on PostgreSQL, text columns on SQLite."""
+    from django.db.models import JSONField
+
+    from redis_breaker.models import OutboxMessage
+
+    key = (connection.alias, connection.vendor, alone)
+    found = _DIRECT.get(key)
+    if found is None:
+        meta = OutboxMessage._meta
+        fields = [f for f in meta.concrete_fields if not f.primary_key]
+        qn = connection.ops.quote_name
+        postgres = connection.vendor == "postgresql"
+        marks = ", ".join("%s::jsonb" if postgres and isinstance(f, JSONField) else "%s"
+                          for f in fields)
+        sql = f"INSERT INTO {qn(meta.db_table)} ({', '.join(qn(f.column) for f in fields)}) "
+        if alone:
+            sql += f"SELECT {marks} WHERE set_config('synchronous_commit', 'off', true) = 'off'"
+        else:
+            sql += f"VALUES ({marks})"
+        returns = bool(connection.features.can_return_columns_from_insert)
+        if returns:
+            returning, _ = connection.ops.return_insert_columns([meta.pk])
+            sql += " " + returning
+        defaults = {f.attname: f.get_db_prep_save(f.get_default(), connection)
+                    for f in fields if f.attname not in _GIVEN}
+        found = _DIRECT[key] = (sql, [f.attname for f in fields], defaults, returns)
     return found
 
 
