@@ -7,6 +7,7 @@ second apart: with the backend down, ``delay()`` would block and lose the task.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
+from celery.backends.redis import RedisBackend
 
 from redis_breaker import BreakerOpenError, State, get_breaker
 from redis_breaker.celery import BreakerTask, ResultBackendUnavailable, protect
@@ -106,6 +108,8 @@ def test_protect_bounds_the_result_backend(redis_server: RedisServer) -> None:
         assert mine.backend.connparams["socket_timeout"] == 7.0
         assert mine.backend.retry_policy["max_retries"] == 3
         assert protect(app) is app
+        # The guarded backend pickles as Celery's own class.
+        assert type(pickle.loads(pickle.dumps(app.backend))) is RedisBackend
     finally:
         _close(app)
         mine.close()

@@ -185,6 +185,11 @@ def _guarded_class(cls: type) -> type:
             # A generator: the breaker is consulted when the join starts.
             return _waited(self._redis_breaker_app, super().iter_native, args, kwargs)
 
+        def __reduce__(self, args: Any = (), kwargs: Any = None) -> Any:
+            # Pickled as Celery's own class (this one is made at run time): unguarded.
+            unpickle, (_, args, kwargs) = super().__reduce__(args, kwargs)
+            return unpickle, (cls, args, kwargs)
+
     Guarded.__name__ = Guarded.__qualname__ = f"Breaker{cls.__name__}"
     Guarded.__module__ = __name__
     _classes[cls] = Guarded
