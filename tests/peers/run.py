@@ -1,6 +1,6 @@
 """Run the peers' own test suites on the plain backend and through ours.
 
-    python tests/peers/run.py [--cache-dir DIR] [--suite django|django-redis|channels_redis|channels_redis_pubsub]
+    python tests/peers/run.py [--cache-dir DIR] [--suite NAME]
         [--json PATH]
 
 The suites come from the sdists of the installed Django and django-redis
@@ -15,7 +15,9 @@ channels_redis's ``tests/test_core.py`` (from the sdist of the installed
 channels_redis) runs the same way, with its ``RedisChannelLayer`` swapped for
 ``BreakerChannelLayer`` (``swap_channels.py``), and its ``tests/test_pubsub.py``
 with its ``RedisPubSubChannelLayer`` swapped for ``BreakerPubSubChannelLayer``
-(``swap_pubsub.py``).
+(``swap_pubsub.py``); its Sentinel suites (``tests/test_sentinel.py``,
+``tests/test_pubsub_sentinel.py``) run next to a Sentinel setup of their own,
+both layers swapped (``swap_sentinel.py``).
 
 Fails unless every test that passes on the plain backend passes through
 ours or is listed, with its reason, in the suite's table (``docs/cache.md``,
@@ -44,7 +46,7 @@ HERE = Path(__file__).resolve().parent
 DOCS = ROOT / "docs"
 sys.path.insert(0, str(ROOT))
 
-from tests.harness import RedisServer  # noqa: E402
+from tests.harness import RedisSentinelCluster, RedisServer  # noqa: E402
 
 INI = """[pytest]
 addopts =
@@ -72,6 +74,8 @@ class Suite:
     doc: str = "cache.md"
     section: str = "## The peers' test suites"
     ini: str = INI
+    #: Run next to a Sentinel setup (channels_redis's Sentinel suites) instead of one server.
+    sentinel: bool = False
 
 
 SUITES = {
@@ -93,6 +97,11 @@ SUITES = {
         ("tests/test_pubsub.py", "-p", "no:django"), (), plugin="swap_pubsub",
         label="channels_redis pub/sub", doc="channels.md",
         section="## channels_redis's test suite", ini=ASYNC_INI),
+    "channels_redis_sentinel": Suite(
+        "channels_redis_sentinel", "channels_redis", "tests/", ".",
+        ("tests/test_sentinel.py", "tests/test_pubsub_sentinel.py", "-p", "no:django"), (),
+        plugin="swap_sentinel", label="channels_redis Sentinel", doc="channels.md",
+        section="## channels_redis's test suite", ini=ASYNC_INI, sentinel=True),
 }
 
 
@@ -130,16 +139,29 @@ def extract(tarball: Path, members: str, dest: Path) -> Path:
     return top
 
 
-def run_suite(suite: Suite, top: Path, mode: str, work: Path) -> tuple[subprocess.Popen[bytes],
-                                                                         Path, RedisServer, Path]:
-    server = RedisServer()
-    server.start()
+def run_suite(suite: Suite, top: Path, mode: str,
+              work: Path) -> tuple[subprocess.Popen[bytes], Path, RedisServer | RedisSentinelCluster,
+                                   Path]:
+    server: RedisServer | RedisSentinelCluster
+    extra: dict[str, str] = {}
+    if suite.sentinel:
+        # channels_redis's Sentinel suites: master group "sentinel", sentinel password
+        # "channels_redis"; the sentinels' addresses are relocated by the plugin.
+        server = RedisSentinelCluster("sentinel", replicas=1, sentinels=1,
+                                      sentinel_password="channels_redis").start()
+        extra["PEERS_SENTINELS"] = ",".join(f"{h}:{p}" for h, p in server.sentinels)
+        # Some of their tests make a layer on the default host: the master, here.
+        extra["PEERS_REDIS_PORT"] = str(server.master_address()[1])
+    else:
+        server = RedisServer()
+        server.start()
+        extra["PEERS_REDIS_PORT"] = str(server.port)
     report = work / f"{suite.name}-{mode}.json"
     log = work / f"{suite.name}-{mode}.log"
     ini = work / f"pytest-{suite.name}.ini"
     ini.write_text(suite.ini)
     env = {**os.environ,
-           "PEERS_MODE": mode, "PEERS_REDIS_PORT": str(server.port), "PEERS_REPORT": str(report),
+           "PEERS_MODE": mode, **extra, "PEERS_REPORT": str(report),
            "PYTHONPATH": os.pathsep.join([str(HERE), *(str(top / p) for p in suite.paths)]),
            # The breakers' host-wide state files, private to this run.
            "TMPDIR": tempfile.mkdtemp(prefix=f"peers-{mode}-")}
