@@ -28,7 +28,7 @@ from .clients import KeyNotReplayedError
 from .families import DjangoRedisMethods
 from .journal import INTEGRATION, Foreign
 from .locations import first_location, sentinel_location, uses_sentinel
-from .routing import _Bound
+from .routing import _REGISTERED, _Bound
 
 __all__ = ["BreakerCache", "KeyNotReplayedError", "sentinel_location", "uses_sentinel"]
 
@@ -53,18 +53,9 @@ def _set_xx(bound: _Bound, key: Any, value: Any, timeout: Any, *, version: int) 
     return True
 
 
-def _set(bound: _Bound, key: Any, value: Any, timeout: Any, *, version: int) -> bool | None:
-    bound.fallback.set(key, value, timeout, version=version)
-    return True if bound.django_redis else None
-
-
 def _incr_or_create(bound: _Bound, key: Any, delta: int, *, version: int) -> int:
     bound.fallback.add(key, 0, None, version=version)
     return int(bound.fallback.incr(key, delta, version=version))
-
-
-def _delete_count(bound: _Bound, keys: list[Any], version: int) -> int:
-    return sum(bool(bound.fallback.delete(k, version=version)) for k in keys)
 
 
 class BreakerCache(DjangoRedisMethods):
@@ -109,37 +100,44 @@ class BreakerCache(DjangoRedisMethods):
         return self._bind().primary.make_and_validate_key(key, version=version)
 
     # ----------------------------------------------------------- single keys
+    # get, has_key and set inline ``_bind`` and the journal's test: the closed
+    # path is one call of the primary's method through the breaker
+    # (``_Bound.get_call`` etc.), the version left to the primary.
     def get(self, key: Any, default: Any = None, version: int | None = None,
             client: Any = None) -> Any:
+        bound = self._bound
+        if bound is None or _REGISTERED.get(self._breaker_name) is not bound.breaker:
+            bound = self._bind()
         if client is not None:
             return self._direct("get", (key,), (key, default),
                                 {"version": version, "client": client})
-        # ``_read`` inlined: the open path's cost is what an outage costs every call.
-        bound = self._bind()
-        v = bound.primary.version if version is None else version
         journal = bound.journal
-        if journal.active and journal.diverts(key, v):
-            return bound.fallback.get(key, default, version=v)
-        return bound.breaker.call_with_fallback(
-            bound.primary.get, bound.get_uncovered, (key, default), {"version": v},
-            integration=INTEGRATION)
+        if journal.active:
+            v = bound.primary.version if version is None else version
+            if journal.diverts(key, v):
+                return bound.fallback.get(key, default, version=v)
+        return bound.get_call(key, default, version)
 
     def has_key(self, key: Any, version: int | None = None, client: Any = None) -> bool:
+        bound = self._bound
+        if bound is None or _REGISTERED.get(self._breaker_name) is not bound.breaker:
+            bound = self._bind()
         if client is not None:
             return bool(self._direct("has_key", (key,), (key,),
                                      {"version": version, "client": client}))
-        bound = self._bind()
-        v = bound.primary.version if version is None else version
         journal = bound.journal
-        if journal.active and journal.diverts(key, v):
-            return bool(bound.fallback.has_key(key, version=v))
-        return bool(bound.breaker.call_with_fallback(
-            bound.primary.has_key, bound.has_uncovered, (key,), {"version": v},
-            integration=INTEGRATION))
+        if journal.active:
+            v = bound.primary.version if version is None else version
+            if journal.diverts(key, v):
+                return bool(bound.fallback.has_key(key, version=v))
+        return bool(bound.has_key_call(key, version))
 
     def set(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT,
             version: int | None = None, client: Any = None, nx: bool = False,
             xx: bool = False) -> Any:
+        bound = self._bound
+        if bound is None or _REGISTERED.get(self._breaker_name) is not bound.breaker:
+            bound = self._bind()
         if client is not None or nx or xx:
             extra: dict[str, Any] = {k: True for k, on in (("nx", nx), ("xx", xx)) if on}
             if client is not None:
@@ -148,7 +146,12 @@ class BreakerCache(DjangoRedisMethods):
             if nx:
                 return self._add_like("set", key, value, timeout, version, extra)
             return bool(self._write("set", key, version, (value, timeout), extra, _set_xx))
-        return self._write("set", key, version, (value, timeout), None, _set)
+        journal = bound.journal
+        if journal.active:
+            v = bound.primary.version if version is None else version
+            if journal.diverts(key, v):
+                return bound.set_failed(key, value, timeout, v)
+        return bound.set_call(key, value, timeout, version)
 
     def add(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT,
             version: int | None = None, client: Any = None) -> bool:
@@ -293,23 +296,15 @@ class BreakerCache(DjangoRedisMethods):
             return self._direct("delete_many", keys, (keys,),
                                 {"version": version, "client": client})
         bound = self._bind()
-        v = self._version(bound, version)
         journal = bound.journal
         count = 0
         if journal.active:
+            v = self._version(bound, version)
             covered, keys = journal.divert_many(keys, v)
             if covered:
-                count += journal.write(covered, v, _delete_count, bound, covered, v)
+                count += journal.write(covered, v, bound.delete_count, covered, v)
         if keys:
-            rest = keys
-
-            def served_by_fallback(*a: Any, **kw: Any) -> int:
-                return journal.write(rest, v, _delete_count, bound, rest, v)
-
-            count += int(bound.breaker.call_with_fallback(
-                bound.primary.delete_many, served_by_fallback, (rest,), {"version": v},
-                integration=INTEGRATION,
-            ) or 0)
+            count += int(bound.delete_many_call(keys, version) or 0)
         # django-redis counts what it deleted; Django's RedisCache returns nothing.
         return count if bound.django_redis else None
 

@@ -19,6 +19,7 @@ such method) and takes the same arguments, ``client=`` included.
 from __future__ import annotations
 
 import datetime
+import functools
 import re
 import time
 from collections.abc import Iterator
@@ -27,7 +28,6 @@ from typing import Any
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 from django.core.cache.backends.locmem import LocMemCache
 
-from .journal import INTEGRATION
 from .keyspace import glob_escape, glob_regex
 from .routing import CacheRouting, _Bound
 
@@ -71,6 +71,77 @@ def _touch(bound: _Bound, key: Any, seconds: float | None, *, version: int) -> b
     return bool(fallback.touch(key, seconds, version=version))
 
 
+# The fallbacks of the TTL family, ``fallback(bound, key, *args, version=v)``:
+# functions of the module, so each method's route is made once (``_Bound.route``).
+def _ttl_fallback(bound: _Bound, key: Any, *, version: int) -> int | None:
+    return fallback_ttl(bound, key, version=version, millis=False)
+
+
+def _pttl_fallback(bound: _Bound, key: Any, *, version: int) -> int | None:
+    return fallback_ttl(bound, key, version=version, millis=True)
+
+
+def _persist_fallback(bound: _Bound, key: Any, *, version: int) -> bool:
+    return _touch(bound, key, None, version=version)
+
+
+def _expire_fallback(bound: _Bound, key: Any, timeout: Any, *, version: int) -> bool:
+    if timeout is DEFAULT_TIMEOUT:
+        # The primary's default, not the fallback's, so both expire a key alike.
+        timeout = bound.primary.default_timeout
+    return _touch(bound, key, _seconds(timeout), version=version)
+
+
+def _pexpire_fallback(bound: _Bound, key: Any, timeout: Any, *, version: int) -> bool:
+    if timeout is DEFAULT_TIMEOUT:
+        return _expire_fallback(bound, key, timeout, version=version)
+    return _touch(bound, key, _seconds(timeout, 1000.0), version=version)
+
+
+def _expire_at_fallback(bound: _Bound, key: Any, when: Any, *, version: int) -> bool:
+    return _touch(bound, key, _until(when), version=version)
+
+
+def _pexpire_at_fallback(bound: _Bound, key: Any, when: Any, *, version: int) -> bool:
+    return _touch(bound, key, _until(when, 1000.0), version=version)
+
+
+#: ``delete_pattern``'s route in ``_Bound.routes``: its fallback needs the prefix too.
+_PATTERN_ROUTE = ("pattern", "delete_pattern", None)
+
+
+def _pattern_matcher(bound: _Bound, pattern: str, version: int | None,
+                     prefix: str | None) -> re.Pattern[str]:
+    """The Redis keys ``delete_pattern(pattern)`` deletes (needed only while the journal is in use)."""
+    primary = bound.primary
+    v = primary.version if version is None else version
+    return glob_regex(str(primary.key_func(
+        pattern, glob_escape(primary.key_prefix if prefix is None else prefix),
+        glob_escape(str(v)))))
+
+
+def _forget_local(bound: _Bound, matching: re.Pattern[str], prefix: str | None) -> int:
+    # Covered keys the pattern matches lose their fallback copy (a miss, never
+    # the value the pattern deleted); the pattern keeps covering them. The caller
+    # holds the journal's lock.
+    gone = 0
+    if prefix is None or prefix == bound.primary.key_prefix:
+        for key, ver in bound.journal.named_matching(matching):
+            gone += bool(bound.fallback.delete(key, version=ver))
+    return gone
+
+
+def _delete_pattern_fallback(bound: _Bound, pattern: str, version: int | None = None,
+                             prefix: str | None = None, **kwargs: Any) -> int:
+    """``delete_pattern`` while Redis is away: journaled, run on Redis on recovery."""
+    v = bound.primary.version if version is None else version
+    matching = _pattern_matcher(bound, pattern, v, prefix)
+    journal = bound.journal
+    with journal.lock:
+        journal.record_pattern((pattern, v, prefix), matching)
+        return _forget_local(bound, matching, prefix)
+
+
 class DjangoRedisMethods(CacheRouting):
     """TTL, pattern, collection and lock methods of django-redis, each in its family."""
 
@@ -79,108 +150,80 @@ class DjangoRedisMethods(CacheRouting):
         if client is not None:
             found = self._direct("ttl", (key,), (key,), {"version": version, "client": client})
         else:
-            found = self._read("ttl", key, version, fallback=lambda b, k, version: fallback_ttl(
-                b, k, version=version, millis=False))
+            found = self._read("ttl", key, version, fallback=_ttl_fallback)
         return None if found is None else int(found)
 
     def pttl(self, key: Any, version: int | None = None, client: Any = None) -> int | None:
         if client is not None:
             found = self._direct("pttl", (key,), (key,), {"version": version, "client": client})
         else:
-            found = self._read("pttl", key, version, fallback=lambda b, k, version: fallback_ttl(
-                b, k, version=version, millis=True))
+            found = self._read("pttl", key, version, fallback=_pttl_fallback)
         return None if found is None else int(found)
 
     def persist(self, key: Any, version: int | None = None, client: Any = None) -> bool:
         if client is not None:
             return bool(self._direct("persist", (key,), (key,),
                                      {"version": version, "client": client}))
-        return bool(self._write("persist", key, version, fallback=lambda b, k, version: _touch(
-            b, k, None, version=version)))
+        return bool(self._write("persist", key, version, fallback=_persist_fallback))
 
     def expire(self, key: Any, timeout: Any, version: int | None = None,
                client: Any = None) -> bool:
         if client is not None:
             return bool(self._direct("expire", (key,), (key, timeout),
                                      {"version": version, "client": client}))
-        return bool(self._write("expire", key, version, (timeout,), fallback=self._expire_fb))
+        return bool(self._write("expire", key, version, (timeout,), fallback=_expire_fallback))
 
     def pexpire(self, key: Any, timeout: Any, version: int | None = None,
                 client: Any = None) -> bool:
         if client is not None:
             return bool(self._direct("pexpire", (key,), (key, timeout),
                                      {"version": version, "client": client}))
-        return bool(self._write("pexpire", key, version, (timeout,), fallback=self._pexpire_fb))
+        return bool(self._write("pexpire", key, version, (timeout,),
+                                fallback=_pexpire_fallback))
 
     def expire_at(self, key: Any, when: Any, version: int | None = None,
                   client: Any = None) -> bool:
         if client is not None:
             return bool(self._direct("expire_at", (key,), (key, when),
                                      {"version": version, "client": client}))
-        return bool(self._write("expire_at", key, version, (when,), fallback=lambda b, k, w,
-                                version: _touch(b, k, _until(w), version=version)))
+        return bool(self._write("expire_at", key, version, (when,),
+                                fallback=_expire_at_fallback))
 
     def pexpire_at(self, key: Any, when: Any, version: int | None = None,
                    client: Any = None) -> bool:
         if client is not None:
             return bool(self._direct("pexpire_at", (key,), (key, when),
                                      {"version": version, "client": client}))
-        return bool(self._write("pexpire_at", key, version, (when,), fallback=lambda b, k, w,
-                                version: _touch(b, k, _until(w, 1000.0), version=version)))
-
-    def _expire_fb(self, bound: _Bound, key: Any, timeout: Any, *, version: int) -> bool:
-        return _touch(bound, key, _seconds(self._timeout(bound, timeout)), version=version)
-
-    def _pexpire_fb(self, bound: _Bound, key: Any, timeout: Any, *, version: int) -> bool:
-        if timeout is DEFAULT_TIMEOUT:
-            return self._expire_fb(bound, key, timeout, version=version)
-        return _touch(bound, key, _seconds(timeout, 1000.0), version=version)
+        return bool(self._write("pexpire_at", key, version, (when,),
+                                fallback=_pexpire_at_fallback))
 
     # --------------------------------------------------------------- patterns
     def delete_pattern(self, pattern: str, version: int | None = None,
                        prefix: str | None = None, client: Any = None,
                        itersize: int | None = None) -> int:
         kwargs: dict[str, Any] = {}
-        for name, value in (("version", version), ("prefix", prefix), ("itersize", itersize)):
-            if value is not None:
-                kwargs[name] = value
+        if version is not None:
+            kwargs["version"] = version
+        if prefix is not None:
+            kwargs["prefix"] = prefix
+        if itersize is not None:
+            kwargs["itersize"] = itersize
         if client is not None:
             return int(self._direct("delete_pattern", (), (pattern,), {**kwargs,
                                                                        "client": client}))
         bound = self._bind()
-        v = self._version(bound, version)
-        primary = bound.primary
-        own = prefix is None or prefix == primary.key_prefix
+        found = bound.routes.get(_PATTERN_ROUTE)
+        if found is None:
+            served = functools.partial(_delete_pattern_fallback, bound)
+            found = (bound.guarded(bound.primary.delete_pattern,  # type: ignore[attr-defined]
+                                   served), served)
+            bound.routes[_PATTERN_ROUTE] = found
+        count = found[0](pattern, **kwargs)
         journal = bound.journal
-
-        def matcher() -> re.Pattern[str]:
-            # Only needed while the journal is in use: the healthy path never builds it.
-            return glob_regex(str(primary.key_func(
-                pattern, glob_escape(primary.key_prefix if prefix is None else prefix),
-                glob_escape(str(v)))))
-
-        def forget_local(matching: re.Pattern[str]) -> int:
-            # Covered keys the pattern matches lose their fallback copy (a miss, never
-            # the value the pattern deleted); the pattern keeps covering them.
-            gone = 0
-            if own:
-                for key, ver in journal.named_matching(matching):
-                    gone += bool(bound.fallback.delete(key, version=ver))
-            return gone
-
-        def served_by_fallback(*a: Any, **kw: Any) -> int:
-            matching = matcher()
-            with journal.lock:
-                journal.record_pattern((pattern, v, prefix), matching)
-                return forget_local(matching)
-
-        count = bound.breaker.call_with_fallback(
-            primary.delete_pattern, served_by_fallback,  # type: ignore[attr-defined]
-            (pattern,), kwargs, integration=INTEGRATION)
         if journal.active:
-            matching = matcher()
+            matching = _pattern_matcher(bound, pattern, version, prefix)
             with journal.lock:
-                forget_local(matching)
+                _forget_local(bound, matching, prefix)
         return int(count)
 
     def keys(self, search: str, version: int | None = None, client: Any = None) -> Any:

@@ -66,6 +66,9 @@ class Foreign:
     prefix: str
     key: Any
 
+#: The states whose ``rejects`` is true, for a test without two property calls.
+_REJECTING = tuple(state for state in State if state.rejects)
+
 #: What the breaker's fallback counts and warnings call the cache.
 INTEGRATION = "cache"
 _RETRY_FAILED_S = 0.25  # replay failed while the breaker stayed closed
@@ -144,17 +147,28 @@ class Journal:
     # The two below are the cache's fast path while the journal is ``active``;
     # callers test that flag inline first, so a healthy cache pays one attribute
     # read and no call.
-    def diverts(self, key: Any, *versions: int) -> bool:
-        """Whether a call for ``key`` (at any of ``versions``) goes to the fallback, not Redis.
+    def diverts(self, key: Any, version: int, *more: int) -> bool:
+        """Whether a call for ``key`` (at ``version`` or any of ``more``) goes to the fallback.
 
         A covered key is served by the fallback and counted as such. Either way the
         replay is started while the breaker lets calls through: covered keys never
         touch Redis, so the replay is what finds out whether Redis is back (or still
-        away: its failures count and open the breaker).
+        away: its failures count and open the breaker). ``covers`` and the two
+        breaker calls are inlined: this runs on every call while the journal holds
+        keys, which is every call of an outage once something was written.
         """
-        self._kick_unless_rejected()
-        if any(self.covers(key, version) for version in versions):
-            self._note_fallback()
+        breaker = self._breaker()
+        # ``state`` catches up with the host's record (another process's probe may
+        # have closed the breaker): a process whose every call is diverted learns here.
+        if breaker is not None and breaker.state not in _REJECTING:
+            self.kick()
+        k = (key, version)
+        if (self._all or self._inflight_all or k in self._keys or k in self._inflight
+                or ((self._patterns or self._inflight_patterns)
+                    and self._pattern_covers(key, version))
+                or (more and any(self.covers(key, v) for v in more))):
+            if breaker is not None:
+                breaker.note_fallback(INTEGRATION)
             return True
         return False
 

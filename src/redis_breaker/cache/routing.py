@@ -21,12 +21,12 @@ from typing import Any
 
 from django.core.cache import caches
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
-from django.core.cache.backends.locmem import LocMemCache
 from django.core.exceptions import ImproperlyConfigured
 from redis.asyncio.client import Pipeline as AsyncPipeline
 from redis.client import Pipeline
 
-from redis_breaker._breaker import Breaker
+from redis_breaker import _registry
+from redis_breaker._breaker import Breaker, guarded_function
 from redis_breaker._client import guarded_view, is_guarded
 from redis_breaker._registry import get_breaker
 
@@ -34,6 +34,7 @@ from .clients import KeyNotReplayedError, direct_backend, is_django_redis
 from .journal import INTEGRATION, Journal, journal_for
 from .locations import first_location
 from .options import OPTIONS, why_unusable
+from .store import FallbackStore
 
 __all__ = ["CacheRouting"]
 
@@ -47,10 +48,28 @@ Fallback = Callable[..., Any]
 _OMITTED_WHEN_NONE = ("client", "itersize")
 
 
-class _Bound:
-    """What one BreakerCache instance talks to, resolved once per breaker object."""
+#: The registry's breakers by name (never rebound, only changed): a binding is
+#: current while its breaker is the one registered under its name. Read with one
+#: dict lookup per call, where ``get_breaker`` would cost a Python call.
+_REGISTERED = _registry._breakers
 
-    __slots__ = ("breaker", "direct", "django_redis", "fallback", "journal", "primary")
+#: The routes a call can take through ``_Bound.route`` (the fallback's role differs).
+_READ, _WRITE = "read", "write"
+
+
+class _Bound:
+    """What one BreakerCache instance talks to, resolved once per breaker object.
+
+    Besides the stores, the calls of the closed path, made once here (a
+    ``guarded_function`` each: the breaker's inlined closed path around the
+    primary's own method, with the fallback that serves the call when the
+    breaker refuses it or Redis fails), so a healthy call pays one wrapper and
+    no per-call closures, argument tuples or keyword dicts.
+    """
+
+    __slots__ = ("breaker", "delete_many_call", "direct", "directs", "django_redis",
+                 "fallback", "get_call", "has_key_call", "journal", "primary", "routes",
+                 "set_call")
 
     def __init__(self, breaker: Breaker, primary: BaseCache, fallback: BaseCache,
                  journal: Journal) -> None:
@@ -61,6 +80,23 @@ class _Bound:
         self.django_redis = is_django_redis(primary)
         #: The primary seen through guarded clients (``_direct``, ``client``).
         self.direct = direct_backend(primary, breaker)
+        #: ``route()``'s calls and fallbacks, by (family, op, fallback).
+        self.routes: dict[tuple[str, str, Any], tuple[Callable[..., Any], Callable[..., Any]]] = {}
+        #: ``_direct``'s calls (no fallback), by op.
+        self.directs: dict[str, Callable[..., Any]] = {}
+        self.get_call = self.guarded(primary.get, self.get_uncovered)
+        self.has_key_call = self.guarded(primary.has_key, self.has_uncovered)
+        self.set_call = self.guarded(primary.set, self.set_failed)
+        self.delete_many_call = self.guarded(primary.delete_many, self.delete_many_failed)
+
+    def guarded(self, method: Callable[..., Any],
+                fallback: Callable[..., Any] | None) -> Callable[..., Any]:
+        return guarded_function(method, breaker=self.breaker, fallback=fallback,
+                                integration=INTEGRATION)
+
+    def version(self, version: int | None) -> int:
+        # Resolved once so the journal, the primary and the fallback agree on the key.
+        return self.primary.version if version is None else version
 
     # The fallbacks of the reads. The fallback only ever holds keys the journal
     # covers (it is cleared when the journal is made, and a replayed key leaves
@@ -68,17 +104,22 @@ class _Bound:
     # read of a key it does not cover is a miss: answered here without asking
     # the fallback (key validation, its lock, unpickling: most of an open-state
     # read's cost). Coverage is looked up again: a write may have covered the
-    # key since the caller looked.
-    def get_uncovered(self, key: Any, default: Any = None, version: int = 0) -> Any:
+    # key since the caller looked. Each takes the arguments the primary was
+    # given (``version`` None: the primary's own).
+    def get_uncovered(self, key: Any, default: Any = None, version: int | None = None) -> Any:
         journal = self.journal
-        if journal.active and journal.covers(key, version):
-            return self.fallback.get(key, default, version=version)
+        if journal.active:
+            v = self.primary.version if version is None else version
+            if journal.covers(key, v):
+                return self.fallback.get(key, default, version=v)
         return default
 
-    def has_uncovered(self, key: Any, version: int = 0) -> bool:
+    def has_uncovered(self, key: Any, version: int | None = None) -> bool:
         journal = self.journal
-        if journal.active and journal.covers(key, version):
-            return bool(self.fallback.has_key(key, version=version))
+        if journal.active:
+            v = self.primary.version if version is None else version
+            if journal.covers(key, v):
+                return bool(self.fallback.has_key(key, version=v))
         return False
 
     def get_many_uncovered(self, keys: list[Any], version: int = 0) -> dict[Any, Any]:
@@ -87,6 +128,62 @@ class _Bound:
             return {}
         covered = journal.split(keys, version)[0]
         return dict(self.fallback.get_many(covered, version=version)) if covered else {}
+
+    # The fallbacks of the writes: the key is journaled with the fallback's write.
+    def set_failed(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT,
+                   version: int | None = None) -> bool | None:
+        v = self.primary.version if version is None else version
+        return self.journal.write((key,), v, self.set_fallback, key, value, timeout, v)
+
+    def set_fallback(self, key: Any, value: Any, timeout: Any, version: int) -> bool | None:
+        self.fallback.set(key, value, timeout, version=version)
+        return True if self.django_redis else None
+
+    def delete_many_failed(self, keys: list[Any], version: int | None = None) -> int:
+        v = self.primary.version if version is None else version
+        return self.journal.write(keys, v, self.delete_count, keys, v)
+
+    def delete_count(self, keys: Iterable[Any], version: int) -> int:
+        delete = self.fallback.delete
+        return sum(bool(delete(k, version=version)) for k in keys)
+
+    def route(self, family: str, op: str,
+              fallback: Fallback | None) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        """``(call, served)``: the primary's ``op`` through the breaker, and its fallback.
+
+        Made once per (family, op, fallback) and kept. ``call`` takes the
+        primary's arguments, ``key`` first and ``version`` by keyword; when the
+        breaker refuses it or Redis fails, ``served`` gets the same arguments
+        and answers: ``fallback(bound, key, *args, version=v)`` with the version
+        resolved, or the fallback store's own ``op`` when ``fallback`` is None;
+        a write journals the key with it.
+        """
+        found = self.routes.get((family, op, fallback))
+        if found is None:
+            served = self.served(family, op, fallback)
+            found = (self.guarded(getattr(self.primary, op), served), served)
+            self.routes[(family, op, fallback)] = found
+        return found
+
+    def served(self, family: str, op: str, fallback: Fallback | None) -> Callable[..., Any]:
+        """What ``route``'s call does when the breaker refuses it (or Redis fails)."""
+        primary, journal, bound = self.primary, self.journal, self
+        method = getattr(self.fallback, op) if fallback is None else None
+
+        if family == _READ:
+            def served(key: Any, *args: Any, version: int | None = None, **kw: Any) -> Any:
+                v = primary.version if version is None else version
+                if method is not None:
+                    return method(key, *args, version=v)
+                return fallback(bound, key, *args, version=v)  # type: ignore[misc]
+        else:
+            def served(key: Any, *args: Any, version: int | None = None, **kw: Any) -> Any:
+                v = primary.version if version is None else version
+                if method is not None:
+                    return journal.write((key,), v, method, key, *args, version=v)
+                return journal.write((key,), v, fallback, bound, key,  # type: ignore[arg-type]
+                                     *args, version=v)
+        return served
 
 
 def _cache_entries() -> Mapping[str, Any]:
@@ -138,6 +235,12 @@ class CacheRouting(BaseCache):
 
     # ------------------------------------------------------------- resolving
     def _bind(self) -> _Bound:
+        bound = self._bound
+        if bound is not None and _REGISTERED.get(self._breaker_name) is bound.breaker:
+            return bound
+        return self._rebind()
+
+    def _rebind(self) -> _Bound:
         if self._config_error is not None:
             raise ImproperlyConfigured(self._config_error)
         breaker = get_breaker(self._breaker_name)
@@ -158,7 +261,7 @@ class CacheRouting(BaseCache):
         if self._fallback_alias is not None:
             fallback = caches[self._fallback_alias]
         else:
-            fallback = LocMemCache(
+            fallback = FallbackStore(
                 f"redis_breaker.fallback:{self._primary_alias}:{hash(self._identity)}",
                 {"TIMEOUT": self._fallback_timeout,
                  "OPTIONS": {"MAX_ENTRIES": max(self._max_keys, 300)}},
@@ -205,57 +308,56 @@ class CacheRouting(BaseCache):
         return bound.primary.default_timeout if timeout is DEFAULT_TIMEOUT else timeout
 
     # ---------------------------------------------------------------- routes
+    # While the journal is empty (Redis healthy, or down with nothing written
+    # since) a call is one ``_Bound.route`` call: the primary's method through
+    # the breaker, the version left to the primary. The journal's own path
+    # (covered keys served by the fallback) is taken only while it holds keys.
     def _read(self, op: str, key: Any, version: int | None, args: tuple[Any, ...] = (),
               kwargs: dict[str, Any] | None = None, fallback: Fallback | None = None) -> Any:
-        bound = self._bind()
-        v = self._version(bound, version)
+        bound = self._bound
+        if bound is None or _REGISTERED.get(self._breaker_name) is not bound.breaker:
+            bound = self._bind()
+        call, served = bound.routes.get((_READ, op, fallback)) or bound.route(_READ, op, fallback)
         journal = bound.journal
-        if fallback is None:
-            served: Callable[..., Any] = getattr(bound.fallback, op)
-            if kwargs:
-                method = served
-                served = lambda *a, **kw: method(key, *args, version=v)  # noqa: E731
-        else:
-            served = lambda *a, **kw: fallback(bound, key, *args, version=v)  # noqa: E731
-        if journal.active and journal.diverts(key, v):
-            return served(key, *args, version=v)
-        return bound.breaker.call_with_fallback(
-            getattr(bound.primary, op), served, (key, *args),
-            {"version": v, **kwargs} if kwargs else {"version": v}, integration=INTEGRATION,
-        )
+        if journal.active:
+            v = bound.primary.version if version is None else version
+            if journal.diverts(key, v):
+                return served(key, *args, version=v)
+        if kwargs:
+            return call(key, *args, version=version, **kwargs)
+        return call(key, *args, version=version)
 
     def _write(self, op: str, key: Any, version: int | None, args: tuple[Any, ...] = (),
                kwargs: dict[str, Any] | None = None, fallback: Fallback | None = None) -> Any:
-        bound = self._bind()
-        v = self._version(bound, version)
+        bound = self._bound
+        if bound is None or _REGISTERED.get(self._breaker_name) is not bound.breaker:
+            bound = self._bind()
+        call, served = bound.routes.get((_WRITE, op, fallback)) or bound.route(_WRITE, op, fallback)
         journal = bound.journal
-        written = (key,)
-        if fallback is None:
-            method = getattr(bound.fallback, op)
-
-            def served_by_fallback(*a: Any, **kw: Any) -> Any:
-                return journal.write(written, v, method, key, *args, version=v)
-        else:
-            def served_by_fallback(*a: Any, **kw: Any) -> Any:
-                return journal.write(written, v, fallback, bound, key, *args, version=v)
-
-        if journal.active and journal.diverts(key, v):
-            return served_by_fallback()
-        return bound.breaker.call_with_fallback(
-            getattr(bound.primary, op), served_by_fallback, (key, *args),
-            {"version": v, **kwargs} if kwargs else {"version": v}, integration=INTEGRATION,
-        )
+        if journal.active:
+            v = bound.primary.version if version is None else version
+            if journal.diverts(key, v):
+                return served(key, *args, version=v)
+        if kwargs:
+            return call(key, *args, version=version, **kwargs)
+        return call(key, *args, version=version)
 
     def _direct(self, op: str, keys: Iterable[Any], args: tuple[Any, ...],
                 kwargs: dict[str, Any], *, lasting: bool = False) -> Any:
         """Redis alone. ``lasting``: the result talks to Redis later (a lock, an iterator)."""
-        bound = self._bind()
-        method = getattr(bound.primary, op, None)
-        if method is None:
-            raise NotImplementedError(
-                f"BreakerCache.{op}(): the PRIMARY {self._primary_alias!r} "
-                f"({type(bound.primary).__name__}) has no {op}(); django_redis.cache.RedisCache "
-                "has it.")
+        bound = self._bound
+        if bound is None or _REGISTERED.get(self._breaker_name) is not bound.breaker:
+            bound = self._bind()
+        call = bound.directs.get(op)
+        if call is None:
+            method = getattr(bound.primary, op, None)
+            if method is None:
+                raise NotImplementedError(
+                    f"BreakerCache.{op}(): the PRIMARY {self._primary_alias!r} "
+                    f"({type(bound.primary).__name__}) has no {op}(); "
+                    "django_redis.cache.RedisCache has it.")
+            # One breaker call for the whole operation, as for reads and writes.
+            call = bound.directs[op] = bound.guarded(method, None)
         journal = bound.journal
         if journal.active:
             versions = _versions(bound, kwargs)
@@ -263,16 +365,18 @@ class CacheRouting(BaseCache):
                 if any(journal.covers(key, v) for v in versions):
                     journal.kick()
                     raise KeyNotReplayedError(bound.breaker.name, key)
-        given = kwargs.get("client")
-        # Unset keywords are left out, as django-redis's own cache passes only what it
-        # is given: django-redis 5.4's ShardClient.keys/iter_keys take no client or itersize.
-        # ``kwargs`` is the caller's own (a literal or its **kwargs): changed in place.
-        for name in _OMITTED_WHEN_NONE:
-            if name in kwargs and kwargs[name] is None:
-                del kwargs[name]
+        given = None
+        if kwargs:
+            given = kwargs.get("client")
+            # Unset keywords are left out, as django-redis's own cache passes only what it
+            # is given: django-redis 5.4's ShardClient.keys/iter_keys take no client or
+            # itersize. ``kwargs`` is the caller's own (a literal or its **kwargs): changed
+            # in place.
+            for name in _OMITTED_WHEN_NONE:
+                if name in kwargs and kwargs[name] is None:
+                    del kwargs[name]
         if given is None and not lasting:
-            # One breaker call for the whole operation, as for reads and writes.
-            return bound.breaker.call(method, *args, **kwargs)
+            return call(*args, **kwargs)
         if given is not None:
             kwargs = {**kwargs, "client": self._guarded(bound, given)}
         # Through the guarded clients: every command the result sends later is guarded too.
