@@ -89,7 +89,10 @@ SUITES = {
         ("tests", "-k", "not sqlite_", "-p", "no:django"), (".", "tests"), label="django-redis"),
     "channels_redis": Suite(
         "channels_redis", "channels_redis", "tests/", ".",
-        ("tests/test_core.py", "-p", "no:django"), (), plugin="swap_channels",
+        # test_receive_cancel is xfail upstream (a race in redis-py, channels_redis
+        # #348): it passes or fails by chance on either layer.
+        ("tests/test_core.py", "-p", "no:django",
+         "--deselect", "tests/test_core.py::test_receive_cancel"), (), plugin="swap_channels",
         label="channels_redis", doc="channels.md", section="## channels_redis's test suite",
         ini=ASYNC_INI),
     "channels_redis_pubsub": Suite(
