@@ -213,8 +213,12 @@ def test_kept_messages_expire_counted(make_layer: Any) -> None:
 
 
 async def test_receive_never_raises_and_resubscribes_after_an_empty_restart(
-        pair: Any, redis_server: RedisServer) -> None:
-    """Consumers waiting through a stop and an empty restart get later messages on the same channels."""
+        pair: Any, redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    """Consumers waiting through a stop and an empty restart get later messages on the same channels.
+
+    The receive task counts its failures against the breaker and waits while it is
+    open, instead of logging an exception and reconnecting every second.
+    """
     a, b = pair
     mine = await a.new_channel()
     await a.group_add("room", mine)
@@ -238,6 +242,7 @@ async def test_receive_never_raises_and_resubscribes_after_an_empty_restart(
     assert await asyncio.wait_for(waiting, DEADLINE_S) == {"type": "after"}
     assert await asyncio.wait_for(b.receive(theirs), DEADLINE_S) == {"type": "after"}
     assert not waiting.cancelled()
+    assert not [r for r in caplog.records if "receive task" in r.getMessage()]
 
 
 async def test_a_publish_that_ran_after_a_thaw_is_received_once(
