@@ -1,23 +1,38 @@
 """Cache benchmark: BreakerCache against the bare backends, healthy and during outages.
 
-    python benchmarks/bench_cache.py [--quick] [--json PATH]
+    python benchmarks/bench_cache.py [--quick] [--json PATH] [--compare BACKEND]
 
 Starts its own redis-server(s) (the harness's RedisServer), configures
 Django in-process, and prints side-by-side tables with ratios, all measured in
 this one run:
 
-- healthy: get/set p50/p99 (and the client's own CPU time per call, which
-  the wait for Redis does not blur) of BreakerCache over Django's RedisCache vs bare
-  RedisCache, and over django-redis vs bare django-redis;
+- healthy: get/set of BreakerCache over Django's RedisCache vs bare
+  RedisCache, and over django-redis vs bare django-redis; next to them the
+  bare backend's own method wrapped in ``redis_breaker.guard`` (the breaker's
+  cost alone, without the cache's). The contenders run in rounds, one block
+  of calls each, in an order that rotates from round to round; the ratio is
+  the median over the rounds of BreakerCache's block time to the bare
+  backend's in the same round (p50/p99 of single calls beside it), and the
+  client's own CPU time per call (``time.thread_time_ns``), which the wait
+  for Redis does not blur;
 - django-redis's methods beyond BaseCache (TTL, patterns, collections, lock,
-  the keywords): p50/p99 through BreakerCache vs bare django-redis, and the
-  Redis commands each sends, by name (the server's INFO commandstats), which
-  must be the same;
+  the keywords), the same way, and the Redis commands each sends, by name (the
+  server's INFO commandstats), which must be the same;
 - outage (refused = stopped, hung = SIGSTOP, blackhole = packets dropped in a
   network namespace, root only), socket_timeout=0.5: p50/p99/max of ``get`` for
   Django's RedisCache, django-redis with IGNORE_EXCEPTIONS, and BreakerCache
   once its breaker is open (nothing written yet; then with 100 keys written
-  during the outage, a read of another key and of a written one).
+  during the outage, a read of another key and of a written one), and the
+  floors of the last: Django's ``LocMemCache.get`` and the default fallback's
+  own ``get`` of the same value.
+
+``--compare BACKEND`` adds another BreakerCache class (a dotted path, e.g. an
+older copy of ``redis_breaker.cache`` on PYTHONPATH) to every table, so a
+change is measured before and after in one run::
+
+    mkdir -p /tmp/before/cache_before
+    git archive REV src/redis_breaker/cache | tar -x --strip-components=3 -C /tmp/before/cache_before
+    PYTHONPATH=/tmp/before python benchmarks/bench_cache.py --compare cache_before.BreakerCache
 """
 
 from __future__ import annotations
@@ -34,6 +49,8 @@ from typing import Any
 from _harness import RedisServer
 
 TIMEOUT = 0.5
+#: ``--compare``'s BreakerCache class (a dotted path), or None.
+COMPARE: str | None = None
 
 
 def _entries(url: str) -> dict[str, Any]:
@@ -49,6 +66,10 @@ def _entries(url: str) -> dict[str, Any]:
                   "OPTIONS": {"PRIMARY": "dj", "BREAKER": "bench_dj"}},
         "bc_dr": {"BACKEND": "redis_breaker.cache.BreakerCache",
                   "OPTIONS": {"PRIMARY": "dr", "BREAKER": "bench_dr"}},
+        **({
+            "cmp_dj": {"BACKEND": COMPARE, "OPTIONS": {"PRIMARY": "dj", "BREAKER": "bench_cmp_dj"}},
+            "cmp_dr": {"BACKEND": COMPARE, "OPTIONS": {"PRIMARY": "dr", "BREAKER": "bench_cmp_dr"}},
+        } if COMPARE else {}),
     }
 
 
@@ -103,27 +124,69 @@ def _time_calls(fn: Callable[[], object], n: int) -> list[int]:
     return out
 
 
-def _interleaved(fns: dict[str, Callable[[], object]], n: int, block: int = 20,
-                 cpu: dict[str, int] | None = None) -> dict[str, list[int]]:
-    """Run the contenders in alternating blocks so drift hits them alike.
+def _rounds(fns: dict[str, Callable[[], object]], n: int, block: int = 20,
+            ) -> dict[str, dict[str, Any]]:
+    """Run the contenders in rounds, a block of ``block`` calls each, so drift hits them alike.
 
-    ``cpu``, when given, receives each contender's CPU time of this thread in ns
-    (``time.thread_time_ns``): the client's own work, without the wait for Redis.
+    The order rotates from round to round (and runs backwards every other
+    cycle), so no contender always follows the same one. For each contender:
+    ``samples`` (ns per call), ``blocks`` (ns per block, by round: ratios are
+    taken between the blocks of one round) and ``cpu_ns`` (the CPU time of
+    this thread over its calls, ``time.thread_time_ns``: the client's own
+    work, without the wait for Redis).
     """
-    samples: dict[str, list[int]] = {name: [] for name in fns}
-    spent = dict.fromkeys(fns, 0)
+    names = list(fns)
+    out: dict[str, dict[str, Any]] = {name: {"samples": [], "blocks": [], "cpu_ns": 0}
+                                      for name in names}
     thread_ns = time.thread_time_ns
     done = 0
+    turn = 0
     while done < n:
         step = min(block, n - done)
-        for name, fn in fns.items():
+        shift = turn % len(names)
+        order = names[shift:] + names[:shift]
+        if (turn // len(names)) % 2:
+            order.reverse()
+        for name in order:
+            row = out[name]
             started = thread_ns()
-            samples[name] += _time_calls(fn, step)
-            spent[name] += thread_ns() - started
+            calls = _time_calls(fns[name], step)
+            row["cpu_ns"] += thread_ns() - started
+            row["samples"] += calls
+            row["blocks"].append(sum(calls))
         done += step
-    if cpu is not None:
-        cpu.update(spent)
-    return samples
+        turn += 1
+    return out
+
+
+def _block_ratio(ours: list[int], base: list[int]) -> float:
+    """Median over the rounds of ``ours``'s block time to ``base``'s in the same round."""
+    return statistics.median(a / b for a, b in zip(ours, base, strict=True))
+
+
+def _compare_rows(fns: dict[str, Callable[[], object]], n: int) -> dict[str, Any]:
+    """``_rounds`` of the contenders (``bare`` first), as the tables show them."""
+    timed = _rounds(fns, n)
+    base = timed["bare"]
+    row: dict[str, Any] = {"bare": _percentiles(base["samples"]),
+                           "cpu_us_bare": base["cpu_ns"] / n / 1000}
+    for name, found in timed.items():
+        if name == "bare":
+            continue
+        row[name] = _percentiles(found["samples"])
+        row[f"cpu_us_{name}"] = found["cpu_ns"] / n / 1000
+        row[f"ratio_{name}"] = _block_ratio(found["blocks"], base["blocks"])
+    ours = row["breaker"]
+    row["ratio_p50"] = ours["p50_us"] / row["bare"]["p50_us"]
+    row["ratio_p99"] = ours["p99_us"] / row["bare"]["p99_us"]
+    return row
+
+
+def _guarded(method: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """The bare backend's method through a breaker of its own (``guard``): the breaker's cost alone."""
+    from redis_breaker import get_breaker, guard
+
+    return guard(get_breaker(name), fallback=lambda *a, **kw: None)(method)
 
 
 def bench_healthy(n: int) -> dict[str, Any]:
@@ -133,27 +196,29 @@ def bench_healthy(n: int) -> dict[str, Any]:
     for bare_alias, breaker_alias, label in (("dj", "bc_dj", "Django RedisCache"),
                                              ("dr", "bc_dr", "django-redis")):
         bare, wrapped = caches[bare_alias], caches[breaker_alias]
-        bare.set("bench-key", "x" * 100)
-        wrapped.set("bench-key", "x" * 100)
-        for _ in range(200):  # warm connections and code paths
-            bare.get("bench-key")
-            wrapped.get("bench-key")
+        compared = caches["cmp_" + bare_alias] if COMPARE else None
+        guarded_get = _guarded(bare.get, "bench_guard_" + bare_alias)
+        guarded_set = _guarded(bare.set, "bench_guard_" + bare_alias)
+        for c in (bare, wrapped, compared):
+            if c is not None:
+                c.set("bench-key", "x" * 100)
         for op in ("get", "set"):
             if op == "get":
                 fns = {"bare": lambda c=bare: c.get("bench-key"),
+                       "guard": lambda g=guarded_get: g("bench-key"),
                        "breaker": lambda c=wrapped: c.get("bench-key")}
+                if compared is not None:
+                    fns["compare"] = lambda c=compared: c.get("bench-key")
             else:
                 fns = {"bare": lambda c=bare: c.set("bench-key", "y" * 100),
+                       "guard": lambda g=guarded_set: g("bench-key", "y" * 100),
                        "breaker": lambda c=wrapped: c.set("bench-key", "y" * 100)}
-            cpu: dict[str, int] = {}
-            samples = _interleaved(fns, n, cpu=cpu)
-            base, ours = _percentiles(samples["bare"]), _percentiles(samples["breaker"])
-            results[f"{label} {op}"] = {
-                "bare": base, "breaker": ours,
-                "cpu_us_bare": cpu["bare"] / n / 1000, "cpu_us_breaker": cpu["breaker"] / n / 1000,
-                "ratio_p50": ours["p50_us"] / base["p50_us"],
-                "ratio_p99": ours["p99_us"] / base["p99_us"],
-            }
+                if compared is not None:
+                    fns["compare"] = lambda c=compared: c.set("bench-key", "y" * 100)
+            for fn in fns.values():  # warm connections and code paths
+                for _ in range(200):
+                    fn()
+            results[f"{label} {op}"] = _compare_rows(fns, n)
     return results
 
 
@@ -183,6 +248,20 @@ def _lock_cycle(cache: Any) -> None:
     lock.release()
 
 
+class _GuardedMethods:
+    """The bare cache, each method wrapped in ``guard`` (a lock's commands are not: see ``lock``)."""
+
+    def __init__(self, bare: Any, name: str) -> None:
+        self._bare = bare
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Callable[..., Any]:
+        # Made on first use and kept on the instance: later lookups do not come here.
+        made = _guarded(getattr(self._bare, attr), self._name)
+        setattr(self, attr, made)
+        return made
+
+
 def _commandstats(client: Any) -> dict[str, int]:
     return {k.removeprefix("cmdstat_"): int(v["calls"])
             for k, v in client.info("commandstats").items() if k != "cmdstat_info"}
@@ -207,24 +286,23 @@ def bench_methods(server: RedisServer, n: int) -> dict[str, Any]:
     from django.core.cache import caches
 
     bare, wrapped = caches["dr"], caches["bc_dr"]
+    compared = caches["cmp_dr"] if COMPARE else None
+    guarded = _GuardedMethods(bare, "bench_guard_methods")
     client = server.client()
     results: dict[str, Any] = {}
     for name, op in METHODS.items():
         fns = {"bare": lambda c=bare, op=op: op(c), "breaker": lambda c=wrapped, op=op: op(c)}
+        if name != "lock acquire+release":  # a lock's own commands are what BreakerCache guards
+            fns["guard"] = lambda c=guarded, op=op: op(c)
+        if compared is not None:
+            fns["compare"] = lambda c=compared, op=op: op(c)
         for fn in fns.values():  # warm: connections, scripts loaded
             for _ in range(50):
                 fn()
-        cpu: dict[str, int] = {}
-        samples = _interleaved(fns, n, cpu=cpu)
-        base, ours = _percentiles(samples["bare"]), _percentiles(samples["breaker"])
-        results[name] = {
-            "bare": base, "breaker": ours,
-            "cpu_us_bare": cpu["bare"] / n / 1000, "cpu_us_breaker": cpu["breaker"] / n / 1000,
-            "ratio_p50": ours["p50_us"] / base["p50_us"],
-            "ratio_p99": ours["p99_us"] / base["p99_us"],
-            "commands_bare": _commands_per_call(fns["bare"], client),
-            "commands_breaker": _commands_per_call(fns["breaker"], client),
-        }
+        row = _compare_rows(fns, n)
+        row["commands_bare"] = _commands_per_call(fns["bare"], client)
+        row["commands_breaker"] = _commands_per_call(fns["breaker"], client)
+        results[name] = row
     return results
 
 
@@ -247,15 +325,32 @@ def _fault(server: RedisServer, kind: str) -> Iterator[None]:
             server.unblackhole()
 
 
+def _alternating(fns: dict[str, Callable[[], object]], n: int, chunk: int = 1000,
+                 ) -> dict[str, dict[str, float]]:
+    """Percentiles of each contender's calls, run in alternating chunks (drift hits them alike)."""
+    samples: dict[str, list[int]] = {name: [] for name in fns}
+    done = 0
+    while done < n:
+        step = min(chunk, n - done)
+        for name, fn in fns.items():
+            samples[name] += _time_calls(fn, step)
+        done += step
+    return {name: _percentiles(found) for name, found in samples.items()}
+
+
 def bench_outage(server: RedisServer, kind: str, suffix: str, slow_n: int,
                  fast_n: int) -> dict[str, Any]:
     from django.core.cache import caches
+    from django.core.cache.backends.locmem import LocMemCache
 
     from redis_breaker import get_breaker
+    from redis_breaker.cache.store import FallbackStore
     from redis_breaker.testing import reset_breakers
-    django_cache, ignoring, wrapped = (caches["dj" + suffix], caches["dr_ignore" + suffix],
-                                       caches["bc_dj" + suffix])
-    for c in (django_cache, ignoring, wrapped):
+    django_cache, ignoring = caches["dj" + suffix], caches["dr_ignore" + suffix]
+    ours = {"BreakerCache": (caches["bc_dj" + suffix], "bench_dj" + suffix)}
+    if COMPARE:
+        ours[f"{COMPARE}"] = (caches["cmp_dj" + suffix], "bench_cmp_dj" + suffix)
+    for c in (django_cache, ignoring, *(c for c, _ in ours.values())):
         c.set("bench-key", "x")  # open pooled connections before the fault
     results: dict[str, Any] = {}
     with _fault(server, kind):
@@ -263,23 +358,41 @@ def bench_outage(server: RedisServer, kind: str, suffix: str, slow_n: int,
             _time_calls(lambda: django_cache.get("bench-key"), slow_n))
         results["django-redis IGNORE_EXCEPTIONS"] = _percentiles(
             _time_calls(lambda: ignoring.get("bench-key"), slow_n))
-        breaker = get_breaker("bench_dj" + suffix)
-        discovery = _time_calls(lambda: wrapped.get("bench-key"), 1)
-        trips = 1
-        while not breaker.is_open and trips < 50:
-            wrapped.get(f"trip-{trips}")
-            trips += 1
-        results["BreakerCache (open)"] = _percentiles(
-            _time_calls(lambda: wrapped.get("bench-key"), fast_n))
-        results["BreakerCache (open)"]["calls_to_open"] = trips
-        results["BreakerCache (open)"]["first_call_us"] = discovery[0] / 1000
+        opened: dict[str, tuple[int, float]] = {}
+        for label, (cache, name) in ours.items():
+            breaker = get_breaker(name)
+            discovery = _time_calls(lambda c=cache: c.get("bench-key"), 1)
+            trips = 1
+            while not breaker.is_open and trips < 50:
+                cache.get(f"trip-{trips}")
+                trips += 1
+            opened[label] = (trips, discovery[0] / 1000)
+        found = _alternating({f"{label} (open)": lambda c=cache: c.get("bench-key")
+                              for label, (cache, _) in ours.items()}, fast_n)
+        for label in ours:
+            found[f"{label} (open)"]["calls_to_open"] = opened[label][0]
+            found[f"{label} (open)"]["first_call_us"] = opened[label][1]
+        results.update(found)
         # Writes during the outage: the journal is in use, the fallback holds them.
-        for i in range(100):
-            wrapped.set(f"written-{i}", i)
-        results["BreakerCache (open, 100 keys written): get of another key"] = _percentiles(
-            _time_calls(lambda: wrapped.get("bench-key"), fast_n))
-        results["BreakerCache (open, 100 keys written): get of a written key"] = _percentiles(
-            _time_calls(lambda: wrapped.get("written-7"), fast_n))
+        for cache, _ in ours.values():
+            for i in range(100):
+                cache.set(f"written-{i}", i)
+        results.update(_alternating({
+            f"{label} (open, 100 keys written): get of another key":
+                lambda c=cache: c.get("bench-key") for label, (cache, _) in ours.items()},
+            fast_n))
+        # The floor of a written key's read: the fallback's own get of the same value,
+        # Django's LocMemCache (a FALLBACK alias) and the default fallback.
+        floors: dict[str, Callable[[], object]] = {
+            f"{label} (open, 100 keys written): get of a written key":
+                (lambda c=cache: c.get("written-7")) for label, (cache, _) in ours.items()}
+        for label, store in (("floor: Django LocMemCache.get of that value", LocMemCache),
+                             ("floor: the default fallback's get (FallbackStore)",
+                              FallbackStore)):
+            local = store(f"bench-floor-{label}", {"TIMEOUT": 300})
+            local.set("written-7", 7)
+            floors[label] = lambda c=local: c.get("written-7")
+        results.update(_alternating(floors, fast_n))
     reset_breakers()
     return results
 
@@ -297,45 +410,63 @@ def _cpu(row: dict[str, Any]) -> str:
             f"(+{row['cpu_us_breaker'] - row['cpu_us_bare']:.1f})")
 
 
+def _others(row: dict[str, Any]) -> str:
+    """The paired-block ratios of the other contenders: guard alone, and --compare's class."""
+    shown = f"{row['ratio_guard']:.3f}x" if "ratio_guard" in row else "-"
+    if "ratio_compare" in row:
+        shown += f"  {row['ratio_compare']:.3f}x"
+    return shown
+
+
+def _print_compared(title: str, rows: dict[str, Any], commands: bool = False) -> None:
+    print(f"\n{title}")
+    others = "guard" + ("  compare" if COMPARE else "")
+    print(f"{'operation':<26}{'bare p50':>11}{'ours p50':>11}{'bare p99':>11}{'ours p99':>11}"
+          f"{'ratio':>9}  {others:<16}{'client CPU/call bare / ours':>30}"
+          + ("  commands per call bare / ours" if commands else ""))
+    for name, row in rows.items():
+        line = (f"{name:<26}{_fmt_us(row['bare']['p50_us']):>11}"
+                f"{_fmt_us(row['breaker']['p50_us']):>11}{_fmt_us(row['bare']['p99_us']):>11}"
+                f"{_fmt_us(row['breaker']['p99_us']):>11}{row['ratio_breaker']:>8.3f}x"
+                f"  {_others(row):<16}{_cpu(row):>30}")
+        if commands:
+            same = "=" if row["commands_bare"] == row["commands_breaker"] else "DIFFERENT"
+            line += (f"  {_shown_commands(row['commands_bare'])} / "
+                     f"{_shown_commands(row['commands_breaker'])} {same}")
+        print(line)
+
+
 def _print(report: dict[str, Any]) -> None:
-    print("\nHealthy Redis (same server, interleaved blocks), n =", report["healthy_n"])
-    print(f"{'operation':<26}{'bare p50':>12}{'breaker p50':>14}{'ratio':>8}"
-          f"{'bare p99':>12}{'breaker p99':>14}{'ratio':>8}{'client CPU/call bare / breaker':>34}")
-    for name, row in report["healthy"].items():
-        print(f"{name:<26}{_fmt_us(row['bare']['p50_us']):>12}"
-              f"{_fmt_us(row['breaker']['p50_us']):>14}{row['ratio_p50']:>7.3f}x"
-              f"{_fmt_us(row['bare']['p99_us']):>12}{_fmt_us(row['breaker']['p99_us']):>14}"
-              f"{row['ratio_p99']:>7.3f}x{_cpu(row):>34}")
-    print("\ndjango-redis's other methods (interleaved blocks of 20 calls), n =", report["methods_n"])
-    print(f"{'operation':<26}{'bare p50':>12}{'breaker p50':>14}{'ratio':>8}"
-          f"{'bare p99':>12}{'breaker p99':>14}{'ratio':>8}{'client CPU/call':>24}"
-          "  commands per call bare / breaker")
-    for name, row in report["methods"].items():
-        same = "=" if row["commands_bare"] == row["commands_breaker"] else "DIFFERENT"
-        commands = (f"{_shown_commands(row['commands_bare'])} / "
-                    f"{_shown_commands(row['commands_breaker'])} {same}")
-        print(f"{name:<26}{_fmt_us(row['bare']['p50_us']):>12}"
-              f"{_fmt_us(row['breaker']['p50_us']):>14}{row['ratio_p50']:>7.3f}x"
-              f"{_fmt_us(row['bare']['p99_us']):>12}{_fmt_us(row['breaker']['p99_us']):>14}"
-              f"{row['ratio_p99']:>7.3f}x{_cpu(row):>24}  {commands}")
+    legend = ("ratio: median over the rounds of BreakerCache's block time to the bare backend's "
+              "in the same round; guard: the same for the bare method wrapped in "
+              "redis_breaker.guard (the breaker alone)"
+              + (f"; compare: {COMPARE}" if COMPARE else ""))
+    _print_compared(f"Healthy Redis (same server, rounds of 20-call blocks), n = "
+                    f"{report['healthy_n']}\n{legend}", report["healthy"])
+    _print_compared(f"django-redis's other methods, n = {report['methods_n']}",
+                    report["methods"], commands=True)
     for kind, rows in report["outage"].items():
         if not isinstance(rows, dict) or "skipped" in rows:
             print(f"\nOutage: {kind}: skipped ({rows.get('skipped') if isinstance(rows, dict) else rows})")
             continue
         print(f"\nOutage: {kind} (socket_timeout={TIMEOUT}s), get()")
         ours = rows["BreakerCache (open)"]["p99_us"]
-        print(f"{'backend':<62}{'n':>7}{'p50':>12}{'p99':>12}{'max':>12}{'p99 vs ours':>14}")
+        print(f"{'backend':<72}{'n':>7}{'p50':>12}{'p99':>12}{'max':>12}{'p99 vs ours':>14}")
         for name, row in rows.items():
-            print(f"{name:<62}{row['n']:>7}{_fmt_us(row['p50_us']):>12}"
+            print(f"{name:<72}{row['n']:>7}{_fmt_us(row['p50_us']):>12}"
                   f"{_fmt_us(row['p99_us']):>12}{_fmt_us(row['max_us']):>12}"
-                  f"{row['p99_us'] / ours:>13,.0f}x")
+                  f"{row['p99_us'] / ours:>13,.1f}x")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    parser.add_argument("--compare", metavar="BACKEND",
+                        help="another BreakerCache class (dotted path) to time in the same run")
     args = parser.parse_args(argv)
+    global COMPARE
+    COMPARE = args.compare
     healthy_n = 2000 if args.quick else 20000
     methods_n = 500 if args.quick else 5000
     slow_n = 3 if args.quick else 10
@@ -357,7 +488,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             blackhole_skip = why
     try:
         _configure(server.url, ns_server.url if ns_server else None)
-        report: dict[str, Any] = {"healthy_n": healthy_n, "python": sys.version.split()[0]}
+        report: dict[str, Any] = {"healthy_n": healthy_n, "python": sys.version.split()[0],
+                                  "compare": COMPARE}
         report["healthy"] = bench_healthy(healthy_n)
         report["methods_n"] = methods_n
         report["methods"] = bench_methods(server, methods_n)
