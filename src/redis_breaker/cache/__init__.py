@@ -2,10 +2,11 @@
 
 ``backend`` is the cache backend (``routing`` says where each call goes,
 ``families`` holds django-redis's methods beyond ``BaseCache``), ``journal``
-the record of keys changed while Redis was away, ``keyspace`` the cache's own
-keys in its database, ``clients`` guarded views of the primary's clients,
-``connection`` a guarded ``get_redis_connection``, ``safe`` the helpers for
-code that calls a cache directly.
+the record of keys changed while Redis was away, ``store`` the default
+fallback, ``keyspace`` the cache's own keys in its database, ``clients``
+guarded views of the primary's clients, ``connection`` a guarded
+``get_redis_connection``, ``safe`` the helpers for code that calls a cache
+directly.
 """
 
 from __future__ import annotations
