@@ -239,6 +239,12 @@ def test_django_primary_has_no_django_redis_methods(settings: Any,
     cache = caches["default"]
     with pytest.raises(NotImplementedError, match="has no keys"):
         cache.keys("*")
+    for name, call in (("ttl", lambda: cache.ttl("k")), ("expire", lambda: cache.expire("k", 5)),
+                       ("persist", lambda: cache.persist("k")),
+                       ("delete_pattern", lambda: cache.delete_pattern("k*")),
+                       ("sadd", lambda: cache.sadd("s", "a"))):
+        with pytest.raises(NotImplementedError, match=f"has no {name}"):
+            call()
     raw = cache._cache.get_client(None, write=True)
     with forced_open(cache.breaker), pytest.raises(BreakerOpenError):
         raw.get("k")

@@ -215,8 +215,7 @@ class DjangoRedisMethods(CacheRouting):
         found = bound.routes.get(_PATTERN_ROUTE)
         if found is None:
             served = functools.partial(_delete_pattern_fallback, bound)
-            found = (bound.guarded(bound.primary.delete_pattern,  # type: ignore[attr-defined]
-                                   served), served)
+            found = (bound.guarded(bound.method("delete_pattern"), served), served)
             bound.routes[_PATTERN_ROUTE] = found
         count = found[0](pattern, **kwargs)
         journal = bound.journal

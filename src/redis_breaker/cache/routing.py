@@ -67,12 +67,14 @@ class _Bound:
     no per-call closures, argument tuples or keyword dicts.
     """
 
-    __slots__ = ("breaker", "delete_many_call", "direct", "directs", "django_redis",
+    __slots__ = ("alias", "breaker", "delete_many_call", "direct", "directs", "django_redis",
                  "fallback", "get_call", "has_key_call", "journal", "primary", "routes",
                  "set_call")
 
     def __init__(self, breaker: Breaker, primary: BaseCache, fallback: BaseCache,
-                 journal: Journal) -> None:
+                 journal: Journal, alias: str = "") -> None:
+        #: The PRIMARY's alias, for the errors that name it.
+        self.alias = alias
         self.breaker = breaker
         self.primary = primary
         self.fallback = fallback
@@ -161,8 +163,18 @@ class _Bound:
         found = self.routes.get((family, op, fallback))
         if found is None:
             served = self.served(family, op, fallback)
-            found = (self.guarded(getattr(self.primary, op), served), served)
+            found = (self.guarded(self.method(op), served), served)
             self.routes[(family, op, fallback)] = found
+        return found
+
+    def method(self, op: str) -> Callable[..., Any]:
+        """The primary's ``op``; ``NotImplementedError`` when it has none (Django's RedisCache)."""
+        found: Callable[..., Any] | None = getattr(self.primary, op, None)
+        if found is None:
+            raise NotImplementedError(
+                f"BreakerCache.{op}(): the PRIMARY {self.alias!r} "
+                f"({type(self.primary).__name__}) has no {op}(); "
+                "django_redis.cache.RedisCache has it.")
         return found
 
     def served(self, family: str, op: str, fallback: Fallback | None) -> Callable[..., Any]:
@@ -272,7 +284,8 @@ class CacheRouting(BaseCache):
         )
         if journal.make_key is None:
             journal.make_key = primary.make_key
-        bound = _Bound(breaker, primary, journal.fallback or fallback, journal)
+        bound = _Bound(breaker, primary, journal.fallback or fallback, journal,
+                       self._primary_alias)
         self._bound = bound
         return bound
 
@@ -350,14 +363,8 @@ class CacheRouting(BaseCache):
             bound = self._bind()
         call = bound.directs.get(op)
         if call is None:
-            method = getattr(bound.primary, op, None)
-            if method is None:
-                raise NotImplementedError(
-                    f"BreakerCache.{op}(): the PRIMARY {self._primary_alias!r} "
-                    f"({type(bound.primary).__name__}) has no {op}(); "
-                    "django_redis.cache.RedisCache has it.")
             # One breaker call for the whole operation, as for reads and writes.
-            call = bound.directs[op] = bound.guarded(method, None)
+            call = bound.directs[op] = bound.guarded(bound.method(op), None)
         journal = bound.journal
         if journal.active:
             versions = _versions(bound, kwargs)
