@@ -105,7 +105,7 @@ def canvas_needs_backend(app: Celery) -> bool:
 def _through(app: Celery, fn: Callable[..., T], args: tuple[Any, ...],
              kwargs: dict[str, Any]) -> T:
     """``fn(*args, **kwargs)`` through the broker's breaker; open: ``ResultBackendUnavailable``."""
-    from .dispatch import _app_settings, _breaker
+    from .appconf import _app_settings, _breaker
 
     settings = _app_settings(app)
     b = _breaker(app, settings, settings.breaker_name)
@@ -137,7 +137,7 @@ def _waited(app: Celery, fn: Callable[..., T], args: tuple[Any, ...],
     task's, not Redis's, so they are not timed by the breaker and their successes are
     not counted, only their failures.
     """
-    from .dispatch import _app_settings, _breaker
+    from .appconf import _app_settings, _breaker
 
     settings = _app_settings(app)
     b = _breaker(app, settings, settings.breaker_name)
