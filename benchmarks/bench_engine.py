@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextvars
 import json
 import logging
 import shutil
@@ -69,6 +70,35 @@ def _noop() -> None:
 
 async def _anoop() -> None:
     return None
+
+
+# The least any ``with breaker:`` can cost: what the protocol itself costs plus
+# the bookkeeping a breaker shared by threads and tasks cannot skip (remember the
+# block's ticket and start time where its exit finds it: a per-thread list, or a
+# per-task ContextVar stack since coroutines of one thread interleave), with no
+# breaker logic at all. Shown beside the entry points so the distance to the
+# floor is measured, not guessed.
+_FLOOR_BLOCKS: contextvars.ContextVar[Any] = contextvars.ContextVar("floor", default=None)
+_FLOOR_THREAD = threading.local()
+
+
+class _FloorWith:
+    def __enter__(self) -> None:
+        try:
+            _FLOOR_THREAD.blocks.append((self, 0, time.monotonic()))
+        except AttributeError:
+            _FLOOR_THREAD.blocks = [(self, 0, time.monotonic())]
+
+    def __exit__(self, *exc: object) -> None:
+        _FLOOR_THREAD.blocks.pop()
+
+
+class _FloorAsyncWith:
+    async def __aenter__(self) -> None:
+        _FLOOR_BLOCKS.set((self, 0, time.monotonic(), _FLOOR_BLOCKS.get()))
+
+    async def __aexit__(self, *exc: object) -> None:
+        _FLOOR_BLOCKS.set(_FLOOR_BLOCKS.get()[3])
 
 
 def _fail() -> None:
@@ -265,6 +295,9 @@ def closed_overhead(dirs: _StateDirs, calls: int, repeats: int) -> dict[str, Any
             "bare async": lambda n: loop.run_until_complete(_aloop_bare(n, _anoop)),
             "pybreaker.call": lambda n: _loop_call(n, pb.call, _noop),
             "pybreaker calling()": lambda n: _loop_ctx(n, pb.calling, _noop),
+            "floor with": lambda n: _loop_with(n, _FloorWith(), _noop),
+            "floor async with": lambda n: loop.run_until_complete(
+                _aloop_with(n, _FloorAsyncWith(), _anoop)),
         }
         for label, shared in MODES:
             breaker = _breaker(dirs, "bench-closed", shared, probe=False)
@@ -283,6 +316,10 @@ def closed_overhead(dirs: _StateDirs, calls: int, repeats: int) -> dict[str, Any
         "pybreaker_ns": med(pb_over),
         "pybreaker_calling_ns": med(calling),
         "pybreaker_calling_ratio": _ratio(calling, pb_over),
+        "floors": {
+            key: {"ns": med(over := _above(samples, f"floor {key}", base)),
+                  "ratio": _ratio(over, pb_over)}
+            for key, base in (("with", "bare"), ("async with", "bare async"))},
         "entries": {},
     }
     for entry in ENTRY_POINTS:
@@ -310,6 +347,9 @@ def _print_closed(closed: dict[str, Any]) -> None:
     rows.append(["pybreaker calling() (with)", closed["pybreaker_calling_ns"],
                  closed["pybreaker_calling_ratio"], closed["pybreaker_calling_ns"],
                  closed["pybreaker_calling_ratio"], "", ""])
+    for key, floor in closed["floors"].items():
+        rows.append([f"floor of `{key}` (protocol + per-block bookkeeping)", floor["ns"],
+                     floor["ratio"], floor["ns"], floor["ratio"], "", ""])
     print_table("Closed state: ns per call above a bare call of a no-op function "
                 f"(bare {closed['bare_ns']:.0f} ns, bare await {closed['bare_async_ns']:.0f} ns; "
                 "medians of interleaved runs), and the ratio of pybreaker's overhead",

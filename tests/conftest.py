@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from redis_breaker import _registry, _shared
+from redis_breaker import _background, _breaker, _registry, _shared
 from tests.harness import RedisNotInstalled, RedisServer
 
 
@@ -36,9 +36,37 @@ def _fresh_registry(tmp_path_factory: pytest.TempPathFactory,
     monkeypatch.setattr(_shared, "default_state_dir", lambda: state_dir)
     _registry._breakers.clear()
     yield
-    for breaker in list(_registry._breakers.values()):
-        breaker.reset()
+    _retire_breakers()
     _registry._breakers.clear()
+
+
+def _retire_breakers() -> None:
+    """Leave no breaker of a finished test able to act in the next one.
+
+    A breaker outlives its test while anything refers to it (a guarded client,
+    a cache the test made), and so does a cache journal's replay thread, which
+    waits while the breaker is open. Closing the breaker then would let that
+    thread (or the journal's listener) replay into the test's dead server,
+    reopen the breaker and leave its probe polling that port, until a later
+    test's server reuses the port and receives the replay. So: journals are
+    emptied (their threads end), recovery passes under way finish, every
+    breaker's own listeners are dropped, then the breaker is closed (its probe
+    stops).
+    """
+    from redis_breaker.cache import journal
+
+    for per_breaker in list(journal._journals.values()):
+        for each in list(per_breaker.values()):
+            each.active = False
+    for job in list(_background._JOBS):
+        job.join(5)
+    for breaker in _breaker.all_instances():
+        events = breaker._events
+        for listener in events.listeners:
+            events.remove_listener(listener)
+        for pb_listener in list(events.pybreaker.listeners):
+            events.remove_listener(pb_listener)
+        breaker.reset("test over")
 
 
 #: redis-py before 5.1 leaves the socket of a failed unix-socket connect open (its
