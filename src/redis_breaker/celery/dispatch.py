@@ -94,10 +94,11 @@ def _fallen_back(app: Celery, b: Breaker, mode: str, name: str, task: Task | Non
         return b.call_with_fallback(publish_now, run_here, integration="celery")
 
     def outbox() -> AsyncResult:
-        if (options.get("group_id") is not None or options.get("chord") is not None) \
-                and canvas_needs_backend(app):
-            # A member of a group or chord: the canvas would fail on the result backend
-            # right after this dispatch, leaving part of it in the outbox. Refuse it whole.
+        if options.get("chord") is not None and canvas_needs_backend(app):
+            # A chord's header member: the chord's size goes to the result backend as the
+            # header is dispatched, and would be missing when the relayed header finishes.
+            # Refuse it whole (a group's members go to the outbox: results.py defers their
+            # subscriptions).
             raise CanvasRefused(b.name, None, b.state.value)
         write_dispatch(app, breaker=b.name, task_name=name, args=args, kwargs=kwargs,
                        task_id=task_id, options=_stored(options))

@@ -10,6 +10,15 @@ unreachable counts against the breaker like any other call on that server;
 once the breaker is open, each of them raises ``ResultBackendUnavailable`` at
 once, without touching Redis.
 
+A result's subscription (``AsyncResult.then()``, what a group's barrier makes of
+each member as it is dispatched) is deferred instead while the breaker is open
+or when its ``SUBSCRIBE`` fails on a connection error the breaker counts: the
+task is kept in Celery's ``subscribed_to`` and subscribed (after reading the
+results stored meanwhile) at the next ``get()``, join or subscription made
+while the breaker is not open. So a group dispatched during an outage goes to
+the outbox whole. A chord is refused whole (``CanvasRefused``): its size is
+stored on the backend as it is dispatched.
+
 The worker's writes (``store_result``, a chord's counter) are left as Celery
 has them: a worker has nothing to consume while its broker's Redis is down.
 """
@@ -24,6 +33,7 @@ from urllib.parse import urlsplit
 import redis.exceptions as rex
 from celery import Celery
 
+from redis_breaker._breaker import Breaker
 from redis_breaker._errors import BreakerOpenError
 
 __all__ = ["CanvasRefused", "ResultBackendUnavailable", "canvas_needs_backend",
@@ -50,20 +60,22 @@ class ResultBackendUnavailable(BreakerOpenError, rex.ConnectionError, RuntimeErr
 
 
 class CanvasRefused(ResultBackendUnavailable):
-    """A ``group`` or ``chord`` not dispatched: it needs the result backend, which is down.
+    """A ``chord`` not dispatched: it needs the result backend, which is down.
 
-    A group subscribes to its members' results and a chord stores its size on a Redis
-    result backend as they are dispatched; with that Redis on the broker's server and the
-    broker unreachable, the canvas cannot be started whole. Dispatch refuses its first
-    member that would go to the outbox, before anything of it is stored: nothing of the
-    canvas runs, and the caller can dispatch it again later. A ``RuntimeError``, as
-    Celery's own error for it was.
+    A chord stores its size (and resets its counter) on a Redis result backend as its
+    header is dispatched, and the worker that finishes the last header task reads it to
+    start the body. With that Redis on the broker's server and the breaker open, the
+    chord is refused when Celery sets it up (``apply_chord``), before any of it is
+    dispatched; a header member that would go to the outbox is refused too. Nothing of
+    the chord runs, and the caller can dispatch it again later. A ``RuntimeError``, as
+    Celery's own error for it was. (A ``group`` is not refused: its subscriptions are
+    deferred and its members go to the outbox.)
     """
 
     def __str__(self) -> str:
-        return (f"group or chord not dispatched, nothing of it stored: it needs the Celery "
-                f"result backend on the broker's Redis, and redis breaker {self.name!r} "
-                f"found that Redis unavailable ({self.state})")
+        return (f"chord not dispatched, nothing of it stored: it needs the Celery result "
+                f"backend on the broker's Redis, and redis breaker {self.name!r} found that "
+                f"Redis unavailable ({self.state})")
 
 
 class _Counted(rex.ConnectionError):
@@ -91,8 +103,8 @@ def _on_broker_server(app: Celery, backend_url: str | None) -> bool:
 
 
 def canvas_needs_backend(app: Celery) -> bool:
-    """Whether a group or chord of ``app`` stores to a result backend on the broker's Redis
-    when it is dispatched (a Redis result backend on the broker's server)."""
+    """Whether a chord of ``app`` stores to a result backend on the broker's Redis when it
+    is dispatched (a Redis result backend on the broker's server)."""
     try:
         from celery.backends.redis import RedisBackend
     except ImportError:  # pragma: no cover - redis-py is a dependency
@@ -128,6 +140,31 @@ def _through(app: Celery, fn: Callable[..., T], args: tuple[Any, ...],
         raise ResultBackendUnavailable(exc.name, exc.retry_in, exc.state) from None
 
 
+def _broker_breaker(app: Celery) -> Breaker:
+    from .appconf import _app_settings, _breaker
+
+    settings = _app_settings(app)
+    return _breaker(app, settings, settings.breaker_name)
+
+
+def _count_failure(b: Breaker, cause: BaseException) -> None:
+    """Count ``cause`` against ``b`` as a failure of no duration (never timed)."""
+    def failed() -> None:
+        raise cause
+
+    with contextlib.suppress(BaseException):
+        b.call(failed)
+
+
+def _counted_cause(b: Breaker, exc: BaseException) -> BaseException | None:
+    """The Redis error under ``exc`` (itself, or what Celery's ``RuntimeError`` carries)
+    when ``b`` counts it, else ``None``."""
+    cause = exc.__cause__ if isinstance(exc, RuntimeError) else exc
+    if isinstance(cause, rex.RedisError) and b.counts(cause):
+        return cause
+    return None
+
+
 def _waited(app: Celery, fn: Callable[..., T], args: tuple[Any, ...],
             kwargs: dict[str, Any]) -> T:
     """``fn(*args, **kwargs)`` when the broker's breaker is not open; its Redis errors count.
@@ -137,25 +174,104 @@ def _waited(app: Celery, fn: Callable[..., T], args: tuple[Any, ...],
     task's, not Redis's, so they are not timed by the breaker and their successes are
     not counted, only their failures.
     """
-    from .appconf import _app_settings, _breaker
-
-    settings = _app_settings(app)
-    b = _breaker(app, settings, settings.breaker_name)
+    b = _broker_breaker(app)
     if b.is_open:
         raise ResultBackendUnavailable(b.name, None, b.state.value)
     try:
         return fn(*args, **kwargs)
     except Exception as exc:
-        cause = exc.__cause__ if isinstance(exc, RuntimeError) else exc
-        if isinstance(cause, rex.RedisError) and b.counts(cause):
-            def failed() -> None:
-                raise cause
-
-            # A failure of no duration through the breaker: counted, never timed. The
-            # caller gets the original error below.
-            with contextlib.suppress(BaseException):
-                b.call(failed)
+        cause = _counted_cause(b, exc)
+        if cause is not None:
+            # Counted, never timed; the caller gets the original error below.
+            _count_failure(b, cause)
         raise
+
+
+def _refused_when_open(app: Celery, fn: Callable[..., T], args: tuple[Any, ...],
+                       kwargs: dict[str, Any]) -> T:
+    """``fn(*args, **kwargs)`` (a chord's setup), or ``CanvasRefused`` when the breaker is
+    open: nothing of the chord is stored yet."""
+    b = _broker_breaker(app)
+    if b.is_open:
+        raise CanvasRefused(b.name, None, b.state.value)
+    return fn(*args, **kwargs)
+
+
+def _locked(consumer: Any) -> Any:
+    """Celery 5.5+'s lock around its pubsub operations (none before)."""
+    locked = getattr(consumer, "_locked", None)
+    return locked() if locked is not None else contextlib.nullcontext()
+
+
+_consumer_classes: dict[type, type] = {}
+
+
+def _guarded_consumer_class(cls: type) -> type:
+    """``cls`` (Celery's Redis ``ResultConsumer``) with subscriptions deferred while the
+    broker's breaker is open."""
+    guarded = _consumer_classes.get(cls)
+    if guarded is not None:
+        return guarded
+
+    class GuardedConsumer(cls):  # type: ignore[misc]
+        _redis_breaker_app: Celery
+        #: Tasks in ``subscribed_to`` that this consumer's pubsub never subscribed.
+        _redis_breaker_deferred: bool = False
+
+        def consume_from(self, task_id: str) -> Any:
+            b = _broker_breaker(self._redis_breaker_app)
+            if b.is_open:
+                self._redis_breaker_defer(task_id)
+                return None
+            if self._redis_breaker_deferred:
+                self._redis_breaker_defer(task_id)
+                try:
+                    self.redis_breaker_resubscribe()
+                except Exception as exc:
+                    cause = _counted_cause(b, exc)
+                    if cause is None:
+                        raise
+                    _count_failure(b, cause)
+                return None
+            try:
+                return super().consume_from(task_id)
+            except Exception as exc:
+                # Celery kept the task in subscribed_to, on no pubsub: deferred.
+                cause = _counted_cause(b, exc)
+                if cause is None:
+                    raise
+                _count_failure(b, cause)
+                self._redis_breaker_defer(task_id)
+                return None
+
+        def _redis_breaker_defer(self, task_id: str) -> None:
+            with _locked(self):
+                self.subscribed_to.add(self._get_key_for_task(task_id))
+                self._redis_breaker_deferred = True
+
+        def redis_breaker_resubscribe(self) -> None:
+            """Subscribe to every task in ``subscribed_to``, as Celery's own reconnect
+            does: the results stored meanwhile are read first (``MGET``), then one
+            ``SUBSCRIBE`` on a new pubsub connection."""
+            with _locked(self):
+                old = self._pubsub
+                if old is not None:
+                    with contextlib.suppress(Exception):
+                        old.close()
+                self._reconnect_pubsub()
+                self._redis_breaker_deferred = False
+
+    GuardedConsumer.__name__ = GuardedConsumer.__qualname__ = f"Breaker{cls.__name__}"
+    GuardedConsumer.__module__ = __name__
+    _consumer_classes[cls] = GuardedConsumer
+    return GuardedConsumer
+
+
+def _resubscribed(backend: Any) -> None:
+    """Subscribe the tasks whose subscription was deferred (the breaker is not open)."""
+    consumer: Any = getattr(backend, "result_consumer", None)
+    if getattr(consumer, "_redis_breaker_deferred", False):
+        consumer.redis_breaker_resubscribe()
 
 
 _classes: dict[type, type] = {}
@@ -173,17 +289,37 @@ def _guarded_class(cls: type) -> type:
             return _through(self._redis_breaker_app, super().get_task_meta, args, kwargs)
 
         def add_pending_result(self, *args: Any, **kwargs: Any) -> Any:
-            return _waited(self._redis_breaker_app, super().add_pending_result, args, kwargs)
+            # Never refused: the consumer defers the subscription while the breaker is
+            # open (a group's barrier subscribes to each member as it is dispatched).
+            # get() is refused by wait_for_pending.
+            return super().add_pending_result(*args, **kwargs)
 
         def forget(self, *args: Any, **kwargs: Any) -> Any:
             return _through(self._redis_breaker_app, super().forget, args, kwargs)
 
         def wait_for_pending(self, *args: Any, **kwargs: Any) -> Any:
-            return _waited(self._redis_breaker_app, super().wait_for_pending, args, kwargs)
+            def wait() -> Any:
+                _resubscribed(self)
+                return super(Guarded, self).wait_for_pending(*args, **kwargs)
+
+            return _waited(self._redis_breaker_app, wait, (), {})
 
         def iter_native(self, *args: Any, **kwargs: Any) -> Any:
-            # A generator: the breaker is consulted when the join starts.
-            return _waited(self._redis_breaker_app, super().iter_native, args, kwargs)
+            # A generator: the breaker is consulted (and the deferred subscriptions
+            # made) when the join starts.
+            def join() -> Any:
+                _resubscribed(self)
+                return super(Guarded, self).iter_native(*args, **kwargs)
+
+            return _waited(self._redis_breaker_app, join, (), {})
+
+        def apply_chord(self, *args: Any, **kwargs: Any) -> Any:
+            return _refused_when_open(self._redis_breaker_app, super().apply_chord, args,
+                                      kwargs)
+
+        def set_chord_size(self, *args: Any, **kwargs: Any) -> Any:
+            return _refused_when_open(self._redis_breaker_app, super().set_chord_size, args,
+                                      kwargs)
 
         def __reduce__(self, args: Any = (), kwargs: Any = None) -> Any:
             # Pickled as Celery's own class (this one is made at run time): unguarded.
@@ -207,6 +343,10 @@ def _guard(app: Celery, backend: Any) -> Any:
                                   or str(app.conf.result_backend or ""))):
         backend.__class__ = _guarded_class(type(backend))
         backend._redis_breaker_app = app
+        consumer = getattr(backend, "result_consumer", None)
+        if consumer is not None and type(consumer) not in _consumer_classes.values():
+            consumer.__class__ = _guarded_consumer_class(type(consumer))
+            consumer._redis_breaker_app = app
     return backend
 
 
