@@ -46,6 +46,19 @@ def _forget_backend(app: Any) -> None:
         app._backend_cache = None
 
 
+def _forget_pools(app: Any) -> None:
+    """Celery's own connection and producer pools of the module's app, made for the broker
+    of whichever test used them first: a canvas dispatches with a producer from them."""
+    pool = getattr(app, "_pool", None)
+    if pool is not None:
+        pool.force_close_all()
+        app._pool = None
+    amqp = vars(app).get("amqp")
+    if amqp is not None and getattr(amqp, "_producer_pool", None) is not None:
+        amqp._producer_pool.force_close_all()
+        amqp._producer_pool = None
+
+
 CAN_BLACKHOLE, NO_BLACKHOLE = RedisServer.can_blackhole()
 
 
@@ -88,8 +101,9 @@ def calling(request: pytest.FixtureRequest, broker: RedisServer, recorder: Redis
     app.conf.result_backend = backend.url
     for cached in ("_redis_breaker_producers", "_redis_breaker_once_client"):
         app.__dict__.pop(cached, None)
-    # The module's app outlives a test: a result backend of this test's server.
+    # The module's app outlives a test: a result backend and pools of this test's server.
     _forget_backend(app)
+    _forget_pools(app)
     with celery_worker("tests.celery.calling_app", RB_BROKER_URL=broker.url,
                        RB_BACKEND_URL=backend.url, RB_RECORD_URL=recorder.url, RB_STATE_DIR=worker_state_dir(tmp_path)) as log:
         runs = recorder.client()
@@ -106,6 +120,7 @@ def calling(request: pytest.FixtureRequest, broker: RedisServer, recorder: Redis
             _forget_backend(app)
             gc.collect()
             join_relays()
+            _forget_pools(app)
             cached = app.__dict__.pop("_redis_breaker_producers", None)
             if cached is not None:
                 cached[1].connections.force_close_all()
