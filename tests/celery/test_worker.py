@@ -18,6 +18,7 @@ from redis_breaker.models import OutboxMessage
 from tests.harness import RedisServer
 
 from .conftest import celery_worker, join_relays, wait_for, worker_database
+from .test_calling import _xfail_if_the_old_worker_stalled
 from .workers import worker_state_dir
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("outbox_db")]
@@ -71,8 +72,14 @@ def test_500_tasks_across_an_outage_all_run_once(broker: RedisServer, recorder: 
             time.sleep(0.004)
         wait_for(lambda: OutboxMessage.objects.count() == 0, timeout=60,
                  what="the relay to empty the outbox")
-        wait_for(lambda: runs.hlen("runs") >= TOTAL + 1, timeout=90,
-                 what=f"the worker to run every task (log: {worker})")
+        try:
+            wait_for(lambda: runs.hlen("runs") >= TOTAL + 1, timeout=90,
+                     what=f"the worker to run every task (log: {worker})")
+        except pytest.fail.Exception:
+            # Celery before 5.4: its worker may stop consuming after the broker restart
+            # (docs/celery.md); every row relayed and the rest still queued in Redis.
+            _xfail_if_the_old_worker_stalled(app, f"{TOTAL + 1 - runs.hlen('runs')} tasks")
+            raise
         # On a loaded machine a publish may time out after recovery and open the
         # breaker once more; what matters is that it ends closed with nothing lost.
         wait_for(lambda: breaker.state is State.CLOSED, timeout=60,
