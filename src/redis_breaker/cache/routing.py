@@ -325,35 +325,33 @@ class CacheRouting(BaseCache):
     # since) a call is one ``_Bound.route`` call: the primary's method through
     # the breaker, the version left to the primary. The journal's own path
     # (covered keys served by the fallback) is taken only while it holds keys.
-    def _read(self, op: str, key: Any, version: int | None, args: tuple[Any, ...] = (),
-              kwargs: dict[str, Any] | None = None, fallback: Fallback | None = None) -> Any:
-        bound = self._bound
-        if bound is None or _REGISTERED.get(self._breaker_name) is not bound.breaker:
-            bound = self._bind()
-        call, served = bound.routes.get((_READ, op, fallback)) or bound.route(_READ, op, fallback)
-        journal = bound.journal
-        if journal.active:
-            v = bound.primary.version if version is None else version
-            if journal.diverts(key, v):
-                return served(key, *args, version=v)
-        if kwargs:
-            return call(key, *args, version=version, **kwargs)
-        return call(key, *args, version=version)
+    def _routed(family: str) -> Callable[..., Any]:  # type: ignore[misc]
+        """The route method of ``family`` (``_read``, ``_write``): one body, made once per
+        family, so a call pays no extra frame."""
 
-    def _write(self, op: str, key: Any, version: int | None, args: tuple[Any, ...] = (),
-               kwargs: dict[str, Any] | None = None, fallback: Fallback | None = None) -> Any:
-        bound = self._bound
-        if bound is None or _REGISTERED.get(self._breaker_name) is not bound.breaker:
-            bound = self._bind()
-        call, served = bound.routes.get((_WRITE, op, fallback)) or bound.route(_WRITE, op, fallback)
-        journal = bound.journal
-        if journal.active:
-            v = bound.primary.version if version is None else version
-            if journal.diverts(key, v):
-                return served(key, *args, version=v)
-        if kwargs:
-            return call(key, *args, version=version, **kwargs)
-        return call(key, *args, version=version)
+        def routed(self: CacheRouting, op: str, key: Any, version: int | None,
+                   args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None,
+                   fallback: Fallback | None = None) -> Any:
+            bound = self._bound
+            if bound is None or _REGISTERED.get(self._breaker_name) is not bound.breaker:
+                bound = self._bind()
+            call, served = (bound.routes.get((family, op, fallback))
+                            or bound.route(family, op, fallback))
+            journal = bound.journal
+            if journal.active:
+                v = bound.primary.version if version is None else version
+                if journal.diverts(key, v):
+                    return served(key, *args, version=v)
+            if kwargs:
+                return call(key, *args, version=version, **kwargs)
+            return call(key, *args, version=version)
+
+        routed.__name__ = f"_{family}"
+        return routed
+
+    _read = _routed(_READ)
+    _write = _routed(_WRITE)
+    del _routed
 
     def _direct(self, op: str, keys: Iterable[Any], args: tuple[Any, ...],
                 kwargs: dict[str, Any], *, lasting: bool = False) -> Any:
