@@ -279,6 +279,84 @@ async def test_an_uncertain_publish_for_another_process_is_counted_not_repeated(
     assert await nothing(b, theirs, 2.0)
 
 
+async def test_a_publish_the_server_ended_unanswered_is_published_again(
+        pair: Any, redis_server: RedisServer) -> None:
+    """A PUBLISH held by the server (``CLIENT PAUSE WRITE``) when it is killed never ran:
+    the connection ends unanswered, the message is kept, and B gets it once after the restart."""
+    a, b = pair
+    theirs = await b.new_channel()
+    await a.send(theirs, {"type": "warm"})
+    assert await asyncio.wait_for(b.receive(theirs), 5) == {"type": "warm"}
+    admin = redis_server.client()
+    admin.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")
+    sending = asyncio.ensure_future(a.send(theirs, {"type": "again"}))
+    # The PUBLISH waits in Redis behind the pause (a postponed client counts as blocked).
+    await until(lambda: int(admin.info("clients")["blocked_clients"]) >= 1, "PUBLISH held")
+    admin.close()
+    with capture_events() as events:
+        redis_server.kill()
+        await asyncio.wait_for(sending, DEADLINE_S)
+    assert a.uncertain == 0, events  # kept (the forwarder may be trying it right now)
+    redis_server.start()
+    assert await asyncio.wait_for(b.receive(theirs), DEADLINE_S) == {"type": "again"}
+    await until(lambda: len(a.pending) == 0, "the kept message published")
+    assert await nothing(b, theirs, 2.0)
+
+
+async def _publish_error(answer: str) -> BaseException:
+    """The error redis-py raises for a PUBLISH to a server that ``answer``s it that way
+    (every command before it, redis-py's connection handshake, gets ``+OK``)."""
+    import socket
+    import struct
+
+    from redis import asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.setblocking(False)
+    port = listener.getsockname()[1]
+    loop = asyncio.get_running_loop()
+
+    async def serve() -> None:
+        peer, _ = await loop.sock_accept(listener)
+        try:
+            while b"PUBLISH" not in (await loop.sock_recv(peer, 65536)).upper():
+                await loop.sock_sendall(peer, b"+OK\r\n")
+            if answer == "reset":
+                peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            elif answer == "silence":
+                await asyncio.sleep(5)  # never answers
+        finally:
+            peer.close()
+
+    server = asyncio.ensure_future(serve())
+    client = aioredis.Redis(port=port, socket_timeout=0.3, retry=Retry(NoBackoff(), 0))
+    try:
+        await client.publish("asgi.x", b"m")
+    except Exception as exc:
+        return exc
+    finally:
+        server.cancel()
+        await asyncio.wait((server,))
+        listener.close()
+        await client.connection_pool.disconnect()
+    raise AssertionError("the PUBLISH did not fail")
+
+
+@pytest.mark.parametrize(("answer", "maybe"), [("reset", False), ("close", False),
+                                               ("silence", True)])
+async def test_what_a_failed_publish_may_have_done(answer: str, maybe: bool) -> None:
+    """Real redis-py errors: a server ending the connection unanswered ran nothing worth
+    a doubt (published again); a read timeout may have (never again)."""
+    from redis_breaker.channels.pubsub import _maybe_sent
+
+    exc = await _publish_error(answer)
+    assert _maybe_sent(exc) is maybe, repr(exc)
+
+
 # ------------------------------------------------------------- consumers
 async def test_websocket_consumers_stay_open_through_an_outage(
         pair: Any, redis_server: RedisServer) -> None:

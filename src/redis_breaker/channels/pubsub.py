@@ -105,16 +105,31 @@ def decode_hosts(hosts: Any) -> list[dict[str, Any]]:
     return result
 
 
-def _maybe_sent(exc: BaseException) -> bool:
-    """Whether a failed command may have reached Redis (and may still run there).
+#: How redis-py words a connection the server ended (closed, reset, a write into one it had closed).
+_SERVER_ENDED = ("Connection closed by server", "Connection reset by peer", "Broken pipe",
+                 "(104,", "(32,", "while writing to socket")
 
-    A rejection, or an error while connecting, sent nothing; a read that timed
-    out or a connection lost while waiting for the reply may have.
+
+def _maybe_sent(exc: BaseException) -> bool:
+    """Whether a failed PUBLISH may have reached its subscribers (and may still).
+
+    A rejection, or an error while connecting, sent nothing. A read that timed
+    out may have: a frozen server runs the PUBLISH when it thaws, a network
+    that comes back delivers it. A connection the server ended (stopped,
+    killed, restarted) has not: Redis writes a PUBLISH's messages to the
+    subscribers and its reply to the publisher in the same pass after running
+    it, so a server that went away before answering had sent nothing to the
+    subscribers either (but for the microseconds between two writes of that
+    pass); such a message is kept and published again on recovery.
     """
     if isinstance(exc, BreakerOpenError):
         return False
     text = str(exc)
-    return not ("connecting to" in text or "Timeout connecting" in text)
+    if "connecting to" in text or "Timeout connecting" in text:
+        return False
+    if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+        return False
+    return not any(marker in text for marker in _SERVER_ENDED)
 
 
 class _Shard(RedisSingleShardConnection):  # type: ignore[misc]
@@ -565,6 +580,9 @@ class BreakerPubSubChannelLayer(RedisPubSubChannelLayer):  # type: ignore[misc]
                 self._uncertain(channel)
             else:
                 self.keep(channel, payload)
+                if not self.breakers[index].is_open:
+                    # A failure below the threshold: no transition will come to publish it.
+                    self.forward_soon()
         self._behind(index)
 
     def group_send_locally(self, name: str, payload: bytes, outcome: list[bool]) -> bool:
