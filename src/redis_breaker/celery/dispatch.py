@@ -18,7 +18,9 @@ from celery.utils import uuid
 
 from redis_breaker._breaker import Breaker
 
+from . import chords
 from .appconf import _app_settings, _breaker
+from .chords import ChordUnit
 from .config import BREAKER_NAME, FALLBACK
 from .once import claim_once
 from .outbox import relay_for
@@ -82,8 +84,35 @@ def _stored(options: dict[str, Any]) -> dict[str, Any]:
 
 def _fallen_back(app: Celery, b: Breaker, mode: str, name: str, task: Task | None,
                  publish_now: Callable[[], AsyncResult], args: Any, kwargs: Any, task_id: str,
-                 options: dict[str, Any]) -> AsyncResult:
-    """Publish through ``b``; on an open breaker or a counted failure, take ``mode``."""
+                 options: dict[str, Any], unit: ChordUnit | None = None) -> AsyncResult:
+    """Publish through ``b``; on an open breaker or a counted failure, take ``mode``.
+
+    ``unit``: the chord whose header this task is a member of (``chords``): the outbox
+    keeps it in the chord's unit instead of a row of its own.
+    """
+    def result_for() -> AsyncResult:
+        result_cls = options.get("result_cls") or (task.AsyncResult if task is not None
+                                                   else app.AsyncResult)
+        result: AsyncResult = result_cls(task_id)
+        ignore = options.get("ignore_result")
+        result.ignored = task.ignore_result if ignore is None and task is not None else ignore
+        return result
+
+    if unit is not None:
+        def kept() -> AsyncResult:
+            if mode != "outbox":
+                # A chord member cannot run here nor raise alone: the chord is refused.
+                raise CanvasRefused(b.name, None, b.state.value)
+            unit.add(name, args, kwargs, task_id, _stored(options))
+            return result_for()
+
+        if unit.keeping:
+            # Something of the chord is kept already: the rest follows it, unpublished.
+            return kept()
+        if mode == "raise":
+            return b.call(publish_now)
+        return b.call_with_fallback(publish_now, kept, integration="celery")
+
     if mode == "raise":
         return b.call(publish_now)
     if mode == "sync" and task is not None:
@@ -95,20 +124,14 @@ def _fallen_back(app: Celery, b: Breaker, mode: str, name: str, task: Task | Non
 
     def outbox() -> AsyncResult:
         if options.get("chord") is not None and canvas_needs_backend(app):
-            # A chord's header member: the chord's size goes to the result backend as the
+            # A chord's header member outside a unit (a header of groups or chords, or
+            # without protect(app)): the chord's size goes to the result backend as the
             # header is dispatched, and would be missing when the relayed header finishes.
-            # Refuse it whole (a group's members go to the outbox: results.py defers their
-            # subscriptions).
             raise CanvasRefused(b.name, None, b.state.value)
         write_dispatch(app, breaker=b.name, task_name=name, args=args, kwargs=kwargs,
                        task_id=task_id, options=_stored(options))
         relay_for(b, app)
-        result_cls = options.get("result_cls") or (task.AsyncResult if task is not None
-                                                   else app.AsyncResult)
-        result: AsyncResult = result_cls(task_id)
-        ignore = options.get("ignore_result")
-        result.ignored = task.ignore_result if ignore is None and task is not None else ignore
-        return result
+        return result_for()
 
     return b.call_with_fallback(publish_now, outbox, integration="celery")
 
@@ -139,8 +162,11 @@ def dispatch(task: Task, args: Any = None, kwargs: Any = None, *, fallback: str 
     def publish_now() -> AsyncResult:
         return publish(task, args, kwargs, task_id, options, producer)
 
-    return _fallen_back(app, b, mode, task.name, task, publish_now, args, kwargs, task_id,
-                        options)
+    if chords.current() is None:
+        return _fallen_back(app, b, mode, task.name, task, publish_now, args, kwargs, task_id,
+                            options)
+    return chords.through_unit(task_id, options, lambda unit: _fallen_back(
+        app, b, mode, task.name, task, publish_now, args, kwargs, task_id, options, unit))
 
 
 def send_task(app: Celery, name: str, args: Any = None, kwargs: Any = None,
@@ -170,7 +196,11 @@ def send_task(app: Celery, name: str, args: Any = None, kwargs: Any = None,
     def publish_now() -> AsyncResult:
         return send_by_name(app, name, args, kwargs, task_id, options, producer)
 
-    return _fallen_back(app, b, mode, name, task, publish_now, args, kwargs, task_id, options)
+    if chords.current() is None:
+        return _fallen_back(app, b, mode, name, task, publish_now, args, kwargs, task_id,
+                            options)
+    return chords.through_unit(task_id, options, lambda unit: _fallen_back(
+        app, b, mode, name, task, publish_now, args, kwargs, task_id, options, unit))
 
 
 class BreakerTask(Task):  # type: ignore[misc]

@@ -19,6 +19,7 @@ import weakref
 from dataclasses import dataclass, field
 from datetime import datetime
 from datetime import timezone as dt_timezone
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from django.db import DatabaseError, connections, router
@@ -32,6 +33,7 @@ from redis_breaker._redact import describe_error
 from redis_breaker._registry import get_breaker
 from redis_breaker._state import State, StateChange
 
+from .chords import CHORD_KEY, CHORD_TASK, relay_chord
 from .publish import publish_outboxed
 from .rows import OutboxSerializationError, aware, claim, from_json, write_message
 
@@ -79,9 +81,15 @@ class DrainResult:
 
 def _publish_row(app: Celery, row: OutboxMessage, expires: datetime | None) -> None:
     # Decoded inside the guarded call: a corrupt row fails like a publish the broker refuses.
+    options = from_json(row.options)
+    unit = options.get(CHORD_KEY) if row.task_name == CHORD_TASK else None
+    if unit is not None:
+        # A chord's unit: its size, then its header members, all in this one trial call.
+        relay_chord(app, unit, partial(publish_outboxed, app))
+        return
     publish_outboxed(app, row.task_name, from_json(row.args), from_json(row.kwargs),
                      task_id=row.task_id, eta=aware(row.eta), expires=expires,
-                     options=from_json(row.options))
+                     options=options)
 
 
 def drain_breaker(

@@ -36,6 +36,8 @@ from celery import Celery
 from redis_breaker._breaker import Breaker
 from redis_breaker._errors import BreakerOpenError
 
+from . import chords
+
 __all__ = ["CanvasRefused", "ResultBackendUnavailable", "canvas_needs_backend",
            "guard_result_backend"]
 
@@ -258,6 +260,11 @@ def _guarded_consumer_class(cls: type) -> type:
                 if old is not None:
                     with contextlib.suppress(Exception):
                         old.close()
+                # Celery's reconnect resets the client's pool, dropping its connections
+                # without closing them: the idle ones (a result read just before, such as a
+                # chord's parents read by get()) are closed first, not left to the GC.
+                with contextlib.suppress(Exception):
+                    self.backend.client.connection_pool.disconnect(inuse_connections=False)
                 self._reconnect_pubsub()
                 self._redis_breaker_deferred = False
 
@@ -313,13 +320,50 @@ def _guarded_class(cls: type) -> type:
 
             return _waited(self._redis_breaker_app, join, (), {})
 
-        def apply_chord(self, *args: Any, **kwargs: Any) -> Any:
-            return _refused_when_open(self._redis_breaker_app, super().apply_chord, args,
-                                      kwargs)
+        def apply_chord(self, header_result_args: Any, body: Any, **kwargs: Any) -> Any:
+            # Celery's chord setup, its ids frozen, before its header is dispatched: the
+            # header's unit starts here (chords.py). A header it cannot store is refused
+            # while the breaker is open, nothing of it dispatched.
+            app = self._redis_breaker_app
+            b = _broker_breaker(app)
+            unit = chords.begin(app, b, header_result_args, body)
+            if b.is_open:
+                if unit is None:
+                    raise CanvasRefused(b.name, None, b.state.value)
+                # A header of tasks (and chains of tasks): Celery's Redis backend stores
+                # nothing here for it (5.3 to 5.7), so nothing is left for the relay.
+                return None
+            try:
+                return super().apply_chord(header_result_args, body, **kwargs)
+            except BaseException:
+                if unit is not None:
+                    chords.end(unit)
+                raise
 
-        def set_chord_size(self, *args: Any, **kwargs: Any) -> Any:
-            return _refused_when_open(self._redis_breaker_app, super().set_chord_size, args,
-                                      kwargs)
+        def set_chord_size(self, group_id: Any, chord_size: Any) -> Any:
+            app = self._redis_breaker_app
+            unit = chords.current()
+            if unit is None or unit.group_id != str(group_id):
+                return _refused_when_open(app, super().set_chord_size, (group_id, chord_size),
+                                          {})
+            b = _broker_breaker(app)
+            keep = unit.keeping or b.is_open
+            unit.size = int(chord_size)
+            if keep:
+                # Kept in the chord's unit: its relay writes it before the members it keeps.
+                unit.size_written = False
+                return None
+            try:
+                written = super().set_chord_size(group_id, chord_size)
+            except Exception as exc:
+                cause = _counted_cause(b, exc)
+                if cause is None:
+                    raise
+                _count_failure(b, cause)
+                unit.size_written = False
+                return None
+            unit.size_written = True
+            return written
 
         def __reduce__(self, args: Any = (), kwargs: Any = None) -> Any:
             # Pickled as Celery's own class (this one is made at run time): unguarded.

@@ -33,6 +33,7 @@ __all__ = [
     "check_storable",
     "claim",
     "from_json",
+    "stored_dispatch",
     "to_json",
     "write_dispatch",
     "write_message",
@@ -134,6 +135,14 @@ def _absolute_times(app: Celery, options: dict[str, Any]) -> tuple[datetime | No
     if isinstance(expires, datetime) and expires.tzinfo is None:
         expires = expires.replace(tzinfo=tz)
     return eta, expires
+
+
+def stored_dispatch(app: Celery, options: Mapping[str, Any]
+                    ) -> tuple[dict[str, Any], datetime | None, datetime | None]:
+    """The options of a dispatch as a row stores them, and its absolute ``eta``/``expires``."""
+    stored = _stored(options)
+    eta, expires = _absolute_times(app, stored)
+    return stored, eta, expires
 
 
 def _json_text(value: Any, what: str, task_name: str) -> str:
