@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from celery import chain, chord, group
 
-from redis_breaker import State, get_breaker
+from redis_breaker import BreakerOpenError, State, get_breaker
 from redis_breaker.celery import CanvasRefused, ResultBackendUnavailable
 from redis_breaker.models import OutboxMessage
 from tests.harness import RedisServer
@@ -112,7 +112,8 @@ def test_chord_shapes_during_an_outage(
         calling: Any, broker: RedisServer, recorder: RedisServer) -> None:  # noqa: F811
     """A header of one task, a header holding a chain, a chain as the body: each is one
     unit, relayed intact, and so is a header holding a group (Celery unrolls it). A header
-    holding a chain that ends in a group is refused whole, nothing stored."""
+    holding a chain that ends in a group is refused whole, nothing stored, and so is a chord
+    with a member whose fallback is ``raise``."""
     add, total = calling.add, calling.total
     up, opened = _down(broker, "open", add)
 
@@ -129,7 +130,11 @@ def test_chord_shapes_during_an_outage(
     with pytest.raises(CanvasRefused):
         chord([chain(add.s(990, 1), group(add.s(1), add.s(2))), add.s(990, 3)])(total.s())
     assert OutboxMessage.objects.count() == opened + 4
-    # A later dispatch is not taken for a member of the refused chord.
+    # A member that asks to raise rather than go to the outbox: it raises, nothing stored.
+    with pytest.raises(BreakerOpenError):
+        chord([add.s(990, 4), add.s(990, 5).set(breaker_fallback="raise")])(total.s())
+    assert OutboxMessage.objects.count() == opened + 4
+    # A later dispatch is not taken for a member of a refused chord.
     later = add.delay(950, 1)
     assert OutboxMessage.objects.count() == opened + 5
 
@@ -147,3 +152,49 @@ def test_chord_shapes_during_an_outage(
     bodies = sorted(sorted(s["args"][0]) for s in seen if s["name"] == "tests.total")
     assert bodies == [[601], [702, 711], [801, 802], [901, 902, 903]]
     assert [s for s in seen if s["args"][0] == 990] == []
+
+
+def test_chord_whose_broker_dies_half_way_through_its_header(
+        calling: Any, broker: RedisServer, recorder: RedisServer) -> None:  # noqa: F811
+    """Redis stops right after the header's second member is published: the two published
+    members run, the other two and the chord's size go to the outbox as one unit, and once
+    the outbox is relayed the body runs once with all four results."""
+    from celery.signals import after_task_publish
+
+    from redis_breaker.celery.outbox import drain
+
+    add, total = calling.add, calling.total
+    published: list[str] = []
+
+    def stop_after_two(sender: Any = None, headers: Any = None, **kwargs: Any) -> None:
+        if (headers or {}).get("group") and sender == "tests.add":
+            published.append(headers["id"])
+            if len(published) == 2:
+                broker.stop()
+
+    after_task_publish.connect(stop_after_two, weak=False)
+    try:
+        chorded = chord([add.s(1100, i) for i in range(4)])(total.s())
+    finally:
+        after_task_publish.disconnect(stop_after_two)
+    header = [r.id for r in chorded.parent.results]
+    assert published == header[:2]
+    rows = list(OutboxMessage.objects.all())
+    assert [(r.task_name, r.task_id) for r in rows] == [("celery.chord", chorded.id)]
+    stored = rows[0].options["redis_breaker_chord"]
+    assert [m["task_id"] for m in stored["members"]] == header[2:]
+    assert stored["size"] == 4
+
+    broker.start()
+    # The breaker may still be closed (too few failures to open it): no recovery to
+    # start a relay, so relay as `manage.py redis_breaker drain` does.
+    def relayed() -> bool:
+        drain(app=calling.app)
+        return not OutboxMessage.objects.exists()
+
+    wait_for(relayed, timeout=60, what="the outbox relayed")
+    assert _get(calling.app, chorded, "the chord's body") == sum(1100 + i for i in range(4))
+    runs, seen = _recorded(recorder)
+    assert {k: n for k, n in runs.items() if n != 1} == {}
+    assert [s["args"] for s in seen if s["name"] == "tests.total"] == [
+        [[1100, 1101, 1102, 1103]]]
