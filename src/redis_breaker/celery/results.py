@@ -16,8 +16,10 @@ or when its ``SUBSCRIBE`` fails on a connection error the breaker counts: the
 task is kept in Celery's ``subscribed_to`` and subscribed (after reading the
 results stored meanwhile) at the next ``get()``, join or subscription made
 while the breaker is not open. So a group dispatched during an outage goes to
-the outbox whole. A chord is refused whole (``CanvasRefused``): its size is
-stored on the backend as it is dispatched.
+the outbox whole. A chord's setup (``apply_chord``) and its size
+(``set_chord_size``) go to the chord's unit (``chords``) when its header cannot
+be published: the chord is one outbox row, relayed whole. A header the unit
+cannot hold is refused (``CanvasRefused``) while the breaker is open.
 
 The worker's writes (``store_result``, a chord's counter) are left as Celery
 has them: a worker has nothing to consume while its broker's Redis is down.
@@ -64,14 +66,12 @@ class ResultBackendUnavailable(BreakerOpenError, rex.ConnectionError, RuntimeErr
 class CanvasRefused(ResultBackendUnavailable):
     """A ``chord`` not dispatched: it needs the result backend, which is down.
 
-    A chord stores its size (and resets its counter) on a Redis result backend as its
-    header is dispatched, and the worker that finishes the last header task reads it to
-    start the body. With that Redis on the broker's server and the breaker open, the
-    chord is refused when Celery sets it up (``apply_chord``), before any of it is
-    dispatched; a header member that would go to the outbox is refused too. Nothing of
-    the chord runs, and the caller can dispatch it again later. A ``RuntimeError``, as
-    Celery's own error for it was. (A ``group`` is not refused: its subscriptions are
-    deferred and its members go to the outbox.)
+    A chord dispatched while that backend is down goes to the outbox as one unit
+    (``chords``). Refused, nothing of it stored, while the breaker is open: a header
+    the unit cannot hold (a chain ending in a group, a chord, a generator: Celery's
+    ``apply_chord`` stores their structure on the backend), a member whose fallback is
+    not the outbox, or a member outside a unit (without ``protect(app)``). The caller
+    can dispatch it again later. A ``RuntimeError``, as Celery's own error for it was.
     """
 
     def __str__(self) -> str:
