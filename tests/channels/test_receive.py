@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 import pytest
@@ -17,6 +18,7 @@ from .conftest import fast_breaker, hosts
 
 READ_TIMEOUT = 1.0
 IDLE_S = 2.5  # longer than the socket read timeout
+DEADLINE_S = 10.0
 
 
 def _address_entry(server: RedisServer) -> dict[str, object]:
@@ -222,4 +224,38 @@ async def test_a_receive_cancelled_as_its_message_arrives_loses_nothing(
         assert await asyncio.wait_for(layer.receive("jobs"), 10) == {"type": "job", "n": 1}
     finally:
         await sender.close()
+        await layer.close()
+
+
+async def test_a_receive_cancelled_while_redis_hands_it_a_message_loses_nothing(
+    redis_server: RedisServer,
+) -> None:
+    """Redis has popped the message for the consumer's blocking pop and written the reply,
+    and the consumer is cancelled before its loop reads it (a wait_for that timed out
+    then). Cancelling the pop there drops the connection and the message with it: it is
+    in no queue of Redis any more. The channel's next receive returns it."""
+    layer = BreakerChannelLayer(hosts(redis_server, 5.0), breaker=fast_breaker("in-flight"))
+    probe = redis_server.client()
+    try:
+        waiting = asyncio.ensure_future(layer.receive("jobs"))
+        deadline = time.monotonic() + DEADLINE_S
+        while int(probe.info("clients")["blocked_clients"]) < 1:  # its BZPOPMIN waits in Redis
+            assert time.monotonic() < deadline, "the receive never blocked in Redis"
+            await asyncio.sleep(0.01)
+        # From this loop's thread, without yielding to it: Redis pops the message for the
+        # blocked consumer and answers it; the loop has not read that answer yet.
+        payload = layer.redis.payload("jobs", {"type": "job", "n": 1})
+        assert probe.zadd(layer.redis.prefix + "jobs", {payload: time.time()}) == 1
+        assert probe.zcard(layer.redis.prefix + "jobs") == 0  # taken by the pop
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert await asyncio.wait_for(layer.receive("jobs"), DEADLINE_S) == {"type": "job", "n": 1}
+        # Nothing left behind: no second copy, no backup copy.
+        await asyncio.wait_for(layer.redis.wait_received(), DEADLINE_S)
+        assert probe.zcard(layer.redis._backup_channel_name(layer.redis.prefix + "jobs")) == 0
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(layer.receive("jobs"), 1.0)
+    finally:
+        probe.close()
         await layer.close()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import logging
 import os
 import time
@@ -43,7 +44,7 @@ from . import metrics
 from .local import GroupMirror, LocalQueues
 from .loops import LoopState, LoopStates, wait
 from .outbox import Kept, PendingSends
-from .remote import DUPLICATE, RedisLayer, probe_url
+from .remote import DUPLICATE, POP_WATCH, Abandoned, PopWatch, RedisLayer, probe_url
 
 __all__ = ["BreakerChannelLayer", "Message"]
 
@@ -141,6 +142,7 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         """Stop this loop's receives and resync and close its Redis pools (the layer stays usable)."""
         state = self._loops.get(asyncio.get_running_loop())
         if state is not None:
+            await self._give_back(state)
             await state.stop()
         await self.redis.close_pools()
 
@@ -302,11 +304,20 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                     metrics.count(self.breaker.name, "received_here")
                     return kept.message
             task = state.pending.get(channel)
+            if task is not None and task.done() and _ended_unwanted(task):
+                del state.pending[channel]
+                task = None
             if task is None:
-                task = state.start(self._receive_from_redis(channel, state))
+                watch = state.watches[channel] = PopWatch()
+                task = state.start(self._receive_from_redis(channel, state, watch))
+                task.add_done_callback(functools.partial(_forget_abandoned, state, channel))
                 state.pending[channel] = task
+            else:
+                watch = state.watches.get(channel) or PopWatch()
+                watch.abandoned = False  # wanted again
             if task.done():
                 del state.pending[channel]
+                state.watches.pop(channel, None)
                 return task.result()
             arrived = self.local.wait(channel)
             kept_arrived = self.pending.wait(channel) if general else None
@@ -314,6 +325,14 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             try:
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             except asyncio.CancelledError:
+                if general and not task.done() and watch.popping:
+                    # Redis may be handing the pop a message right now (see PopWatch):
+                    # let the pop end; a message it brings is the next receive's.
+                    # Not for a specific channel: channels_redis pops those for the
+                    # whole process under one lock, which a pop left running would
+                    # hold from every other consumer's receive.
+                    watch.abandoned = True
+                    raise
                 # The consumer is going away (or gave up waiting, as wait_for does):
                 # stop reading its channel from Redis...
                 if not task.done():
@@ -332,7 +351,9 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                 if kept_arrived is not None:
                     self.pending.forget_waiter(channel, kept_arrived)
 
-    async def _receive_from_redis(self, channel: str, state: LoopState) -> Message:
+    async def _receive_from_redis(self, channel: str, state: LoopState,
+                                  watch: PopWatch) -> Message:
+        POP_WATCH.set(watch)  # this task's own context
         delay = TRIAL_WAIT_S
         specific = "!" in channel
         while True:
@@ -347,11 +368,15 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                 # Open or half-open: leave the trial calls to the probe and the resync.
                 await wait(changed, _RECHECK_S)
                 continue
+            if watch.abandoned:
+                raise Abandoned
             try:
                 message: Message = await self.redis.receive_at(channel, index)
                 if DUPLICATE in message:
                     continue  # a second copy of a message received before
                 return message
+            except Abandoned:
+                raise
             except rex.TimeoutError as exc:
                 # An idle blocking pop can outlast a short read timeout; only a
                 # PING that fails too says Redis is unwell.
@@ -445,6 +470,9 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     async def close(self) -> None:
         """Stop the work this layer runs on the current loop and close its Redis pools."""
+        state = self._loops.get(asyncio.get_running_loop())
+        if state is not None:
+            await self._give_back(state)
         # Transitions already on their way to a loop must not start work after this.
         self._closed = True
         for shard in self.breakers:
@@ -454,6 +482,21 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         if state is not None:
             await state.stop()
         await self.redis.close_pools()
+
+    async def _give_back(self, state: LoopState) -> None:
+        """Send again the messages receives took from Redis for consumers that stopped waiting.
+
+        A receive cancelled during its blocking pop keeps what the pop brought
+        for the channel's next receive (see ``remote.PopWatch``); closing with
+        no such receive would lose it, so it goes back to its channel (to Redis,
+        or kept until Redis is back), for another consumer or this one later.
+        """
+        for channel, task in list(state.pending.items()):
+            if not task.done() or _ended_unwanted(task) or task.exception() is not None:
+                continue
+            del state.pending[channel]
+            state.watches.pop(channel, None)
+            await self.send(channel, task.result())
 
     # ----------------------------------------------------------------- recovery
     def _loop_state(self, *, home: bool = False) -> LoopState:
@@ -606,6 +649,19 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         if not written:  # full: its reader is behind; try again until the message expires
             self.pending.put_back(channel, kept)
         return bool(written)
+
+
+def _forget_abandoned(state: LoopState, channel: str, task: asyncio.Task[Message]) -> None:
+    """An abandoned receive that ended with an empty pop is no longer the channel's."""
+    if not task.cancelled() and isinstance(task.exception(), Abandoned) \
+            and state.pending.get(channel) is task:
+        del state.pending[channel]
+        state.watches.pop(channel, None)
+
+
+def _ended_unwanted(task: asyncio.Task[Message]) -> bool:
+    """A finished receive task that brought nothing: cancelled, or ended abandoned."""
+    return task.cancelled() or isinstance(task.exception(), Abandoned)
 
 
 async def _run(write: Callable[[], Awaitable[None]], *_: Any) -> bool:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from .layer import Message
+    from .remote import PopWatch
 
 __all__ = ["LoopState", "LoopStates", "wait"]
 
@@ -33,6 +34,8 @@ class LoopState:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     #: Redis receives carried over between ``receive`` calls, by channel.
     pending: dict[str, asyncio.Task[Message]] = field(default_factory=dict)
+    #: The pop watch of each pending receive task, by channel.
+    watches: dict[str, PopWatch] = field(default_factory=dict)
     resync: asyncio.Task[None] | None = None
     #: Every task the layer started on this loop and that has not finished; a
     #: Redis receive whose consumer gave up waiting for it is no longer pending.
@@ -53,6 +56,7 @@ class LoopState:
         """Cancel every task started here and wait until they have finished."""
         tasks = list(self.running)
         self.pending.clear()
+        self.watches.clear()
         for task in tasks:
             task.cancel()
         if tasks:

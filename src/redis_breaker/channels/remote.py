@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import inspect
 import itertools
@@ -66,7 +67,8 @@ from redis_breaker._sentinel import aclose_sentinel, sentinel_url
 
 from .outbox import SeenIds
 
-__all__ = ["RedisLayer", "close_with_loop", "probe_url", "sentinel_probe_url"]
+__all__ = ["POP_WATCH", "Abandoned", "PopWatch", "RedisLayer", "close_with_loop", "probe_url",
+           "sentinel_probe_url"]
 
 _UPSTREAM_POP_TIMEOUT = 5.0
 #: A backup copy's cleanup that failed is tried again after this, doubling up to the max.
@@ -130,6 +132,34 @@ _RESTORE_SHA = hashlib.sha1(_RESTORE).hexdigest()
 _upstream_log = logging.getLogger("channels_redis.core")
 #: Set on a received message that is a second copy of one received before.
 DUPLICATE = "__redis_breaker_duplicate__"
+
+
+class PopWatch:
+    """A receive task's blocking pop: whether it is under way, and whether anyone still waits.
+
+    Once BZPOPMIN is sent, Redis may hand it a message at any moment: the
+    message is then in no queue of Redis, only in the reply on its way.
+    Cancelling the pop then closes the connection and drops the reply, and the
+    message with it. A receive whose consumer stops waiting during a pop
+    therefore lets the pop end (``abandoned``): a message it brings is kept
+    for the channel's next receive, an empty pop ends the task (``Abandoned``).
+    """
+
+    __slots__ = ("abandoned", "popping")
+
+    def __init__(self) -> None:
+        self.popping = False
+        self.abandoned = False
+
+
+class Abandoned(Exception):
+    """A receive nobody waits for any more ended between two pops."""
+
+
+#: The watch of the receive task running in this context (each task has its own).
+POP_WATCH: contextvars.ContextVar[PopWatch | None] = contextvars.ContextVar(
+    "redis_breaker_pop_watch", default=None)
+
 #: Every RedisLayer of the process, for their locks to be renewed after fork.
 _LAYERS: weakref.WeakSet[RedisLayer] = weakref.WeakSet()
 
@@ -365,12 +395,23 @@ class RedisLayer(RedisChannelLayer):  # type: ignore[misc]
         backup = self._backup_channel_name(channel)
         connection = self.connection(index)
         await _script(connection, _RESTORE, _RESTORE_SHA, 2, (channel, backup))
-        result = await connection.bzpopmin(channel, timeout=timeout)
-        if result is None:
-            return None
-        _key, member, score = result
-        with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
-            await connection.zadd(backup, {member: float(score)})
+        watch = POP_WATCH.get()
+        if watch is None:
+            watch = PopWatch()
+        elif watch.abandoned:
+            raise Abandoned  # nothing taken yet
+        watch.popping = True
+        try:
+            result = await connection.bzpopmin(channel, timeout=timeout)
+            if result is None:
+                if watch.abandoned:
+                    raise Abandoned
+                return None
+            _key, member, score = result
+            with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
+                await connection.zadd(backup, {member: float(score)})
+        finally:
+            watch.popping = False
         popped: bytes = member
         return popped
 
