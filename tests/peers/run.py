@@ -33,6 +33,7 @@ import importlib.metadata
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -169,7 +170,7 @@ def run_suite(suite: Suite, top: Path, mode: str,
            "PEERS_MODE": mode, **extra, "PEERS_REPORT": str(report),
            "PYTHONPATH": os.pathsep.join([str(HERE), *(str(top / p) for p in suite.paths)]),
            # The breakers' host-wide state files, private to this run.
-           "TMPDIR": tempfile.mkdtemp(prefix=f"peers-{mode}-")}
+           "TMPDIR": tempfile.mkdtemp(prefix=f"tmp-{suite.name}-{mode}-", dir=work)}
     env.pop("DJANGO_SETTINGS_MODULE", None)
     if suite.settings:
         env["DJANGO_SETTINGS_MODULE"] = suite.settings
@@ -254,7 +255,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{s}:{m}": o for (s, m), o in outcomes.items()}}, indent=1, sort_keys=True))
     for problem in problems:
         print(problem, file=sys.stderr)
-    return 1 if problems else 0
+    if problems:
+        return 1
+    shutil.rmtree(work, ignore_errors=True)  # kept when something failed: its logs are named above
+    return 0
 
 
 if __name__ == "__main__":
