@@ -123,8 +123,9 @@ def test_chord_shapes_during_an_outage(
     # Celery unrolls a group in a header into its tasks.
     grouped_header = chord([group(add.s(900, 1), add.s(900, 2)), add.s(900, 3)])(total.s())
     assert OutboxMessage.objects.count() == opened + 4
-    assert list(OutboxMessage.objects.order_by("id").values_list("task_name", flat=True)
-                )[opened:] == ["celery.chord"] * 4
+    units = list(OutboxMessage.objects.order_by("id").values_list("task_name", "task_id"))
+    assert units[opened:] == [("celery.chord", r.id) for r in (
+        single, chained_header, chained_body, grouped_header)]
     # A chain ending in a group: its result is a group's, which Celery's chord setup
     # stores on the result backend. Refused whole, nothing stored.
     with pytest.raises(CanvasRefused):

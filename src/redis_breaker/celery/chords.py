@@ -217,8 +217,8 @@ def through_unit(task_id: str, options: Mapping[str, Any],
         return send(None)
     try:
         result = send(unit)
-    except BaseException:
-        end(unit)
+    except BaseException as exc:
+        abandon(unit, f"a header member raised {type(exc).__name__}")
         raise
     unit.dispatched(member)
     return result

@@ -37,6 +37,7 @@ from celery import Celery
 
 from redis_breaker._breaker import Breaker
 from redis_breaker._errors import BreakerOpenError
+from redis_breaker._redact import describe_error
 
 from . import chords
 
@@ -358,6 +359,8 @@ def _guarded_class(cls: type) -> type:
             except Exception as exc:
                 cause = _counted_cause(b, exc)
                 if cause is None:
+                    # The chord's dispatch ends here: nothing of the unit is stored.
+                    chords.abandon(unit, describe_error(exc))
                     raise
                 _count_failure(b, cause)
                 unit.size_written = False
