@@ -155,9 +155,13 @@ def postgres_db(postgres_server: PostgresServer, django_db_setup: None,
         connections.settings[POSTGRES] = postgres_server.settings(
             "redis_breaker", TEST={"NAME": "test_redis_breaker"})
         connections.configure_settings(connections.settings)
+        import django
+
+        # Django 6.0 serializes a test database only when asked (and deprecates the argument).
+        no_serialize = {"serialize": False} if django.VERSION < (6, 0) else {}
         with django_db_blocker.unblock():
             connections[POSTGRES].creation.create_test_db(verbosity=0, autoclobber=True,
-                                                          serialize=False)
+                                                          **no_serialize)
         _shared_postgres["database"] = postgres_server
     try:
         yield POSTGRES

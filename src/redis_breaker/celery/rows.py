@@ -248,10 +248,18 @@ def _insert_statement(connection: Any, alone: bool) -> tuple[str, list[Any], boo
             sql += f"VALUES ({placeholders})"
         returns = bool(connection.features.can_return_columns_from_insert)
         if returns:
-            returning, _ = connection.ops.return_insert_columns([meta.pk])
+            returning = _returning_sql(connection, meta.pk)
             sql += " " + returning
         found = _INSERTS[key] = (sql, fields, returns)
     return found
+
+
+def _returning_sql(connection: Any, pk: Any) -> str:
+    """``RETURNING <pk>`` as the backend writes it (Django 6.0 renamed the operation)."""
+    ops = connection.ops
+    method = getattr(ops, "returning_columns", None) or ops.return_insert_columns
+    sql: str = method([pk])[0]
+    return sql
 
 
 _DIRECT_VENDORS = ("postgresql", "sqlite")
@@ -286,7 +294,7 @@ def _direct_statement(connection: Any, alone: bool
             sql += f"VALUES ({marks})"
         returns = bool(connection.features.can_return_columns_from_insert)
         if returns:
-            returning, _ = connection.ops.return_insert_columns([meta.pk])
+            returning = _returning_sql(connection, meta.pk)
             sql += " " + returning
         defaults = {f.attname: f.get_db_prep_save(f.get_default(), connection)
                     for f in fields if f.attname not in _GIVEN}
