@@ -11,7 +11,10 @@ PostgreSQL.
 
 from __future__ import annotations
 
+import gc
 import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,10 +25,17 @@ from redis_breaker.celery import CanvasRefused, ResultBackendUnavailable
 from redis_breaker.models import OutboxMessage
 from tests.harness import RedisServer
 
-from .conftest import wait_for
+from .conftest import celery_worker, join_relays, queued, wait_for
 
 # The real worker and broker of test_calling.py (its fixtures, imported to be used here).
-from .test_calling import _xfail_if_the_old_worker_stalled, broker, calling  # noqa: F401
+from .test_calling import (  # noqa: F401
+    _forget_backend,
+    _forget_pools,
+    _xfail_if_the_old_worker_stalled,
+    broker,
+    calling,
+)
+from .workers import worker_state_dir
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -155,16 +165,49 @@ def test_chord_shapes_during_an_outage(
     assert [s for s in seen if s["args"][0] == 990] == []
 
 
+@pytest.fixture
+def idle(broker: RedisServer, recorder: RedisServer,  # noqa: F811
+         tmp_path: Path) -> Iterator[tuple[Any, Callable[[], Any]]]:
+    """The calling app pointed at ``broker`` as ``calling`` does, without a worker: the test
+    starts one (the second item, a context manager) when it wants its tasks to run."""
+    from tests.celery import calling_app
+
+    app = calling_app.app
+    app.conf.broker_url = broker.url
+    app.conf.result_backend = broker.url
+    for cached in ("_redis_breaker_producers", "_redis_breaker_once_client"):
+        app.__dict__.pop(cached, None)
+    _forget_backend(app)
+    _forget_pools(app)
+    env = {"RB_BROKER_URL": broker.url, "RB_BACKEND_URL": broker.url,
+           "RB_RECORD_URL": recorder.url, "RB_STATE_DIR": worker_state_dir(tmp_path)}
+    try:
+        yield calling_app, lambda: celery_worker("tests.celery.calling_app", **env)
+    finally:
+        _forget_backend(app)
+        gc.collect()
+        join_relays()
+        _forget_pools(app)
+        cached = app.__dict__.pop("_redis_breaker_producers", None)
+        if cached is not None:
+            cached[1].connections.force_close_all()
+
+
 def test_chord_whose_broker_dies_half_way_through_its_header(
-        calling: Any, broker: RedisServer, recorder: RedisServer) -> None:  # noqa: F811
+        idle: tuple[Any, Callable[[], Any]], broker: RedisServer,  # noqa: F811
+        recorder: RedisServer) -> None:
     """Redis stops right after the header's second member is published: the two published
-    members run, the other two and the chord's size go to the outbox as one unit, and once
-    the outbox is relayed the body runs once with all four results."""
+    members stay queued in Redis (it keeps them across the restart), the other two and the
+    chord's size go to the outbox as one unit, and once the outbox is relayed the body
+    runs once with all four results. (No worker runs until then: one taking the first
+    members while Redis stops under it could neither store their results nor acknowledge
+    them, and Celery runs such a message again, for a chord as for any task.)"""
     from celery.signals import after_task_publish
 
     from redis_breaker.celery.outbox import drain
 
-    add, total = calling.add, calling.total
+    module, start_worker = idle
+    add, total = module.add, module.total
     published: list[str] = []
 
     def stop_after_two(sender: Any = None, headers: Any = None, **kwargs: Any) -> None:
@@ -190,11 +233,14 @@ def test_chord_whose_broker_dies_half_way_through_its_header(
     # The breaker may still be closed (too few failures to open it): no recovery to
     # start a relay, so relay as `manage.py redis_breaker drain` does.
     def relayed() -> bool:
-        drain(app=calling.app)
+        drain(app=module.app)
         return not OutboxMessage.objects.exists()
 
     wait_for(relayed, timeout=60, what="the outbox relayed")
-    assert _get(calling.app, chorded, "the chord's body") == sum(1100 + i for i in range(4))
+    assert [h["id"] for h in queued(broker)] == header
+    with start_worker():
+        assert _get(module.app, chorded, "the chord's body") == sum(
+            1100 + i for i in range(4))
     runs, seen = _recorded(recorder)
     assert {k: n for k, n in runs.items() if n != 1} == {}
     assert [s["args"] for s in seen if s["name"] == "tests.total"] == [
