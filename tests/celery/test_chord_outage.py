@@ -184,9 +184,18 @@ def idle(broker: RedisServer, recorder: RedisServer,  # noqa: F811
     try:
         yield calling_app, lambda: celery_worker("tests.celery.calling_app", **env)
     finally:
+        # As ``calling``'s teardown; the backend kept until its sockets are closed (on
+        # Celery 5.3 the results collected here unsubscribe on a new pubsub connection).
+        backend = vars(app._local).get("backend")
         _forget_backend(app)
         gc.collect()
         join_relays()
+        if backend is not None:
+            pubsub = getattr(getattr(backend, "result_consumer", None), "_pubsub", None)
+            if pubsub is not None:
+                pubsub.close()
+            backend.client.connection_pool.disconnect()
+            del backend
         _forget_pools(app)
         cached = app.__dict__.pop("_redis_breaker_producers", None)
         if cached is not None:
