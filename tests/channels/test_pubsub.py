@@ -323,8 +323,13 @@ async def _publish_error(answer: str) -> BaseException:
     async def serve() -> None:
         peer, _ = await loop.sock_accept(listener)
         try:
-            while b"PUBLISH" not in (await loop.sock_recv(peer, 65536)).upper():
-                await loop.sock_sendall(peer, b"+OK\r\n")
+            while True:
+                data = await loop.sock_recv(peer, 65536)
+                if b"PUBLISH" in data.upper():
+                    break
+                # One +OK per command (redis-py may send two in one packet).
+                commands = sum(line.startswith(b"*") for line in data.split(b"\r\n"))
+                await loop.sock_sendall(peer, b"+OK\r\n" * commands)
             if answer == "reset":
                 peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             elif answer == "silence":
