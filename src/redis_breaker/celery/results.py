@@ -247,6 +247,15 @@ def _guarded_consumer_class(cls: type) -> type:
                 self._redis_breaker_defer(task_id)
                 return None
 
+        def _reconnect_pubsub(self) -> Any:
+            # Celery's reconnect (its own after a connection error, and ours above) resets
+            # the client's pool, dropping its connections without closing them: the idle
+            # ones (a result read just before, such as a chord's parents read by get())
+            # are closed first, not left open until the GC finds them.
+            with contextlib.suppress(Exception):
+                self.backend.client.connection_pool.disconnect(inuse_connections=False)
+            return super()._reconnect_pubsub()
+
         def _redis_breaker_defer(self, task_id: str) -> None:
             with _locked(self):
                 self.subscribed_to.add(self._get_key_for_task(task_id))
@@ -261,11 +270,6 @@ def _guarded_consumer_class(cls: type) -> type:
                 if old is not None:
                     with contextlib.suppress(Exception):
                         old.close()
-                # Celery's reconnect resets the client's pool, dropping its connections
-                # without closing them: the idle ones (a result read just before, such as a
-                # chord's parents read by get()) are closed first, not left to the GC.
-                with contextlib.suppress(Exception):
-                    self.backend.client.connection_pool.disconnect(inuse_connections=False)
                 self._reconnect_pubsub()
                 self._redis_breaker_deferred = False
 
