@@ -146,8 +146,6 @@ class ChordUnit:
 
     def finish(self) -> None:
         """The whole header dispatched: write the unit (one row) when anything of it is kept."""
-        from .outbox import relay_for
-
         end(self)
         if not self.members and self.size_written:
             return
@@ -160,9 +158,15 @@ class ChordUnit:
         write_dispatch(self.app, breaker=self.breaker.name, task_name=CHORD_TASK, args=[],
                        kwargs={}, task_id=_body_id(self.body, self.group_id),
                        options={CHORD_KEY: unit})
-        relay_for(self.breaker, self.app)
+        for stored in STORED:
+            stored(self.breaker, self.app)
         emit(logging.INFO, "outbox_chord_stored", breaker=self.breaker.name,
              group_id=self.group_id, members=len(self.members), size=unit["size"])
+
+
+#: Called with (breaker, app) after a unit is written: the outbox registers its relay
+#: there (``outbox.relay_for``; it imports this module, so this one does not import it).
+STORED: list[Callable[[Breaker, Celery], object]] = []
 
 
 def begin(app: Celery, breaker: Breaker, header_result_args: Any, body: Any) -> ChordUnit | None:

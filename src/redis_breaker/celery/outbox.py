@@ -33,7 +33,7 @@ from redis_breaker._redact import describe_error
 from redis_breaker._registry import get_breaker
 from redis_breaker._state import State, StateChange
 
-from .chords import CHORD_KEY, CHORD_TASK, relay_chord
+from .chords import CHORD_KEY, CHORD_TASK, STORED, relay_chord
 from .publish import publish_outboxed
 from .rows import OutboxSerializationError, aware, claim, from_json, write_message
 
@@ -226,6 +226,10 @@ def relay_for(breaker: Breaker, app: Celery) -> Relay:
             breaker.add_listener(relay)
             _relays[breaker] = relay
         return relay
+
+
+# A chord's unit, once written, is relayed by its breaker's relay like any row.
+STORED.append(relay_for)
 
 
 # ------------------------------------------------------------------ commands
