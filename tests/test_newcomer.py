@@ -58,6 +58,12 @@ def shell_commands() -> list[str]:
             if language == "sh" for line in body.splitlines() if line.split("#")[0].strip()]
 
 
+def _old_kombu(newcomer: Newcomer) -> bool:
+    """Whether the newcomer's environment has a kombu before 5.4 (W031)."""
+    version = newcomer.run("-c", "import kombu; print(kombu.__version__)").strip()
+    return tuple(int(n) for n in version.split(".")[:2]) < (5, 4)
+
+
 class Newcomer:
     """The fresh environment and the project, and the commands run in it."""
 
@@ -70,14 +76,15 @@ class Newcomer:
         self.env = {k: v for k, v in os.environ.items()
                     if k not in ("DJANGO_SETTINGS_MODULE", "PYTHONPATH")}
 
-    def run(self, *args: str, cwd: Path | None = None, timeout: float = 180) -> str:
+    def run(self, *args: str, cwd: Path | None = None, timeout: float = 180,
+            stdout_only: bool = False) -> str:
         done = subprocess.run([str(self.python), *args], cwd=cwd or self.site, env=self.env,
                               capture_output=True, text=True, timeout=timeout)
         assert done.returncode == 0, f"{args}: {done.returncode}\n{done.stdout}\n{done.stderr}"
-        return done.stdout + done.stderr
+        return done.stdout if stdout_only else done.stdout + done.stderr
 
-    def manage(self, *args: str) -> str:
-        return self.run("manage.py", *args)
+    def manage(self, *args: str, stdout_only: bool = False) -> str:
+        return self.run("manage.py", *args, stdout_only=stdout_only)
 
     def install(self) -> None:
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(self.venv)],
@@ -119,7 +126,9 @@ class Newcomer:
                        if line.startswith(("breaker ", "default ")))
         columns = re.split(r"\s{2,}", header.strip())
         cells = dict(zip(columns, re.split(r"\s{2,}", row.strip()), strict=False))
-        return {"row": cells, "json": json.loads(self.manage("redis_breaker", "status", "--json"))}
+        # --json's output is stdout's (system check warnings, if any, go to stderr).
+        return {"row": cells, "json": json.loads(
+            self.manage("redis_breaker", "status", "--json", stdout_only=True))}
 
 
 def get(url: str) -> dict[str, Any]:
@@ -143,7 +152,13 @@ def test_the_quickstart_from_a_fresh_environment_through_an_outage(
                     "python manage.py runserver", "python manage.py redis_breaker status"):
         assert command in commands, f"{command!r} is not in the quickstart"
     assert "Applying redis_breaker.0001_initial... OK" in newcomer.manage("migrate")
-    assert "System check identified no issues" in newcomer.manage("check")
+    checked = newcomer.manage("check")
+    if _old_kombu(newcomer):
+        # The one warning a Redis broker on kombu before 5.4 gets (nox -s oldest).
+        assert "redis_breaker.W031" in checked, checked
+        assert "1 issue (0 silenced)" in checked, checked
+    else:
+        assert "System check identified no issues" in checked, checked
 
     port = free_port()
     log = (tmp_path / "runserver.log").open("w+")

@@ -76,7 +76,7 @@ def test_500_tasks_across_an_outage_all_run_once(broker: RedisServer, recorder: 
             wait_for(lambda: runs.hlen("runs") >= TOTAL + 1, timeout=90,
                      what=f"the worker to run every task (log: {worker})")
         except pytest.fail.Exception:
-            # Celery before 5.4: its worker may stop consuming after the broker restart
+            # kombu before 5.4: its worker may stop consuming after the broker restart
             # (docs/celery.md); every row relayed and the rest still queued in Redis.
             _xfail_if_the_old_worker_stalled(app, f"{TOTAL + 1 - runs.hlen('runs')} tasks")
             raise

@@ -1,4 +1,5 @@
-"""Django system checks of the ``CELERY_REDIS_BREAKER_*`` settings (E030 to E037).
+"""Django system checks of the ``CELERY_REDIS_BREAKER_*`` settings (E030 to E037), and
+of the kombu a Redis broker runs on (W031).
 
 Registered by ``redis_breaker.checks.check_celery``; the accepted values, the
 messages and the ids come from the settings table in ``config``.
@@ -6,14 +7,17 @@ messages and the ids come from the settings table in ``config``.
 
 from __future__ import annotations
 
+import importlib.metadata
+import re
+
 from django.conf import settings
-from django.core.checks import CheckMessage, Error
+from django.core.checks import CheckMessage, Error, Warning
 
 from redis_breaker._config import url_problem
 
 from .config import SETTINGS
 
-__all__ = ["check_settings", "check_urls"]
+__all__ = ["check_kombu", "check_settings", "check_urls"]
 
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
@@ -26,7 +30,37 @@ def check_settings() -> list[CheckMessage]:
         message = setting.problem(getattr(settings, setting.name, None))
         if message is not None:
             found.append(Error(message, hint=setting.hint, id=setting.id))
-    return found + check_urls()
+    return found + check_urls() + check_kombu()
+
+
+#: kombu's Redis transport (``sentinel://`` included) with its broker-restart fix from 5.4.0.
+_KOMBU_REDIS = ("redis://", "rediss://", "unix://", "redis+socket://", "sentinel://")
+_KOMBU_FIXED = (5, 4)
+
+
+def check_kombu(version: str | None = None) -> list[CheckMessage]:
+    """W031: a Redis broker on kombu before 5.4, whose worker can stop consuming after the
+    broker restarts (docs/celery.md). ``version``: kombu's (the installed one by default)."""
+    broker = getattr(settings, "CELERY_BROKER_URL", None)
+    if not isinstance(broker, str) or not broker.strip().lower().startswith(_KOMBU_REDIS):
+        return []
+    if broker.lower().startswith(_REDIS_SCHEMES) and url_problem(broker) is not None:
+        return []  # E036 says what to fix first
+    if version is None:
+        try:
+            version = importlib.metadata.version("kombu")
+        except importlib.metadata.PackageNotFoundError:
+            return []
+    release = tuple(int(n) for n in re.findall(r"\d+", version)[:2])
+    if len(release) < 2 or release >= _KOMBU_FIXED:
+        return []
+    return [Warning(
+        f"kombu {version} with a Redis broker: a Celery worker can stop consuming after "
+        "the broker restarts (kombu 5.4.0 changed that path of its Redis transport); the "
+        "tasks the outbox relays after an outage then wait in Redis until the worker "
+        "restarts.",
+        hint="Install kombu 5.4 or later (Celery 5.3 accepts it: kombu>=5.3.4,<6.0).",
+        id="redis_breaker.W031")]
 
 
 #: The Celery URLs the integration adopts (the breaker's probe, the outbox relay, the
