@@ -58,6 +58,28 @@ def _forget_pools(app: Any) -> None:
         amqp._producer_pool = None
 
 
+def _point_app(app: Any, broker_url: str, backend_url: str) -> None:
+    """Point the module's app at this test's servers. It outlives a test: a result backend,
+    pools and cached clients of an earlier test's servers are dropped."""
+    app.conf.broker_url = broker_url
+    app.conf.result_backend = backend_url
+    for cached in ("_redis_breaker_producers", "_redis_breaker_once_client"):
+        app.__dict__.pop(cached, None)
+    _forget_backend(app)
+    _forget_pools(app)
+
+
+def _recorded(recorder: RedisServer) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    """What the worker recorded: runs per task id, and every run's task name and arguments."""
+    client = recorder.client()
+    try:
+        runs = {k.decode(): int(v) for k, v in client.hgetall("runs").items()}
+        seen = [json.loads(v) for v in client.hgetall("seen").values()]
+    finally:
+        client.close()
+    return runs, seen
+
+
 CAN_BLACKHOLE, NO_BLACKHOLE = RedisServer.can_blackhole()
 
 
@@ -96,13 +118,7 @@ def calling(request: pytest.FixtureRequest, broker: RedisServer, recorder: Redis
     if callspec is not None and callspec.params.get("backend") == "elsewhere":
         backend = request.getfixturevalue("elsewhere")
     app = calling_app.app
-    app.conf.broker_url = broker.url
-    app.conf.result_backend = backend.url
-    for cached in ("_redis_breaker_producers", "_redis_breaker_once_client"):
-        app.__dict__.pop(cached, None)
-    # The module's app outlives a test: a result backend and pools of this test's server.
-    _forget_backend(app)
-    _forget_pools(app)
+    _point_app(app, broker.url, backend.url)
     with celery_worker("tests.celery.calling_app", RB_BROKER_URL=broker.url,
                        RB_BACKEND_URL=backend.url, RB_RECORD_URL=recorder.url, RB_STATE_DIR=worker_state_dir(tmp_path)) as log:
         runs = recorder.client()

@@ -12,7 +12,6 @@ PostgreSQL.
 from __future__ import annotations
 
 import gc
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,8 @@ from .conftest import celery_worker, join_relays, queued, wait_for
 from .test_calling import (  # noqa: F401
     _forget_backend,
     _forget_pools,
+    _point_app,
+    _recorded,
     _xfail_if_the_old_worker_stalled,
     broker,
     calling,
@@ -45,15 +46,6 @@ pytestmark = [
         ":pytest.PytestUnraisableExceptionWarning"),
 ]
 
-
-def _recorded(recorder: RedisServer) -> tuple[dict[str, int], list[dict[str, Any]]]:
-    client = recorder.client()
-    try:
-        runs = {k.decode(): int(v) for k, v in client.hgetall("runs").items()}
-        seen = [json.loads(v) for v in client.hgetall("seen").values()]
-    finally:
-        client.close()
-    return runs, seen
 
 
 def _down(server: RedisServer, outage: str, add: Any) -> tuple[Any, int]:
@@ -173,12 +165,7 @@ def idle(broker: RedisServer, recorder: RedisServer,  # noqa: F811
     from tests.celery import calling_app
 
     app = calling_app.app
-    app.conf.broker_url = broker.url
-    app.conf.result_backend = broker.url
-    for cached in ("_redis_breaker_producers", "_redis_breaker_once_client"):
-        app.__dict__.pop(cached, None)
-    _forget_backend(app)
-    _forget_pools(app)
+    _point_app(app, broker.url, broker.url)
     env = {"RB_BROKER_URL": broker.url, "RB_BACKEND_URL": broker.url,
            "RB_RECORD_URL": recorder.url, "RB_STATE_DIR": worker_state_dir(tmp_path)}
     try:

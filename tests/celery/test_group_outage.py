@@ -10,7 +10,6 @@ test_chord_outage.py). The outbox on SQLite and on PostgreSQL.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
@@ -24,7 +23,7 @@ from tests.harness import RedisServer
 from .conftest import wait_for
 
 # The real worker and broker of test_calling.py (its fixtures, imported to be used here).
-from .test_calling import broker, calling  # noqa: F401
+from .test_calling import _recorded, broker, calling  # noqa: F401
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -34,15 +33,6 @@ pytestmark = [
         ":pytest.PytestUnraisableExceptionWarning"),
 ]
 
-
-def _recorded(recorder: RedisServer) -> tuple[dict[str, int], list[dict[str, Any]]]:
-    client = recorder.client()
-    try:
-        runs = {k.decode(): int(v) for k, v in client.hgetall("runs").items()}
-        seen = [json.loads(v) for v in client.hgetall("seen").values()]
-    finally:
-        client.close()
-    return runs, seen
 
 
 @pytest.mark.parametrize("outage", ["open", "discovered", "hung"])
