@@ -27,14 +27,13 @@ from tests.harness import RedisServer
 from .conftest import celery_worker, join_relays, wait_for
 from .workers import worker_state_dir
 
-pytestmark = [
-    pytest.mark.django_db(transaction=True),
-    # Celery before 5.5 raises from AsyncResult.__del__ when a result collected late (after
-    # its test's Redis went away) unsubscribes on a dead connection; 5.5+ never does.
-    pytest.mark.filterwarnings(
-        "ignore:Exception ignored in. <function AsyncResult.__del__"
-        ":pytest.PytestUnraisableExceptionWarning"),
-]
+#: Celery before 5.5 raises from AsyncResult.__del__ when a result collected late (after
+#: its test's Redis went away) unsubscribes on a dead connection; 5.5+ never does.
+LATE_RESULTS = pytest.mark.filterwarnings(
+    "ignore:Exception ignored in. <function AsyncResult.__del__"
+    ":pytest.PytestUnraisableExceptionWarning")
+
+pytestmark = [pytest.mark.django_db(transaction=True), LATE_RESULTS]
 
 
 
@@ -352,12 +351,7 @@ def test_group_and_chord_through_an_outage_with_the_result_backend_elsewhere(
              what="the relay to empty the outbox")
     assert grouped.get(timeout=60) == [300, 301, 302]
     assert chorded.get(timeout=60) == 803
-    client = recorder.client()
-    try:
-        runs = {k.decode(): int(v) for k, v in client.hgetall("runs").items()}
-        seen = [json.loads(v) for v in client.hgetall("seen").values()]
-    finally:
-        client.close()
+    runs, seen = _recorded(recorder)
     assert {k: n for k, n in runs.items() if n != 1} == {}
     members = sorted(s["args"] for s in seen if s.get("group") and s["name"] == "tests.add")
     assert members == [[300, 0], [300, 1], [300, 2], [400, 1], [400, 2]]

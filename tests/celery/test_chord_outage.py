@@ -28,6 +28,7 @@ from .conftest import celery_worker, join_relays, queued, wait_for
 
 # The real worker and broker of test_calling.py (its fixtures, imported to be used here).
 from .test_calling import (  # noqa: F401
+    LATE_RESULTS,
     _forget_backend,
     _forget_pools,
     _point_app,
@@ -38,13 +39,8 @@ from .test_calling import (  # noqa: F401
 )
 from .workers import worker_state_dir
 
-pytestmark = [
-    pytest.mark.django_db(transaction=True),
-    pytest.mark.usefixtures("outbox_db"),
-    pytest.mark.filterwarnings(
-        "ignore:Exception ignored in. <function AsyncResult.__del__"
-        ":pytest.PytestUnraisableExceptionWarning"),
-]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("outbox_db"),
+              LATE_RESULTS]
 
 
 

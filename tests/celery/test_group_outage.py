@@ -23,15 +23,10 @@ from tests.harness import RedisServer
 from .conftest import wait_for
 
 # The real worker and broker of test_calling.py (its fixtures, imported to be used here).
-from .test_calling import _recorded, broker, calling  # noqa: F401
+from .test_calling import LATE_RESULTS, _recorded, broker, calling  # noqa: F401
 
-pytestmark = [
-    pytest.mark.django_db(transaction=True),
-    pytest.mark.usefixtures("outbox_db"),
-    pytest.mark.filterwarnings(
-        "ignore:Exception ignored in. <function AsyncResult.__del__"
-        ":pytest.PytestUnraisableExceptionWarning"),
-]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("outbox_db"),
+              LATE_RESULTS]
 
 
 
