@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import redis.exceptions as rex
@@ -227,6 +228,43 @@ async def test_a_receive_cancelled_as_its_message_arrives_loses_nothing(
         await layer.close()
 
 
+async def _cancel_as_redis_hands_over(layer: Any, probe: Any) -> None:
+    """Start a receive of "jobs", let Redis pop a message for it, cancel it before its loop
+    reads the reply."""
+    waiting = asyncio.ensure_future(layer.receive("jobs"))
+    deadline = time.monotonic() + DEADLINE_S
+    while int(probe.info("clients")["blocked_clients"]) < 1:  # its BZPOPMIN waits in Redis
+        assert time.monotonic() < deadline, "the receive never blocked in Redis"
+        await asyncio.sleep(0.01)
+    # From this loop's thread, without yielding to it: Redis pops the message for the
+    # blocked consumer and answers it; the loop has not read that answer yet.
+    payload = layer.serialize({"type": "job", "n": 1})
+    assert probe.zadd(layer.prefix + "jobs", {payload: time.time()}) == 1
+    assert probe.zcard(layer.prefix + "jobs") == 0  # taken by the pop
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+
+
+async def test_plain_channels_redis_loses_a_message_its_cancelled_receive_was_handed(
+    redis_server: RedisServer,
+) -> None:
+    """The hazard itself: channels_redis cancels the pop, redis-py drops the connection and
+    the reply, and the message is in no queue of Redis any more."""
+    layer = RedisChannelLayer(hosts=hosts(redis_server, 5.0))
+    probe = redis_server.client()
+    try:
+        await _cancel_as_redis_hands_over(layer, probe)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(layer.receive("jobs"), 2.0)
+        backup = layer._backup_channel_name(layer.prefix + "jobs")
+        assert probe.zcard(layer.prefix + "jobs") == probe.zcard(backup) == 0
+    finally:
+        probe.close()
+        await layer.flush()
+        await layer.close_pools()
+
+
 async def test_a_receive_cancelled_while_redis_hands_it_a_message_loses_nothing(
     redis_server: RedisServer,
 ) -> None:
@@ -237,19 +275,7 @@ async def test_a_receive_cancelled_while_redis_hands_it_a_message_loses_nothing(
     layer = BreakerChannelLayer(hosts(redis_server, 5.0), breaker=fast_breaker("in-flight"))
     probe = redis_server.client()
     try:
-        waiting = asyncio.ensure_future(layer.receive("jobs"))
-        deadline = time.monotonic() + DEADLINE_S
-        while int(probe.info("clients")["blocked_clients"]) < 1:  # its BZPOPMIN waits in Redis
-            assert time.monotonic() < deadline, "the receive never blocked in Redis"
-            await asyncio.sleep(0.01)
-        # From this loop's thread, without yielding to it: Redis pops the message for the
-        # blocked consumer and answers it; the loop has not read that answer yet.
-        payload = layer.redis.payload("jobs", {"type": "job", "n": 1})
-        assert probe.zadd(layer.redis.prefix + "jobs", {payload: time.time()}) == 1
-        assert probe.zcard(layer.redis.prefix + "jobs") == 0  # taken by the pop
-        waiting.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await waiting
+        await _cancel_as_redis_hands_over(layer, probe)
         assert await asyncio.wait_for(layer.receive("jobs"), DEADLINE_S) == {"type": "job", "n": 1}
         # Nothing left behind: no second copy, no backup copy.
         await asyncio.wait_for(layer.redis.wait_received(), DEADLINE_S)
