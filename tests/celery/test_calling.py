@@ -68,6 +68,33 @@ def _point_app(app: Any, broker_url: str, backend_url: str) -> None:
     _forget_pools(app)
 
 
+def _retire_app(app: Any) -> None:
+    """A test's end: its results collected while its servers run, every socket it opened closed.
+
+    Results unsubscribe from the result backend when collected: now, while the server
+    runs (Celery 5.3 raises from AsyncResult.__del__ otherwise; it unsubscribes them on a
+    new pubsub connection), with the backend that keeps the pending ones; then that
+    backend's pubsub and pool, Celery's pools and the dispatch producers are closed
+    (dropped unclosed, their sockets would warn whenever the GC found them, in a later test).
+    """
+    backend = vars(app._local).get("backend")
+    _forget_backend(app)
+    gc.collect()
+    join_relays()
+    if backend is not None:
+        pubsub = getattr(getattr(backend, "result_consumer", None), "_pubsub", None)
+        if pubsub is not None:
+            pubsub.close()
+        client = getattr(backend, "client", None)
+        if client is not None:
+            client.connection_pool.disconnect()
+        del backend
+    _forget_pools(app)
+    cached = app.__dict__.pop("_redis_breaker_producers", None)
+    if cached is not None:
+        cached[1].connections.force_close_all()
+
+
 def _recorded(recorder: RedisServer) -> tuple[dict[str, int], list[dict[str, Any]]]:
     """What the worker recorded: runs per task id, and every run's task name and arguments."""
     client = recorder.client()
@@ -128,16 +155,7 @@ def calling(request: pytest.FixtureRequest, broker: RedisServer, recorder: Redis
         try:
             yield calling_app
         finally:
-            # Results of this test unsubscribe from the result backend when collected: now,
-            # while its server runs (Celery 5.3 raises from AsyncResult.__del__ otherwise),
-            # with the backend that keeps the pending ones.
-            _forget_backend(app)
-            gc.collect()
-            join_relays()
-            _forget_pools(app)
-            cached = app.__dict__.pop("_redis_breaker_producers", None)
-            if cached is not None:
-                cached[1].connections.force_close_all()
+            _retire_app(app)
 
 
 Scenario = tuple[str, Callable[[], Any], Callable[[Any, Callable[[], dict[str, Any]]], Any]]

@@ -11,7 +11,6 @@ PostgreSQL.
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from redis_breaker.celery import CanvasRefused, ResultBackendUnavailable
 from redis_breaker.models import OutboxMessage
 from tests.harness import RedisServer
 
-from .conftest import celery_worker, join_relays, queued, wait_for
+from .conftest import celery_worker, queued, wait_for
 
 # The real worker and broker of test_calling.py (its fixtures, imported to be used here).
 from .test_calling import (  # noqa: F401
@@ -33,6 +32,7 @@ from .test_calling import (  # noqa: F401
     _forget_pools,
     _point_app,
     _recorded,
+    _retire_app,
     _xfail_if_the_old_worker_stalled,
     broker,
     calling,
@@ -167,22 +167,7 @@ def idle(broker: RedisServer, recorder: RedisServer,  # noqa: F811
     try:
         yield calling_app, lambda: celery_worker("tests.celery.calling_app", **env)
     finally:
-        # As ``calling``'s teardown; the backend kept until its sockets are closed (on
-        # Celery 5.3 the results collected here unsubscribe on a new pubsub connection).
-        backend = vars(app._local).get("backend")
-        _forget_backend(app)
-        gc.collect()
-        join_relays()
-        if backend is not None:
-            pubsub = getattr(getattr(backend, "result_consumer", None), "_pubsub", None)
-            if pubsub is not None:
-                pubsub.close()
-            backend.client.connection_pool.disconnect()
-            del backend
-        _forget_pools(app)
-        cached = app.__dict__.pop("_redis_breaker_producers", None)
-        if cached is not None:
-            cached[1].connections.force_close_all()
+        _retire_app(app)
 
 
 def test_chord_whose_broker_dies_half_way_through_its_header(
