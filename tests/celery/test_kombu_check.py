@@ -22,6 +22,8 @@ from redis_breaker.celery.checks import check_kombu
     ("redis://127.0.0.1:6379/0", "6.0.0", False),
     ("amqp://guest@127.0.0.1//", "5.3.7", False),  # not kombu's Redis transport
     (None, "5.3.7", False),
+    (" redis://127.0.0.1:6379/0", "5.3.7", False),  # E036 first: the URL itself is refused
+    ("redis://127.0.0.1:99999/0", "5.3.7", False),
 ])
 def test_w031_names_the_kombu_and_the_fix(broker: str | None, version: str, warned: bool) -> None:
     with override_settings(CELERY_BROKER_URL=broker):

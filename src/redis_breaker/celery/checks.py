@@ -44,7 +44,7 @@ def check_kombu(version: str | None = None) -> list[CheckMessage]:
     broker = getattr(settings, "CELERY_BROKER_URL", None)
     if not isinstance(broker, str) or not broker.strip().lower().startswith(_KOMBU_REDIS):
         return []
-    if broker.lower().startswith(_REDIS_SCHEMES) and url_problem(broker) is not None:
+    if broker.strip().lower().startswith(_REDIS_SCHEMES) and url_problem(broker) is not None:
         return []  # E036 says what to fix first
     if version is None:
         try:
