@@ -652,9 +652,8 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
 
 def _forget_abandoned(state: LoopState, channel: str, task: asyncio.Task[Message]) -> None:
-    """An abandoned receive that ended with an empty pop is no longer the channel's."""
-    if not task.cancelled() and isinstance(task.exception(), Abandoned) \
-            and state.pending.get(channel) is task:
+    """A receive that ended with nothing (an abandoned empty pop) is no longer the channel's."""
+    if _ended_unwanted(task) and state.pending.get(channel) is task:
         del state.pending[channel]
         state.watches.pop(channel, None)
 
