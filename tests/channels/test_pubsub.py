@@ -96,6 +96,45 @@ async def test_healthy_is_channels_redis(pair: Any) -> None:
     assert await nothing(a, mine)
 
 
+async def test_close_ends_a_receive_task_that_lost_its_cancellation(make_layer: Any) -> None:
+    """close() returns although the receive task took its cancellation for a read timeout.
+
+    Before Python 3.11, redis-py's read timeout (``async_timeout``) turns a
+    cancellation that lands as the timeout fires into that timeout, and
+    ``get_message(timeout=...)`` answers None: the task reads on as if never
+    cancelled (a teardown of the oldest session waited 120 s on it). The
+    wrapper below loses one cancellation the same way, on every Python.
+    """
+    layer = make_layer("pubsub-lost-cancel")
+    await layer.new_channel()
+    pubsub = layer._get_layer()._shards[0]._pubsub
+    real = pubsub.get_message
+    reading = asyncio.Event()
+    lost: list[bool] = []
+
+    async def loses_one_cancellation(**kwargs: Any) -> Any:
+        reading.set()
+        try:
+            return await real(**kwargs)
+        except asyncio.CancelledError:
+            if lost:
+                raise
+            lost.append(True)
+            return None
+
+    pubsub.get_message = loses_one_cancellation
+    await asyncio.wait_for(reading.wait(), DEADLINE_S)
+    closing = asyncio.ensure_future(layer.close())
+    # Not wait_for: cancelling a close() stuck on the task would cancel the task too.
+    await asyncio.wait((closing,), timeout=DEADLINE_S)
+    stuck = not closing.done()
+    pubsub.get_message = real
+    if stuck:
+        closing.cancel()  # its second cancellation ends the task
+        await asyncio.wait((closing,))
+    assert (stuck, lost) == (False, [True])
+
+
 async def test_parity_attributes(make_layer: Any) -> None:
     """channels_redis's public surface is there: extensions, serializer, per-loop layer, shards."""
     layer = make_layer("pubsub-parity")

@@ -12,6 +12,7 @@ import redis.exceptions as rex
 from channels_redis.core import RedisChannelLayer
 
 from redis_breaker.channels import BreakerChannelLayer
+from redis_breaker.channels.loops import cancel_and_wait
 from redis_breaker.channels.remote import read_timeout
 from tests.harness import RedisServer
 
@@ -285,3 +286,29 @@ async def test_a_receive_cancelled_while_redis_hands_it_a_message_loses_nothing(
     finally:
         probe.close()
         await layer.close()
+
+
+async def test_stopping_a_task_that_took_its_cancellation_for_a_timeout() -> None:
+    """The layers' tasks end when stopped, even one that lost a cancellation.
+
+    Before Python 3.11 redis-py's read timeout turns a cancellation landing
+    as it fires into that timeout; a loop that reads on after a timeout then
+    carries on. Stopping cancels again until the task has ended.
+    """
+    lost: list[bool] = []
+
+    async def reads_on() -> None:
+        while True:
+            try:
+                await asyncio.sleep(0.05)
+            except asyncio.CancelledError:
+                if lost:
+                    raise
+                lost.append(True)
+
+    task = asyncio.ensure_future(reads_on())
+    await asyncio.sleep(0)
+    # wait_for cancels only cancel_and_wait's own wait: a stuck stop fails here.
+    await asyncio.wait_for(cancel_and_wait((task,)), DEADLINE_S)
+    assert task.cancelled()
+    assert lost == [True]

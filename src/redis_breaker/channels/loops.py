@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from .layer import Message
     from .remote import PopWatch
 
-__all__ = ["LoopState", "LoopStates", "wait"]
+__all__ = ["LoopState", "LoopStates", "cancel_and_wait", "wait"]
 
 T = TypeVar("T")
 
@@ -57,10 +57,7 @@ class LoopState:
         tasks = list(self.running)
         self.pending.clear()
         self.watches.clear()
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
+        await cancel_and_wait(tasks)
 
 
 #: Every LoopStates of the process, for their locks to be renewed after fork.
@@ -121,6 +118,26 @@ async def wait(event: asyncio.Event, timeout: float) -> None:
         await asyncio.wait((waiter,), timeout=timeout)
     finally:
         waiter.cancel()
+
+
+#: How long a cancelled task may take to end before it is cancelled again.
+RECANCEL_S = 1.0
+
+
+async def cancel_and_wait(tasks: Any) -> None:
+    """Cancel ``tasks`` and wait until every one has ended.
+
+    A task is cancelled again while it runs on: before Python 3.11 a
+    cancellation that lands in the loop iteration where one of redis-py's read
+    timeouts fires (``async_timeout``) becomes that timeout, and a loop that
+    takes a read timeout for "nothing yet" (``get_message(timeout=...)``)
+    carries on as if never cancelled. Waiting for it once waited forever.
+    """
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=RECANCEL_S)
 
 
 def _after_fork_in_child() -> None:

@@ -68,7 +68,7 @@ from redis_breaker._state import State, StateChange
 
 from . import metrics
 from .layer import shard_breaker
-from .loops import wait
+from .loops import cancel_and_wait, wait
 from .outbox import PendingSends
 from .remote import _create_pool, _reset_on_close, probe_url, with_reconnect
 
@@ -171,9 +171,8 @@ class _Shard(RedisSingleShardConnection):  # type: ignore[misc]
         async with self._lock:
             task, self._receive_task = self._receive_task, None
             if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                # The task also ends by itself once it is no longer the receive task.
+                await cancel_and_wait((task,))
             client, self._redis, self._pubsub = self._redis, None, None
             if client is not None:
                 await _aclose(client)
@@ -203,7 +202,8 @@ class _Shard(RedisSingleShardConnection):  # type: ignore[misc]
         layer = self.channel_layer
         breaker = self.breaker
         delay = TRIAL_WAIT_S
-        while True:
+        me = asyncio.current_task()
+        while self._receive_task is me:  # flush() replaced it: a lost cancellation ends it too
             changed = layer.changed
             if breaker.state not in _PASSING:
                 await wait(changed, _RECHECK_S)
@@ -361,11 +361,9 @@ class _LoopLayer(RedisPubSubLoopLayer):  # type: ignore[misc]
         """channels_redis's flush (closes the connections; nothing in Redis to delete)."""
         self.echoes = {}
         self.wanted = set()
-        if self.resync is not None and not self.resync.done():
-            self.resync.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.resync
-        self.resync = None
+        resync, self.resync = self.resync, None
+        if resync is not None:
+            await cancel_and_wait((resync,))
         await super().flush()
 
     # ----------------------------------------------------------------- recovery
