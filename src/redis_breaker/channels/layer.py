@@ -42,7 +42,7 @@ from redis_breaker._state import State, StateChange
 
 from . import metrics
 from .local import GroupMirror, LocalQueues
-from .loops import LoopState, LoopStates, wait
+from .loops import LoopState, LoopStates, cancel_and_wait, wait
 from .outbox import Kept, PendingSends
 from .remote import DUPLICATE, POP_WATCH, Abandoned, PopWatch, RedisLayer, probe_url
 
@@ -335,9 +335,7 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                     raise
                 # The consumer is going away (or gave up waiting, as wait_for does):
                 # stop reading its channel from Redis...
-                if not task.done():
-                    task.cancel()
-                    await asyncio.wait((task,))
+                await cancel_and_wait((task,))
                 if task.cancelled() or task.exception() is not None:
                     if state.pending.get(channel) is task:
                         del state.pending[channel]
