@@ -96,6 +96,19 @@ def leaks(secrets: tuple[str, ...], *outputs: str | bytes) -> list[str]:
     return found
 
 
+def where_leaked(secrets: tuple[str, ...],
+                 surfaces: dict[str, str | bytes | list[str]]) -> list[tuple[str, str, str]]:
+    """Each leak as (surface, spelling, the text around it): a failure says where it was."""
+    found = []
+    for name, outputs in surfaces.items():
+        for output in outputs if isinstance(outputs, list) else [outputs]:
+            text = output.decode("utf-8", "replace") if isinstance(output, bytes) else output
+            for spelling in leaks(secrets, output):
+                at = max(text.find(spelling), 0)
+                found.append((name, spelling, text[max(at - 120, 0):at + 120]))
+    return found
+
+
 def url_forms(user: str, password: str, port: int) -> dict[str, str]:
     """The URL forms redis-py reads, each carrying ``user`` and ``password``."""
     u, p = quote(user, safe=""), quote(password, safe="")
@@ -257,7 +270,8 @@ def test_a_real_failure_shows_no_credential_anywhere(
             stats = breaker.stats()
             assert stats.last_error
             healthy = check_redis_health("leak")
-            surfaces = [*caller_errors, repr(stats), repr(breaker.config), *_status_texts()]
+            surfaces = {"caller error": caller_errors, "stats": repr(stats),
+                        "config": repr(breaker.config), "status": _status_texts()}
             state_file = breaker.state_file
             assert state_file is not None
             with open(state_file, "rb") as f:
@@ -266,6 +280,6 @@ def test_a_real_failure_shows_no_credential_anywhere(
         finally:
             _forget_breakers()  # before the settings go: the breakers keep their URL's record
     assert healthy is False
-    logged = "\n".join(f"{r.getMessage()} {r.__dict__!r}" for r in caplog.records)
-    assert leaks(secrets, *surfaces, json.dumps(events, default=repr), logged,
-                 state_bytes) == [], (form, url)
+    surfaces.update({"events": json.dumps(events, default=repr), "state file": state_bytes,
+                     "log": [f"{r.getMessage()} {r.__dict__!r}" for r in caplog.records]})
+    assert where_leaked(secrets, surfaces) == [], (form, url)
