@@ -1,7 +1,7 @@
 """Sessions: `nox -s tests` (the test suite, then the peers' cache suites), `nox -s drill` (the outage drill),
 `nox -s bench` (micro-benchmarks), `nox -s soak` (not in CI), `nox -s matrix` (every supported Python x Django),
 `nox -s oldest` (the oldest supported release of every dependency),
-`nox -s lint`, `nox -s docs`.
+`nox -s lint`, `nox -s docs`, `nox -s system` (only the Debian packages).
 
 Each session installs what it needs, redis-server and PostgreSQL included (from
 Debian's packages, when run as root on Debian); elsewhere it says what is missing.
@@ -61,6 +61,17 @@ def ensure_system_packages(session: nox.Session) -> None:
     for service in ("redis-server", "redis-sentinel", "postgresql"):
         session.run("sh", "-c", f"service {service} stop >/dev/null 2>&1 || true",
                     external=True, silent=True)
+
+
+@nox.session(python=False)
+def system(session: nox.Session) -> None:
+    """Install the Debian packages the other sessions need, and nothing else (``.ci/run``
+    runs it once before starting ``tests`` and ``oldest`` side by side: two ``apt-get``
+    at once would fight over dpkg's lock)."""
+    ensure_system_packages(session)
+    missing = _missing_system_tools()
+    if missing:
+        session.error(f"Still missing after the install: {', '.join(missing)}")
 
 
 def install_project(session: nox.Session, *groups: str) -> None:
