@@ -5,12 +5,16 @@ with their ids, its body attached to them); the caller gets the body's
 ``AsyncResult`` at once. After recovery the relay writes the chord's size to the
 result backend, then publishes the members; each runs once in a real worker, the
 body runs once with every header result, and ``get()`` returns it. A header that
-holds a group is refused whole, nothing stored. The outbox on SQLite and on
-PostgreSQL.
+holds a chain ending in a group, or a chord, is one unit too: the header's structure
+(what Celery's chord setup stores on the result backend for it) and a nested chord's
+own unit are kept in it, and the bodies get the results nested as on a healthy Redis.
+A header holding a chain that ends in a chord is refused whole, nothing stored. The
+outbox on SQLite and on PostgreSQL.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -110,7 +114,7 @@ def test_chord_shapes_during_an_outage(
         calling: Any, broker: RedisServer, recorder: RedisServer) -> None:  # noqa: F811
     """A header of one task, a header holding a chain, a chain as the body: each is one
     unit, relayed intact, and so is a header holding a group (Celery unrolls it). A header
-    holding a chain that ends in a group is refused whole, nothing stored, and so is a chord
+    holding a chain that ends in a chord is refused whole, nothing stored, and so is a chord
     with a member whose fallback is ``raise``."""
     add, total = calling.add, calling.total
     up, opened = _down(broker, "open", add)
@@ -124,10 +128,12 @@ def test_chord_shapes_during_an_outage(
     units = list(OutboxMessage.objects.order_by("id").values_list("task_name", "task_id"))
     assert units[opened:] == [("celery.chord", r.id) for r in (
         single, chained_header, chained_body, grouped_header)]
-    # A chain ending in a group: its result is a group's, which Celery's chord setup
-    # stores on the result backend. Refused whole, nothing stored.
+    # A chain ending in a chord: the chord is dispatched by the worker that ends the chain,
+    # its header result is not the header member dispatched here. Refused whole, nothing
+    # stored. (A chain ending in a group, and a chord, are stored: the test below.)
     with pytest.raises(CanvasRefused):
-        chord([chain(add.s(990, 1), group(add.s(1), add.s(2))), add.s(990, 3)])(total.s())
+        chord([chain(add.s(990, 1), chord([add.s(1), add.s(2)], total.s())),
+               add.s(990, 3)])(total.s())
     assert OutboxMessage.objects.count() == opened + 4
     # A member that asks to raise rather than go to the outbox: it raises, nothing stored.
     with pytest.raises(BreakerOpenError):
@@ -222,3 +228,206 @@ def test_chord_whose_broker_dies_half_way_through_its_header(
     assert {k: n for k, n in runs.items() if n != 1} == {}
     assert [s["args"] for s in seen if s["name"] == "tests.total"] == [
         [[1100, 1101, 1102, 1103]]]
+
+
+# Header shapes for which Celery's chord setup stores the header's structure on the result
+# backend (a chain ending in a group), or dispatches a chord of its own (a nested chord):
+# run by the worker of ``chord_app``, whose ``tests.collect`` body returns the header
+# results nested as it gets them.
+
+
+@pytest.fixture
+def nesting(broker: RedisServer, recorder: RedisServer,  # noqa: F811
+            tmp_path: Path) -> Iterator[tuple[Any, Callable[[], Any]]]:
+    """``chord_app`` (the calling app with ``tests.collect``) pointed at ``broker``, and a
+    context manager starting its worker (the test starts it when it wants its tasks run)."""
+    from tests.celery import chord_app
+
+    app = chord_app.app
+    _point_app(app, broker.url, broker.url)
+    env = {"RB_BROKER_URL": broker.url, "RB_BACKEND_URL": broker.url,
+           "RB_RECORD_URL": recorder.url, "RB_STATE_DIR": worker_state_dir(tmp_path)}
+    try:
+        yield chord_app, lambda: celery_worker("tests.celery.chord_app", **env)
+    finally:
+        _retire_app(app)
+
+
+def _nested_canvases(module: Any, base: int) -> dict[str, Any]:
+    """The chords whose header holds a chain ending in a group, a chord, or both (in a
+    chord nested in the header), numbered from ``base``; each with the body results
+    expected."""
+    add, collect = module.add, module.collect
+    b = base
+    return {
+        "chain to a group": (
+            chord([chain(add.s(b, 1), group(add.s(10), add.s(20))), add.s(b, 2)]),
+            collect.s(), [[b + 11, b + 21], b + 2]),
+        "chord": (
+            chord([chord([add.s(b, 3), add.s(b, 4)], collect.s()), add.s(b, 5)]),
+            collect.s(), [[b + 3, b + 4], b + 5]),
+        "chord with a chain to a group, and a chain body": (
+            chord([add.s(b, 6),
+                   chord([add.s(b, 7), chain(add.s(b, 8), group(add.s(30), add.s(40)))],
+                         chain(collect.s(), module.app.signature("celery.accumulate"))),
+                   chain(add.s(b, 9), group(add.s(50), add.s(60), add.s(70)))]),
+            collect.s(), [b + 6, [[b + 7, [b + 38, b + 48]]],
+                          [b + 59, b + 69, b + 79]]),
+    }
+
+
+def _dispatched(canvases: dict[str, Any]) -> dict[str, Any]:
+    return {label: header(body) for label, (header, body, _) in canvases.items()}
+
+
+def _results(app: Any, results: dict[str, Any]) -> dict[str, Any]:
+    return {label: _get(app, r, f"the chord with a {label} in its header")
+            for label, r in results.items()}
+
+
+def test_chords_with_groups_and_chords_in_their_header_during_an_outage(
+        nesting: tuple[Any, Callable[[], Any]], broker: RedisServer,  # noqa: F811
+        recorder: RedisServer) -> None:
+    """The breaker open: a chord whose header holds a chain ending in a group, a chord, or a
+    chord holding such a chain, is one outbox row each: its header's structure (what Celery's
+    chord setup stores on the backend), its size, its first members and a nested chord's
+    unit in its place. After recovery every task runs once and each body gets the results
+    nested as the same chords give them dispatched on a healthy Redis (run first). A chain
+    ending in a chord stays refused whole, nothing stored."""
+    from redis_breaker.celery.chords import CHORD_KEY
+
+    module, start_worker = nesting
+    with start_worker():
+        healthy = _nested_canvases(module, 20000)
+        expected = {label: want for label, (_, _, want) in healthy.items()}
+        assert _results(module.app, _dispatched(healthy)) == expected
+        assert not OutboxMessage.objects.exists()
+
+    # No worker during the outage: Celery 5.3's stops consuming when its broker restarts.
+    up, opened = _down(broker, "open", module.add)
+    results = _dispatched(_nested_canvases(module, 30000))
+    assert OutboxMessage.objects.count() == opened + len(results)
+    rows = list(OutboxMessage.objects.order_by("id"))[opened:]
+    assert [(r.task_name, r.task_id) for r in rows] == [
+        ("celery.chord", r.id) for r in results.values()]
+    grouped, nested, deep = (r.options[CHORD_KEY] for r in rows)
+    # The chain's first task is the member; the worker publishes its group later.
+    assert [m["name"] for m in grouped["members"]] == ["tests.add", "tests.add"]
+    assert grouped["size"] == 3
+    assert grouped["saved"][0][0] == grouped["group_id"]
+    assert "saved" not in nested
+    assert sorted(nested["members"][0]) == [CHORD_KEY]
+    assert nested["members"][0][CHORD_KEY]["size"] == 2
+    assert nested["size"] == 2
+    inner = deep["members"][1][CHORD_KEY]
+    assert (inner["size"], deep["size"]) == (3, 5)
+    assert "saved" in inner
+    assert "saved" in deep
+    with pytest.raises(ResultBackendUnavailable):
+        results["chord"].get(timeout=5)
+    # A chain ending in a chord: refused whole, nothing stored.
+    with pytest.raises(CanvasRefused):
+        chord([chain(module.add.s(990, 1), chord([module.add.s(1), module.add.s(2)],
+                                                 module.collect.s())),
+               module.add.s(990, 3)])(module.collect.s())
+    assert OutboxMessage.objects.count() == opened + len(results)
+    later = module.add.delay(950, 2)
+    assert OutboxMessage.objects.count() == opened + len(results) + 1
+
+    up()
+    wait_for(lambda: OutboxMessage.objects.count() == 0, timeout=90,
+             what="the relay to empty the outbox")
+    with start_worker():
+        assert _results(module.app, results) == {
+            label: want for label, (_, _, want) in _nested_canvases(module, 30000).items()}
+        assert _get(module.app, later, "a task dispatched after a refused chord") == 952
+    runs, seen = _recorded(recorder)
+    assert {k: n for k, n in runs.items() if n != 1} == {}
+    assert [s for s in seen if s["args"][0] == 990] == []
+    # Each body ran once (the nested chords' too) with the nested results, healthy and
+    # relayed alike.
+    bodies = sorted(json.dumps(s["args"][0]) for s in seen if s["name"] == "tests.collect")
+    assert bodies == sorted(json.dumps(body) for base in (20000, 30000) for body in (
+        *(want for _, _, want in _nested_canvases(module, base).values()),
+        [base + 3, base + 4], [base + 7, [base + 38, base + 48]]))
+
+
+def _kept_ids(unit: dict[str, Any]) -> list[str]:
+    """The task ids a stored unit publishes, in the relay's order (a nested unit's in its
+    place)."""
+    from redis_breaker.celery.chords import CHORD_KEY
+
+    ids: list[str] = []
+    for member in unit["members"]:
+        nested = member.get(CHORD_KEY)
+        ids.extend(_kept_ids(nested) if nested is not None else [member["task_id"]])
+    return ids
+
+
+@pytest.mark.parametrize("shape", ["chain to a group", "chord"])
+def test_chord_with_a_group_or_a_chord_in_its_header_whose_broker_dies_half_way(
+        nesting: tuple[Any, Callable[[], Any]], broker: RedisServer,  # noqa: F811
+        recorder: RedisServer, shape: str) -> None:
+    """Redis stops right after the chord's first header message is published (the breaker
+    still closed): for a chain ending in a group, the header's structure was stored on the
+    backend by Celery's chord setup, and the chain's first task published; for a nested
+    chord, its first member. The rest (the nested chord's other member and its size, the
+    outer members, the outer size, the header's structure again) is one unit; once it is
+    relayed, with no worker running until then, each task runs once and the body gets the
+    results nested as Celery gives them."""
+    from celery.signals import after_task_publish
+
+    from redis_breaker.celery.chords import CHORD_KEY
+    from redis_breaker.celery.outbox import drain
+
+    module, start_worker = nesting
+    add, collect = module.add, module.collect
+    if shape == "chord":
+        canvas = chord([chord([add.s(1300, 1), add.s(1300, 2)], collect.s()), add.s(1300, 3)])
+        want = [[1301, 1302], 1303]
+    else:
+        canvas = chord([add.s(1400, 0), chain(add.s(1400, 1), group(add.s(10), add.s(20))),
+                        add.s(1400, 2)])
+        want = [1400, [1411, 1421], 1402]
+    published: list[str] = []
+
+    def stop_after_one(sender: Any = None, headers: Any = None, **kwargs: Any) -> None:
+        if sender == "tests.add":
+            published.append(headers["id"])
+            if len(published) == 1:
+                broker.stop()
+
+    after_task_publish.connect(stop_after_one, weak=False)
+    try:
+        chorded = canvas(collect.s())
+    finally:
+        after_task_publish.disconnect(stop_after_one)
+    assert len(published) == 1
+    rows = list(OutboxMessage.objects.all())
+    assert [(r.task_name, r.task_id) for r in rows] == [("celery.chord", chorded.id)]
+    stored = rows[0].options[CHORD_KEY]
+    kept = _kept_ids(stored)
+    if shape == "chord":
+        assert sorted(stored["members"][0]) == [CHORD_KEY]
+        assert (stored["members"][0][CHORD_KEY]["size"], stored["size"]) == (2, 2)
+        assert len(kept) == 2
+    else:
+        assert "saved" in stored
+        assert stored["size"] == 4
+        assert len(kept) == 2
+
+    broker.start()
+
+    def relayed() -> bool:
+        drain(app=module.app)
+        return not OutboxMessage.objects.exists()
+
+    wait_for(relayed, timeout=60, what="the outbox relayed")
+    assert [h["id"] for h in queued(broker)] == published + kept
+    with start_worker():
+        assert _get(module.app, chorded, "the chord's body") == want
+    runs, seen = _recorded(recorder)
+    assert {k: n for k, n in runs.items() if n != 1} == {}
+    bodies = [s["args"][0] for s in seen if s["name"] == "tests.collect"]
+    assert sorted(map(json.dumps, bodies)) == sorted(map(json.dumps, [want] + (
+        [[1301, 1302]] if shape == "chord" else [])))

@@ -69,16 +69,53 @@ def current() -> ChordUnit | None:
 
 def _simple(result: Any) -> bool:
     """Whether ``result`` is a task's, with only tasks' results before it (a chain of tasks)."""
+    return _chain_top(result) is None and isinstance(result, AsyncResult) and not isinstance(
+        result, GroupResult)
+
+
+#: What ``_chain_top`` returns for a result whose chain of parents is not only tasks' results.
+_NOT_TASKS = object()
+
+
+def _chain_top(result: Any) -> Any:
+    """Walk ``result``'s parents while they are tasks' results: ``None`` when the chain ends
+    on one (every result in it a task's), the ``GroupResult`` it ends on, or ``_NOT_TASKS``
+    (another kind of result, or a cycle)."""
     seen = 0
     node = result
     while node is not None:
-        if isinstance(node, GroupResult) or not isinstance(node, AsyncResult):
-            return False
+        if isinstance(node, GroupResult):
+            return node if node is not result else _NOT_TASKS
+        if not isinstance(node, AsyncResult):
+            return _NOT_TASKS
         seen += 1
         if seen > 10_000:  # a cycle: not a shape we store
-            return False
+            return _NOT_TASKS
         node = node.parent
-    return True
+    return None
+
+
+def _entry_kind(result: Any) -> str | None:
+    """The kind of one header result this module stores, or ``None``.
+
+    ``task``: a task's, or a chain of tasks' (its first task is published with the rest of
+    the chain attached). ``group``: a chain of tasks ending in a group (the chain's first
+    task is published, the worker publishes the group later; Celery's ``apply_chord``
+    stores the header's structure for it). ``chord``: a chord's (its body's, a task or a
+    chain of tasks), nested in the header: its own setup and header are dispatched in
+    its own unit, kept inside this one.
+    """
+    if isinstance(result, GroupResult):
+        parent = result.parent
+        return "group" if parent is not None and _simple(parent) else None
+    if not isinstance(result, AsyncResult):
+        return None
+    top = _chain_top(result)
+    if top is None:
+        return "task"
+    if isinstance(top, GroupResult) and top.parent is None:
+        return "chord"
+    return None
 
 
 def _body_id(body: Any, group_id: str) -> str:
@@ -104,6 +141,15 @@ class ChordUnit:
     size: int | None = None
     size_written: bool = False
     members: list[dict[str, Any]] = field(default_factory=list)
+    #: The header's structure (``GroupResult.as_tuple()``) when Celery's ``apply_chord``
+    #: stores it on the backend (a header result is a group's), else ``None``; and
+    #: whether that write was made at dispatch.
+    saved: Any = None
+    save_written: bool = False
+    #: The unit of the chord whose header holds this chord (nested), and the header
+    #: result this chord stands for there (its body's).
+    parent: ChordUnit | None = None
+    parent_member: str | None = None
 
     def member_of(self, task_id: str, options: Mapping[str, Any]) -> str | None:
         """The header result this dispatch stands for (itself, or the last task of the chain
@@ -119,10 +165,13 @@ class ChordUnit:
 
     @property
     def keeping(self) -> bool:
-        """Whether something of the chord is kept here already (a member, or its size not
-        written): every later member is kept too, so that the relay writes the size
-        before any of them is published."""
-        return bool(self.members) or (self.size is not None and not self.size_written)
+        """Whether something of the chord is kept here already (a member, its size or its
+        header's structure not written, or something of the chord holding it): every
+        later member is kept too, so that the relay writes them before any of them is
+        published."""
+        return (bool(self.members) or (self.size is not None and not self.size_written)
+                or (self.saved is not None and not self.save_written)
+                or (self.parent is not None and self.parent.keeping))
 
     def add(self, name: str, args: Any, kwargs: Any, task_id: str,
             options: Mapping[str, Any]) -> None:
@@ -144,17 +193,32 @@ class ChordUnit:
         if not self.remaining:
             self.finish()
 
-    def finish(self) -> None:
-        """The whole header dispatched: write the unit (one row) when anything of it is kept."""
-        end(self)
-        if not self.members and self.size_written:
-            return
-        unit = {
+    def as_stored(self) -> dict[str, Any]:
+        """The unit as its row keeps it (``relay_chord`` reads it)."""
+        unit: dict[str, Any] = {
             "group_id": self.group_id,
             "size": self.size if self.size is not None else len(self.header),
             "header": list(self.header),
             "members": self.members,
         }
+        if self.saved is not None:
+            unit["saved"] = self.saved
+        return unit
+
+    def finish(self) -> None:
+        """The whole header dispatched: write the unit (one row) when anything of it is kept;
+        a nested chord's unit goes into the unit of the chord holding it instead."""
+        end(self)
+        kept = bool(self.members) or not self.size_written or (
+            self.saved is not None and not self.save_written)
+        if self.parent is not None:
+            if kept:
+                self.parent.members.append({CHORD_KEY: self.as_stored()})
+            self.parent.dispatched(str(self.parent_member))
+            return
+        if not kept:
+            return
+        unit = self.as_stored()
         write_dispatch(self.app, breaker=self.breaker.name, task_name=CHORD_TASK, args=[],
                        kwargs={}, task_id=_body_id(self.body, self.group_id),
                        options={CHORD_KEY: unit})
@@ -172,37 +236,58 @@ STORED: list[Callable[[Breaker, Celery], object]] = []
 def begin(app: Celery, breaker: Breaker, header_result_args: Any, body: Any) -> ChordUnit | None:
     """Start the unit of a chord whose header Celery is about to dispatch.
 
-    ``None`` for a header this module does not store (a generator, groups or chords in
-    it): the caller refuses it while the breaker is open, leaves it to Celery otherwise.
+    A chord that is a header member of the chord being dispatched (nested) gets a unit
+    inside that chord's. ``None`` for a header this module does not store (a generator,
+    a chain ending in a chord, a group after a group...): the caller refuses it while
+    the breaker is open, leaves it to Celery otherwise.
     """
-    stale = _current.get()
-    if stale is not None:
-        abandon(stale, "another chord was dispatched")
+    parent = _current.get()
+    member = _body_id(body, "") if parent is not None else ""
+    if parent is not None and member not in parent.remaining:
+        abandon(parent, "another chord was dispatched")
+        parent = None
     try:
         group_id, results = header_result_args[0], header_result_args[1]
     except (TypeError, IndexError, KeyError):
+        results = None
+    kinds = ([_entry_kind(r) for r in results] if isinstance(results, (list, tuple))
+             else [None])
+    header = [str(r.id) for r in results] if None not in kinds and results else []
+    if None in kinds or len(set(header)) != len(header):
+        if parent is not None:
+            # Nothing of the chord holding this one can be stored either.
+            abandon(parent, "a chord in its header cannot be stored")
         return None
-    if not isinstance(results, (list, tuple)) or not all(_simple(r) for r in results):
-        return None
-    header = [str(r.id) for r in results]
-    if len(set(header)) != len(header):
-        return None
-    unit = ChordUnit(app, breaker, str(group_id), body, header, set(header))
+    saved = None
+    if "group" in kinds:
+        # What Celery's apply_chord stores for such a header (5.3 to 5.7): the header's
+        # GroupResult, so that the worker that finishes it gives the body nested results.
+        # (GroupResult.as_tuple() of the header, made without a GroupResult: building one
+        # subscribes to every result in it.)
+        saved = [[str(group_id), None], [r.as_tuple() for r in results]]
+    unit = ChordUnit(app, breaker, str(group_id), body, header, set(header), saved=saved,
+                     parent=parent, parent_member=member if parent is not None else None)
     _current.set(unit)
     return unit
 
 
 def end(unit: ChordUnit) -> None:
+    """``unit``'s dispatch ended: the chord holding it (if any) is the one being dispatched."""
     if _current.get() is unit:
-        _current.set(None)
+        _current.set(unit.parent)
 
 
 def abandon(unit: ChordUnit, why: str) -> None:
-    """Drop a unit whose dispatch did not end (its chord raised before its last member)."""
-    end(unit)
-    if unit.members:
-        emit(logging.WARNING, "outbox_chord_abandoned", breaker=unit.breaker.name,
-             group_id=unit.group_id, members=len(unit.members), reason=why)
+    """Drop a unit whose dispatch did not end (its chord raised before its last member),
+    with the units of the chords holding it: their dispatch ends with it."""
+    node: ChordUnit | None = unit
+    while node is not None:
+        if _current.get() is node:
+            _current.set(None)
+        if node.members:
+            emit(logging.WARNING, "outbox_chord_abandoned", breaker=node.breaker.name,
+                 group_id=node.group_id, members=len(node.members), reason=why)
+        node = node.parent
 
 
 def through_unit(task_id: str, options: Mapping[str, Any],
@@ -228,12 +313,45 @@ def through_unit(task_id: str, options: Mapping[str, Any],
     return result
 
 
+class _Structure:
+    """A header's structure as ``save_group`` takes it (what it reads of a ``GroupResult``)."""
+
+    def __init__(self, saved: Any) -> None:
+        self.saved = saved
+
+    def as_tuple(self) -> Any:
+        return self.saved
+
+
+def _save_header(backend: Any, group_id: str, saved: Any) -> None:
+    """Write a header's structure where Celery's Redis ``apply_chord`` writes it: the
+    group's key, ``{"result": GroupResult.as_tuple()}``, with the chord's expiry (Celery
+    5.7: ``_set_chord_key``) or the result's (5.3: ``header_result.save()``, that is
+    ``save_group``). Written from the stored tuple: rebuilding the ``GroupResult`` would
+    subscribe to every result in it."""
+    set_chord_key = getattr(backend, "_set_chord_key", None)
+    if set_chord_key is not None:
+        set_chord_key(backend.get_key_for_group(group_id), backend.encode({"result": saved}))
+    else:
+        backend.save_group(group_id, _Structure(saved))
+
+
 def relay_chord(app: Celery, unit: Mapping[str, Any], publish: Callable[..., Any]) -> None:
-    """Relay one stored chord (its row's options decoded): its size to the result backend,
-    then its kept members in order (``publish(name, args, kwargs, task_id=, eta=, expires=,
-    options=)``). Expired members are published too: the worker revokes them and the
-    chord fails as Celery fails it, instead of waiting for them forever."""
-    app.backend.set_chord_size(unit["group_id"], int(unit["size"]))
+    """Relay one stored chord (its row's options decoded): its header's structure (when
+    Celery's ``apply_chord`` stores one) and its size to the result backend, then its kept
+    members in order (``publish(name, args, kwargs, task_id=, eta=, expires=, options=)``),
+    a nested chord's unit relayed the same way in its place. Expired members are published
+    too: the worker revokes them and the chord fails as Celery fails it, instead of waiting
+    for them forever."""
+    backend = app.backend
+    saved = unit.get("saved")
+    if saved is not None:
+        _save_header(backend, str(unit["group_id"]), saved)
+    backend.set_chord_size(unit["group_id"], int(unit["size"]))
     for member in unit["members"]:
+        nested = member.get(CHORD_KEY)
+        if nested is not None:
+            relay_chord(app, nested, publish)
+            continue
         publish(member["name"], member["args"], member["kwargs"], task_id=member["task_id"],
                 eta=member["eta"], expires=member["expires"], options=member["options"])

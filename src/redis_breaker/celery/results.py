@@ -332,18 +332,33 @@ def _guarded_class(cls: type) -> type:
             app = self._redis_breaker_app
             b = _broker_breaker(app)
             unit = chords.begin(app, b, header_result_args, body)
-            if b.is_open:
-                if unit is None:
+            if unit is None:
+                if b.is_open:
                     raise CanvasRefused(b.name, None, b.state.value)
-                # A header of tasks (and chains of tasks): Celery's Redis backend stores
-                # nothing here for it (5.3 to 5.7), so nothing is left for the relay.
+                return super().apply_chord(header_result_args, body, **kwargs)
+            if unit.saved is None and b.is_open:
+                # A header of tasks, chains of tasks and chords: Celery's Redis backend
+                # stores nothing here for it (5.3 to 5.7), nothing is left for the relay.
+                return None
+            if unit.saved is not None and (b.is_open or (unit.parent is not None
+                                                         and unit.parent.keeping)):
+                # The header's structure, kept in the unit (with everything after it when
+                # something of the chord holding this one is kept): the relay stores it first.
                 return None
             try:
-                return super().apply_chord(header_result_args, body, **kwargs)
-            except BaseException:
-                if unit is not None:
-                    chords.end(unit)
-                raise
+                written = super().apply_chord(header_result_args, body, **kwargs)
+            except BaseException as exc:
+                cause = _counted_cause(b, exc) if isinstance(exc, Exception) else None
+                if cause is None or unit.saved is None:
+                    # The chord's dispatch ends here: nothing of it is stored.
+                    chords.abandon(unit, describe_error(exc))
+                    raise
+                # Counted; the header's structure stays in the unit, and so does every
+                # member after it: the relay stores it first.
+                _count_failure(b, cause)
+                return None
+            unit.save_written = True
+            return written
 
         def set_chord_size(self, group_id: Any, chord_size: Any) -> Any:
             app = self._redis_breaker_app
