@@ -98,9 +98,13 @@ class Pair:
         missing = sorted(set(range(COUNT)) - set(got))
         errors = "".join(f"\n{p.name}:\n{p.read_text()[-3000:]}"
                          for p in sorted(self.control.parent.glob("*.err")))
-        sends = [e for e in _lines(self.sent_log) if "pending" not in e]
+        sent = _lines(self.sent_log)
+        sends = [e for e in sent if "pending" not in e]
+        last = [e for e in sent if "pending" in e][-1:]
+        duplicates = [e for e in _lines(self.got_log) if "duplicates" in e][-1:]
         return (f"got {len(got)} of {COUNT}; missing {missing[:20]}; received {got}; "
-                f"sender {sends}{errors}")
+                f"sender {sends}; sender's last report {last}; consumer's dropped second "
+                f"copies {duplicates}{errors}")
 
     def close(self) -> None:
         (self.control / "exit").touch()
@@ -182,7 +186,7 @@ async def test_a_send_that_ran_after_a_thaw_is_received_once(redis_server: Redis
     """A send that timed out on a frozen server is served locally; the copy Redis runs on thawing is dropped."""
     import asyncio
 
-    from redis_breaker.channels import BreakerChannelLayer
+    from redis_breaker.channels import BreakerChannelLayer, metrics
 
     from .conftest import fast_breaker, hosts
 
@@ -192,6 +196,7 @@ async def test_a_send_that_ran_after_a_thaw_is_received_once(redis_server: Redis
         await layer.send(channel, {"type": "warm"})  # a pooled connection, nothing to connect
         assert await asyncio.wait_for(layer.receive(channel), 5) == {"type": "warm"}
         await layer.redis.wait_received()  # every pooled connection idle: the send is written
+        dropped = metrics.counts().get((layer.breaker.name, "duplicate"), 0)
         redis_server.freeze()
         await layer.send(channel, {"type": "once"})  # written, then timed out
         assert layer.breaker.stats().fallback_calls >= 1
@@ -204,6 +209,8 @@ async def test_a_send_that_ran_after_a_thaw_is_received_once(redis_server: Redis
         assert await asyncio.wait_for(layer.receive(channel), 10) == {"type": "once"}
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(layer.receive(channel), 2)
+        assert layer.duplicates == 1  # Redis's copy, popped and dropped
+        assert metrics.counts()[(layer.breaker.name, "duplicate")] == dropped + 1
     finally:
         layer.breaker.reset()
         await layer.close()

@@ -47,7 +47,9 @@ async def send(args: argparse.Namespace, out: Any) -> None:
     async def report() -> None:
         while True:
             print(json.dumps({"pending": len(getattr(layer, "pending", ())),
-                              "state": layer.breaker.state.value}), file=out, flush=True)
+                              "state": layer.breaker.state.value,
+                              "forwarded": layer.forwarded, "expired": layer.expired}),
+                  file=out, flush=True)
             await asyncio.sleep(0.1)
 
     reporter = asyncio.ensure_future(report())
@@ -82,11 +84,16 @@ async def receive(args: argparse.Namespace, out: Any) -> None:
     layer = make_layer(args)
     control = Path(args.control)
     started = time.monotonic()
+    duplicates = 0
     while not (control / "exit").exists() and time.monotonic() - started < LIFETIME_S:
         try:
             message = await asyncio.wait_for(layer.receive(args.channel), 0.5)
         except asyncio.TimeoutError:
             continue
+        finally:
+            if layer.duplicates != duplicates:  # second copies the layer dropped
+                duplicates = layer.duplicates
+                print(json.dumps({"duplicates": duplicates}), file=out, flush=True)
         print(json.dumps({"got": message["n"]}), file=out, flush=True)
     await layer.close()
 

@@ -102,6 +102,8 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         #: Kept messages dropped unsent after ``expiry`` seconds, and kept messages forwarded.
         self.expired = 0
         self.forwarded = 0
+        #: Second copies of received messages, dropped.
+        self.duplicates = 0
         self._forwarder = BackgroundJob("redis-breaker-channels-forward", self._forward_in_thread)
         metrics.register_default()
         self._ours = self.redis.client_prefix + "!"
@@ -371,7 +373,10 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             try:
                 message: Message = await self.redis.receive_at(channel, index)
                 if DUPLICATE in message:
-                    continue  # a second copy of a message received before
+                    # A second copy of a message received before: dropped, counted.
+                    self.duplicates += 1
+                    metrics.count(self.breaker.name, "duplicate")
+                    continue
                 return message
             except Abandoned:
                 raise

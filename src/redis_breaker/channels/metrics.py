@@ -6,7 +6,10 @@ not own), ``forwarded`` (written to Redis on recovery), ``received_here`` (a
 consumer of this process took it first) or ``expired`` (dropped unsent after
 the layer's expiry); ``BreakerPubSubChannelLayer`` adds ``uncertain`` (a
 publish that failed after it may have reached Redis, not published again) and
-``local_only`` (a group message that reached this process's members only).
+``local_only`` (a group message that reached this process's members only);
+``BreakerChannelLayer`` also counts ``duplicate``: a second copy of a message
+this process had received, dropped (a send that failed after it reached Redis,
+then forwarded again).
 This process's counts; labels carry breaker names only.
 
 Counting costs a dict update on the outage path only. The collector is
@@ -24,7 +27,8 @@ from typing import Any
 
 __all__ = ["OUTCOMES", "count", "counts", "register", "register_default"]
 
-OUTCOMES = ("kept", "forwarded", "received_here", "expired", "uncertain", "local_only")
+OUTCOMES = ("kept", "forwarded", "received_here", "expired", "uncertain", "local_only",
+            "duplicate")
 _counts: Counter[tuple[str, str]] = Counter()
 _lock = threading.Lock()
 _registered: set[int] = set()
