@@ -113,7 +113,8 @@ def test_chord_dispatched_during_an_outage_is_relayed_intact(
 def test_chord_shapes_during_an_outage(
         calling: Any, broker: RedisServer, recorder: RedisServer) -> None:  # noqa: F811
     """A header of one task, a header holding a chain, a chain as the body: each is one
-    unit, relayed intact, and so is a header holding a group (Celery unrolls it). A header
+    unit, relayed intact, and so is a header holding a group (Celery unrolls it) and one
+    given as a generator (Celery lists it). A header
     holding a chain that ends in a chord is refused whole, nothing stored, and so is a chord
     with a member whose fallback is ``raise``."""
     add, total = calling.add, calling.total
@@ -124,24 +125,26 @@ def test_chord_shapes_during_an_outage(
     chained_body = chord([add.s(800, 1), add.s(800, 2)])(chain(total.s(), add.s(5)))
     # Celery unrolls a group in a header into its tasks.
     grouped_header = chord([group(add.s(900, 1), add.s(900, 2)), add.s(900, 3)])(total.s())
-    assert OutboxMessage.objects.count() == opened + 4
+    # Celery lists a header given as a generator before its chord setup.
+    generated = chord(add.s(1000, i) for i in range(2))(total.s())
+    assert OutboxMessage.objects.count() == opened + 5
     units = list(OutboxMessage.objects.order_by("id").values_list("task_name", "task_id"))
     assert units[opened:] == [("celery.chord", r.id) for r in (
-        single, chained_header, chained_body, grouped_header)]
+        single, chained_header, chained_body, grouped_header, generated)]
     # A chain ending in a chord: the chord is dispatched by the worker that ends the chain,
     # its header result is not the header member dispatched here. Refused whole, nothing
     # stored. (A chain ending in a group, and a chord, are stored: the test below.)
     with pytest.raises(CanvasRefused):
         chord([chain(add.s(990, 1), chord([add.s(1), add.s(2)], total.s())),
                add.s(990, 3)])(total.s())
-    assert OutboxMessage.objects.count() == opened + 4
+    assert OutboxMessage.objects.count() == opened + 5
     # A member that asks to raise rather than go to the outbox: it raises, nothing stored.
     with pytest.raises(BreakerOpenError):
         chord([add.s(990, 4), add.s(990, 5).set(breaker_fallback="raise")])(total.s())
-    assert OutboxMessage.objects.count() == opened + 4
+    assert OutboxMessage.objects.count() == opened + 5
     # A later dispatch is not taken for a member of a refused chord.
     later = add.delay(950, 1)
-    assert OutboxMessage.objects.count() == opened + 5
+    assert OutboxMessage.objects.count() == opened + 6
 
     up()
     wait_for(lambda: OutboxMessage.objects.count() == 0, timeout=60,
@@ -150,12 +153,13 @@ def test_chord_shapes_during_an_outage(
     assert _get(calling.app, chained_header, "a chord with a chain in its header") == 711 + 702
     assert _get(calling.app, chained_body, "a chord with a chain as body") == 801 + 802 + 5
     assert _get(calling.app, grouped_header, "a chord with a group in its header") == 2706
+    assert _get(calling.app, generated, "a chord with a generator as header") == 2001
     assert _get(calling.app, later, "a task dispatched after a refused chord") == 951
     runs, seen = _recorded(recorder)
     assert {k: n for k, n in runs.items() if n != 1} == {}
     # (The order of a group's results in a header is Celery's: compared sorted.)
     bodies = sorted(sorted(s["args"][0]) for s in seen if s["name"] == "tests.total")
-    assert bodies == [[601], [702, 711], [801, 802], [901, 902, 903]]
+    assert bodies == [[601], [702, 711], [801, 802], [901, 902, 903], [1000, 1001]]
     assert [s for s in seen if s["args"][0] == 990] == []
 
 
@@ -253,13 +257,25 @@ def nesting(broker: RedisServer, recorder: RedisServer,  # noqa: F811
         _retire_app(app)
 
 
-def _nested_canvases(module: Any, base: int) -> dict[str, Any]:
+def _groups_end_chains(module: Any) -> bool:
+    """Whether this Celery runs a chord whose header holds a chain ending in a group.
+
+    Celery 5.3 gives that group the chord's own group id (a group frozen with a group id
+    takes it as its own): the worker that ends the chain publishes the group and writes
+    the group's size over the chord's, and the chord never completes, on a healthy Redis
+    as after a relay (a solo worker waits forever in the header's join). Later versions
+    give the group an id of its own."""
+    gid, _ = group(module.add.s(0, 0))._freeze_group_tasks(group_id="the chord's")
+    return bool(gid != "the chord's")
+
+
+def _nested_canvases(module: Any, base: int, groups: bool = True) -> dict[str, Any]:
     """The chords whose header holds a chain ending in a group, a chord, or both (in a
     chord nested in the header), numbered from ``base``; each with the body results
-    expected."""
+    expected. ``groups=False``: only the chord in a header (see ``_groups_end_chains``)."""
     add, collect = module.add, module.collect
     b = base
-    return {
+    canvases = {
         "chain to a group": (
             chord([chain(add.s(b, 1), group(add.s(10), add.s(20))), add.s(b, 2)]),
             collect.s(), [[b + 11, b + 21], b + 2]),
@@ -274,6 +290,7 @@ def _nested_canvases(module: Any, base: int) -> dict[str, Any]:
             collect.s(), [b + 6, [[b + 7, [b + 38, b + 48]]],
                           [b + 59, b + 69, b + 79]]),
     }
+    return canvases if groups else {"chord": canvases["chord"]}
 
 
 def _dispatched(canvases: dict[str, Any]) -> dict[str, Any]:
@@ -297,32 +314,37 @@ def test_chords_with_groups_and_chords_in_their_header_during_an_outage(
     from redis_breaker.celery.chords import CHORD_KEY
 
     module, start_worker = nesting
+    groups = _groups_end_chains(module)
     with start_worker():
-        healthy = _nested_canvases(module, 20000)
+        healthy = _nested_canvases(module, 20000, groups)
         expected = {label: want for label, (_, _, want) in healthy.items()}
         assert _results(module.app, _dispatched(healthy)) == expected
         assert not OutboxMessage.objects.exists()
 
     # No worker during the outage: Celery 5.3's stops consuming when its broker restarts.
     up, opened = _down(broker, "open", module.add)
-    results = _dispatched(_nested_canvases(module, 30000))
+    results = _dispatched(_nested_canvases(module, 30000, groups))
     assert OutboxMessage.objects.count() == opened + len(results)
     rows = list(OutboxMessage.objects.order_by("id"))[opened:]
     assert [(r.task_name, r.task_id) for r in rows] == [
         ("celery.chord", r.id) for r in results.values()]
-    grouped, nested, deep = (r.options[CHORD_KEY] for r in rows)
-    # The chain's first task is the member; the worker publishes its group later.
-    assert [m["name"] for m in grouped["members"]] == ["tests.add", "tests.add"]
-    assert grouped["size"] == 3
-    assert grouped["saved"][0][0] == grouped["group_id"]
+    units = {label: row.options[CHORD_KEY] for label, row in zip(results, rows, strict=True)}
+    nested = units["chord"]
     assert "saved" not in nested
     assert sorted(nested["members"][0]) == [CHORD_KEY]
     assert nested["members"][0][CHORD_KEY]["size"] == 2
     assert nested["size"] == 2
-    inner = deep["members"][1][CHORD_KEY]
-    assert (inner["size"], deep["size"]) == (3, 5)
-    assert "saved" in inner
-    assert "saved" in deep
+    if groups:
+        grouped = units["chain to a group"]
+        # The chain's first task is the member; the worker publishes its group later.
+        assert [m["name"] for m in grouped["members"]] == ["tests.add", "tests.add"]
+        assert grouped["size"] == 3
+        assert grouped["saved"][0][0] == grouped["group_id"]
+        deep = units["chord with a chain to a group, and a chain body"]
+        inner = deep["members"][1][CHORD_KEY]
+        assert (inner["size"], deep["size"]) == (3, 5)
+        assert "saved" in inner
+        assert "saved" in deep
     with pytest.raises(ResultBackendUnavailable):
         results["chord"].get(timeout=5)
     # A chain ending in a chord: refused whole, nothing stored.
@@ -339,7 +361,8 @@ def test_chords_with_groups_and_chords_in_their_header_during_an_outage(
              what="the relay to empty the outbox")
     with start_worker():
         assert _results(module.app, results) == {
-            label: want for label, (_, _, want) in _nested_canvases(module, 30000).items()}
+            label: want for label, (_, _, want) in _nested_canvases(
+                module, 30000, groups).items()}
         assert _get(module.app, later, "a task dispatched after a refused chord") == 952
     runs, seen = _recorded(recorder)
     assert {k: n for k, n in runs.items() if n != 1} == {}
@@ -348,8 +371,8 @@ def test_chords_with_groups_and_chords_in_their_header_during_an_outage(
     # relayed alike.
     bodies = sorted(json.dumps(s["args"][0]) for s in seen if s["name"] == "tests.collect")
     assert bodies == sorted(json.dumps(body) for base in (20000, 30000) for body in (
-        *(want for _, _, want in _nested_canvases(module, base).values()),
-        [base + 3, base + 4], [base + 7, [base + 38, base + 48]]))
+        *(want for _, _, want in _nested_canvases(module, base, groups).values()),
+        [base + 3, base + 4], *([[base + 7, [base + 38, base + 48]]] if groups else [])))
 
 
 def _kept_ids(unit: dict[str, Any]) -> list[str]:
@@ -424,6 +447,9 @@ def test_chord_with_a_group_or_a_chord_in_its_header_whose_broker_dies_half_way(
 
     wait_for(relayed, timeout=60, what="the outbox relayed")
     assert [h["id"] for h in queued(broker)] == published + kept
+    if shape != "chord" and not _groups_end_chains(module):
+        pytest.skip("this Celery does not complete such a chord, not even on a healthy Redis "
+                    "(see _groups_end_chains): relayed as it was dispatched, not run")
     with start_worker():
         assert _get(module.app, chorded, "the chord's body") == want
     runs, seen = _recorded(recorder)

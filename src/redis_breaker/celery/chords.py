@@ -10,27 +10,51 @@ With that backend on the broker's Redis (``results`` guards it), Celery's chord
 setup (``apply_chord``, called once the chord's ids are frozen, before any
 header member is dispatched) starts a :class:`ChordUnit` for the header: the
 chord's group id, the ids of its header results, the body. Every header member
-dispatched after it is one of those ids (a plain task, or the first task of a
-chain whose last task is). A member that is published is published; a member
-that would go to the outbox (the breaker open, or its publish failed on a
-connection error) goes into the unit instead of a row of its own, and the
-chord's size is kept in the unit when the breaker is open or a member is
-already in it (or its write fails). When the last member has been dispatched,
-the unit is written as **one** outbox row (task name ``celery.chord``, task id
-the body's), in the caller's transaction: the whole chord or nothing of it.
+dispatched after it stands for one of those ids: a plain task, the first task of
+a chain of tasks whose last task is the header result, or the first task of a
+chain whose last step is a group (the header result is that group's; the worker
+that ends the chain publishes the group). A member that is published is
+published; a member that would go to the outbox (the breaker open, or its
+publish failed on a connection error) goes into the unit instead of a row of its
+own, and the chord's size is kept in the unit when the breaker is open or a
+member is already in it (or its write fails). When the last member has been
+dispatched, the unit is written as **one** outbox row (task name
+``celery.chord``, task id the body's), in the caller's transaction: the whole
+chord or nothing of it.
 
-The relay (``relay_chord``) writes the size to the result backend first, then
-publishes the stored members in order with their ids, group id, group index
-and the chord's body attached, as Celery would have; the worker that finishes
-the last of them starts the body once. A relay that fails half way leaves the
-row pending and is made again whole: the size is written again (the same
-value), and a member published twice runs once (``once``: the workers' claim;
-a copy skipped there does not count as a finished header task).
+A header result that is a group's (a chain ending in a group) makes Celery's
+Redis ``apply_chord`` write one more key at the chord's setup: the header's
+structure (``GroupResult.as_tuple()`` under the group's key), which the worker
+that finishes the header reads to give the body nested results. The unit holds
+that structure; while the breaker is open (or when that write fails on a
+connection error the breaker counts) it is kept in the unit, and so is every
+member after it.
+
+A chord in the header (nested) is dispatched by Celery as a chord of its own
+while the header is: its setup, its header, its size. Its unit starts inside
+the unit of the chord holding it (the header result it stands for is its body's)
+and, when its last member has been dispatched, goes into that unit in its place
+if anything of it was kept: one row still holds the whole canvas.
+
+The relay (``relay_chord``) writes the header's structure (when there is one)
+and the size to the result backend first, then publishes the stored members in
+order with their ids, group id, group index and the chord's body attached, as
+Celery would have, a nested chord's unit relayed the same way in its place; the
+worker that finishes the last of them starts the body once. A relay that fails
+half way leaves the row pending and is made again whole: the structure and the
+size are written again (the same values), and a member published twice runs
+once (``once``: the workers' claim; a copy skipped there does not count as a
+finished header task).
 
 Refused (``CanvasRefused``, nothing of the chord stored) while the breaker is
-open: a header Celery gives as a generator, or one holding a group or a chord
-(in a chain, or nested): for those Celery's ``apply_chord`` itself stores the
-header's structure on the backend.
+open: a header holding a chain that ends in a chord (the worker ending the chain
+dispatches that chord: no header member dispatched here stands for it), or any
+other header result than those above; and a header that reaches the chord setup
+still a lazy generator (``regen``): its members are frozen only as they are
+published, so the unit could not know them, nor which one is the last, without
+consuming the generator at setup, which Celery avoids on purpose. Celery 5.3 to
+5.7 list a generator given to ``chord()`` or ``group()`` before the setup: such
+a header is stored like a list.
 """
 
 from __future__ import annotations
@@ -237,8 +261,8 @@ def begin(app: Celery, breaker: Breaker, header_result_args: Any, body: Any) -> 
     """Start the unit of a chord whose header Celery is about to dispatch.
 
     A chord that is a header member of the chord being dispatched (nested) gets a unit
-    inside that chord's. ``None`` for a header this module does not store (a generator,
-    a chain ending in a chord, a group after a group...): the caller refuses it while
+    inside that chord's. ``None`` for a header this module does not store (a lazy
+    generator, a chain ending in a chord...): the caller refuses it while
     the breaker is open, leaves it to Celery otherwise.
     """
     parent = _current.get()

@@ -18,8 +18,10 @@ results stored meanwhile) at the next ``get()``, join or subscription made
 while the breaker is not open. So a group dispatched during an outage goes to
 the outbox whole. A chord's setup (``apply_chord``) and its size
 (``set_chord_size``) go to the chord's unit (``chords``) when its header cannot
-be published: the chord is one outbox row, relayed whole. A header the unit
-cannot hold is refused (``CanvasRefused``) while the breaker is open.
+be published: the chord is one outbox row, relayed whole, and so do the
+header's structure (what ``apply_chord`` stores for a header holding a chain
+ending in a group) and a nested chord's own setup. A header the unit cannot
+hold is refused (``CanvasRefused``) while the breaker is open.
 
 The worker's writes (``store_result``, a chord's counter) are left as Celery
 has them: a worker has nothing to consume while its broker's Redis is down.
@@ -69,10 +71,9 @@ class CanvasRefused(ResultBackendUnavailable):
 
     A chord dispatched while that backend is down goes to the outbox as one unit
     (``chords``). Refused, nothing of it stored, while the breaker is open: a header
-    the unit cannot hold (a chain ending in a group, a chord, a generator: Celery's
-    ``apply_chord`` stores their structure on the backend), a member whose fallback is
-    not the outbox, or a member outside a unit (without ``protect(app)``). The caller
-    can dispatch it again later. A ``RuntimeError``, as Celery's own error for it was.
+    the unit cannot hold (a chain ending in a chord, a lazy generator), a member whose
+    fallback is not the outbox, or a member outside a unit (without ``protect(app)``).
+    The caller can dispatch it again later. A ``RuntimeError``, as Celery's own error for it was.
     """
 
     def __str__(self) -> str:
