@@ -42,7 +42,7 @@ from redis_breaker._state import State, StateChange
 
 from . import metrics
 from .local import GroupMirror, LocalQueues
-from .loops import LoopState, LoopStates, cancel_and_wait, wait
+from .loops import RECANCEL_S, LoopState, LoopStates, wait
 from .outbox import Kept, PendingSends
 from .remote import DUPLICATE, POP_WATCH, Abandoned, PopWatch, RedisLayer, probe_url
 
@@ -337,8 +337,16 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                     raise
                 # The consumer is going away (or gave up waiting, as wait_for does):
                 # stop reading its channel from Redis...
-                await cancel_and_wait((task,))
-                if task.cancelled() or task.exception() is not None:
+                if not task.done():
+                    task.cancel()
+                    await asyncio.wait((task,), timeout=RECANCEL_S)
+                if not task.done():
+                    # It took the cancellation for a read timeout (see cancel_and_wait)
+                    # and pops on. Cancelling it again could cut a pop Redis answers:
+                    # it ends after this pop instead, and brings its message, if any,
+                    # to the channel's next receive.
+                    watch.abandoned = True
+                elif task.cancelled() or task.exception() is not None:
                     if state.pending.get(channel) is task:
                         del state.pending[channel]
                 else:
