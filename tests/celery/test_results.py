@@ -78,6 +78,37 @@ def test_dispatch_with_the_broker_down_goes_to_the_outbox_whatever_the_backend(
         _close(app)
 
 
+def _client_ids(server: RedisServer) -> set[str]:
+    """The ids of the server's client connections, but the asking one."""
+    client = server.client()
+    try:
+        me = str(client.client_id())
+        return {str(c["id"]) for c in client.client_list()} - {me}
+    finally:
+        client.close()
+
+
+def test_the_relay_leaves_no_result_backend_connection_open(
+        redis_server: RedisServer, other_redis: RedisServer) -> None:
+    """A relay pass publishes in a thread of its own, with the result backend Celery makes
+    for that thread; Celery's own publish would SUBSCRIBE there to each result (the Redis
+    backend's on_task_call). The relay's publishes leave that to AsyncResult.get(), as
+    dispatch does: the pass leaves no connection to the backend open behind it."""
+    app = _app(redis_server.url, other_redis.url)
+    try:
+        redis_server.stop()
+        for i in range(7):
+            app.tasks["t.add"].delay(i, 1)
+        assert get_breaker().state is State.OPEN  # its recovery starts the relay
+        before = _client_ids(other_redis)  # this thread's backend subscribed meanwhile
+        redis_server.start()
+        wait_for(lambda: OutboxMessage.objects.count() == 0, what="the relay")
+        join_relays()
+        assert _client_ids(other_redis) <= before
+    finally:
+        _close(app)
+
+
 def test_a_dead_result_backend_does_not_stop_dispatch(redis_server: RedisServer,
                                                       other_redis: RedisServer) -> None:
     """With the broker up and the result backend's own server stopped, delay() publishes."""
