@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from redis_breaker import Breaker, BreakerConfig
-from redis_breaker.channels import BreakerChannelLayer
+from redis_breaker.channels import BreakerChannelLayer, metrics
 
 LIFETIME_S = 300.0
 SOCKET_TIMEOUT = 0.5
@@ -63,12 +63,16 @@ async def send(args: argparse.Namespace, out: Any) -> None:
             await asyncio.sleep(0.02)
             continue
         paused = False
+        kept = metrics.counts().get((layer.breaker.name, "kept"), 0)
         try:
             await layer.send(args.channel, {"type": "work", "n": n})
         except Exception as exc:
             print(json.dumps({"raised": n, "error": repr(exc)}), file=out, flush=True)
         else:
-            print(json.dumps({"sent": n}), file=out, flush=True)
+            # Whether Redis took it, or the layer kept it to forward later.
+            kept = metrics.counts().get((layer.breaker.name, "kept"), 0) - kept
+            print(json.dumps({"sent": n, **({"kept": kept} if kept else {})}), file=out,
+                  flush=True)
         n += 1
         await asyncio.sleep(args.interval)
     print(json.dumps({"done": n}), file=out, flush=True)
