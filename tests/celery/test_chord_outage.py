@@ -163,6 +163,20 @@ def test_chord_shapes_during_an_outage(
     assert [s for s in seen if s["args"][0] == 990] == []
 
 
+def _idle_app(module: Any, broker: RedisServer, recorder: RedisServer,  # noqa: F811
+              tmp_path: Path) -> Iterator[tuple[Any, Callable[[], Any]]]:
+    """``module``'s app pointed at ``broker`` (broker and result backend), and a context
+    manager starting its worker; the app retired at the end."""
+    app = module.app
+    _point_app(app, broker.url, broker.url)
+    env = {"RB_BROKER_URL": broker.url, "RB_BACKEND_URL": broker.url,
+           "RB_RECORD_URL": recorder.url, "RB_STATE_DIR": worker_state_dir(tmp_path)}
+    try:
+        yield module, lambda: celery_worker(module.__name__, **env)
+    finally:
+        _retire_app(app)
+
+
 @pytest.fixture
 def idle(broker: RedisServer, recorder: RedisServer,  # noqa: F811
          tmp_path: Path) -> Iterator[tuple[Any, Callable[[], Any]]]:
@@ -170,14 +184,7 @@ def idle(broker: RedisServer, recorder: RedisServer,  # noqa: F811
     starts one (the second item, a context manager) when it wants its tasks to run."""
     from tests.celery import calling_app
 
-    app = calling_app.app
-    _point_app(app, broker.url, broker.url)
-    env = {"RB_BROKER_URL": broker.url, "RB_BACKEND_URL": broker.url,
-           "RB_RECORD_URL": recorder.url, "RB_STATE_DIR": worker_state_dir(tmp_path)}
-    try:
-        yield calling_app, lambda: celery_worker("tests.celery.calling_app", **env)
-    finally:
-        _retire_app(app)
+    yield from _idle_app(calling_app, broker, recorder, tmp_path)
 
 
 def test_chord_whose_broker_dies_half_way_through_its_header(
@@ -247,14 +254,7 @@ def nesting(broker: RedisServer, recorder: RedisServer,  # noqa: F811
     context manager starting its worker (the test starts it when it wants its tasks run)."""
     from tests.celery import chord_app
 
-    app = chord_app.app
-    _point_app(app, broker.url, broker.url)
-    env = {"RB_BROKER_URL": broker.url, "RB_BACKEND_URL": broker.url,
-           "RB_RECORD_URL": recorder.url, "RB_STATE_DIR": worker_state_dir(tmp_path)}
-    try:
-        yield chord_app, lambda: celery_worker("tests.celery.chord_app", **env)
-    finally:
-        _retire_app(app)
+    yield from _idle_app(chord_app, broker, recorder, tmp_path)
 
 
 def _groups_end_chains(module: Any) -> bool:
