@@ -14,6 +14,7 @@ outbox on SQLite and on PostgreSQL.
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,7 +28,7 @@ from redis_breaker.celery import CanvasRefused, ResultBackendUnavailable
 from redis_breaker.models import OutboxMessage
 from tests.harness import RedisServer
 
-from .conftest import celery_worker, queued, wait_for
+from .conftest import celery_worker, join_relays, queued, wait_for
 
 # The real worker and broker of test_calling.py (its fixtures, imported to be used here).
 from .test_calling import (  # noqa: F401
@@ -71,6 +72,25 @@ def _get(app: Any, result: Any, label: str) -> Any:
         raise
 
 
+def _redis_backends(app: Any) -> list[Any]:
+    """Every Redis result backend of ``app`` alive now (Celery makes one per thread)."""
+    from celery.backends.redis import RedisBackend
+
+    return [o for o in gc.get_objects() if isinstance(o, RedisBackend) and o.app is app]
+
+
+def _still_connected(backends: list[Any]) -> list[Any]:
+    """Those of ``backends`` whose client still holds an open connection."""
+    found = []
+    for backend in backends:
+        pool = getattr(vars(backend).get("client"), "connection_pool", None)
+        if pool is not None and any(
+                getattr(c, "_sock", None) is not None
+                for c in [*pool._available_connections, *pool._in_use_connections]):
+            found.append(backend)
+    return found
+
+
 @pytest.mark.parametrize("outage", ["open", "discovered", "hung"])
 def test_chord_dispatched_during_an_outage_is_relayed_intact(
         calling: Any, broker: RedisServer, recorder: RedisServer,  # noqa: F811
@@ -97,6 +117,7 @@ def test_chord_dispatched_during_an_outage_is_relayed_intact(
     with pytest.raises(ResultBackendUnavailable):
         chorded.get(timeout=5)
 
+    earlier = _redis_backends(calling.app)  # held: none of them is the relay's
     up()
     wait_for(lambda: OutboxMessage.objects.count() == 0, timeout=60,
              what="the relay to empty the outbox")
@@ -108,6 +129,11 @@ def test_chord_dispatched_during_an_outage_is_relayed_intact(
     assert members == [([500, i], chorded.parent.id) for i in range(4)]
     bodies = [s["args"] for s in seen if s["name"] == "tests.total"]
     assert bodies == [[[500, 501, 502, 503]]]
+    # The relay wrote the size through the backend Celery made for the relay's thread,
+    # and closed it when its pass ended.
+    join_relays()
+    made = [b for b in _redis_backends(calling.app) if all(b is not e for e in earlier)]
+    assert _still_connected(made) == []
 
 
 def test_chord_shapes_during_an_outage(

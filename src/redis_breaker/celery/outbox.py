@@ -204,9 +204,28 @@ class Relay(BackgroundJob):
             # This thread's own database connection, never the caller's.
             with contextlib.suppress(Exception):
                 connections.close_all()
+            with contextlib.suppress(Exception):
+                _close_thread_backend(self.app)
         if result.published or result.expired or result.failed:
             emit(logging.INFO, "outbox_relayed", breaker=breaker.name,
                  **{k: v for k, v in result.as_dict().items() if k != "by_breaker"})
+
+
+def _close_thread_backend(app: Celery) -> None:
+    """Close the result backend Celery made for this thread, if it made one.
+
+    Celery keeps a result backend per thread (unless the backend is thread-safe
+    and shared). A relay pass runs in a thread of its own that ends with it, and
+    a chord's relay writes its size (and header) through that thread's backend:
+    its connections would be left to the garbage collector.
+    """
+    local = getattr(app, "_local", None)
+    backend = vars(local).pop("backend", None) if local is not None else None
+    if backend is None:
+        return
+    client = vars(backend).get("client")  # a Redis backend's client, once made
+    if client is not None:
+        client.connection_pool.disconnect()
 
 
 _relays: weakref.WeakKeyDictionary[Breaker, Relay] = weakref.WeakKeyDictionary()
