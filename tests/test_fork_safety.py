@@ -251,6 +251,39 @@ def celery_app(redis_server: RedisServer) -> Iterator[Celery]:
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_thread_inside_a_kombu_property_when_the_process_forks(
+        celery_app: Celery, redis_server: RedisServer) -> None:
+    """kombu's ``cached_property`` takes its descriptor's lock on every read, and every
+    dispatch reads one (``app.amqp``). A thread of the parent inside that read when the
+    process forks leaves the lock held in the child: its dispatches dispatch all the same."""
+    add = celery_app.tasks["f.add"]
+    add.delay(0, 0)
+    amqp = next(vars(klass)["amqp"] for klass in type(celery_app).__mro__
+                if "amqp" in vars(klass))
+    held, release = threading.Event(), threading.Event()
+
+    def reading() -> None:
+        with amqp.lock:  # what a read of app.amqp holds, for as long as the fork takes
+            held.set()
+            release.wait(CHILD_DEADLINE_S)
+
+    def child(i: int) -> None:
+        connections.close_all()
+        add.delay(i, 0)
+        connections.close_all()
+
+    thread = threading.Thread(target=reading)
+    thread.start()
+    try:
+        assert held.wait(10)
+        failures = fork_children(child, children=2)
+    finally:
+        release.set()
+        thread.join()
+    assert failures == [], "\n\n".join(failures)
+
+
+@pytest.mark.django_db(transaction=True)
 def test_an_outbox_relay_draining(settings: Any, celery_app: Celery,
                                   redis_server: RedisServer) -> None:
     """The relay publishes hundreds of outboxed dispatches (its job's lock, the producer pool's

@@ -8,6 +8,9 @@ with bounded socket timeouts: kombu's ``default_channel`` otherwise loops in
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import gc
 import os
 import threading
 from collections.abc import Mapping
@@ -219,11 +222,43 @@ def publish_outboxed(app: Celery, name: str, args: Any, kwargs: Any, *, task_id:
     return publish(task, args, kwargs, task_id, extra)
 
 
+#: The ``cached_property`` descriptors of the process (kombu's and Celery's among them),
+#: found before the first fork (see ``_renew_property_locks``).
+_properties: list[functools.cached_property[Any]] | None = None
+
+
+def _before_fork() -> None:
+    global _properties
+    if _properties is None:
+        with contextlib.suppress(Exception):
+            # type(), not isinstance(): that reads __class__, which a proxy (Celery's
+            # current_app...) answers by evaluating itself.
+            _properties = [o for o in gc.get_objects()
+                           if issubclass(type(o), functools.cached_property)]
+
+
+def _renew_property_locks() -> None:
+    """Fresh locks for the ``cached_property`` descriptors in a forked child.
+
+    kombu's ``cached_property`` takes its descriptor's lock on every read
+    (``app.amqp``, on every dispatch), and Python's before 3.12 while it
+    computes a value. One lock per descriptor, for every instance: a thread of
+    the parent that held one at the fork (dispatching, relaying) left it held
+    forever, and the child's first dispatch waited on it (seen in the fork
+    test). Found once, in the parent, before its first fork (a scan of the
+    objects, some ms); descriptors of classes defined after it are not renewed.
+    """
+    for prop in _properties or ():
+        if getattr(prop, "lock", None) is not None:
+            prop.lock = threading.RLock()  # type: ignore[attr-defined]
+
+
 def _after_fork_in_child() -> None:
     # The producer pool is per pid already (``_producers``); the lock that builds it is not.
     global _pool_lock
     _pool_lock = threading.Lock()
+    _renew_property_locks()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
