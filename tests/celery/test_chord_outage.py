@@ -76,7 +76,9 @@ def _redis_backends(app: Any) -> list[Any]:
     """Every Redis result backend of ``app`` alive now (Celery makes one per thread)."""
     from celery.backends.redis import RedisBackend
 
-    return [o for o in gc.get_objects() if isinstance(o, RedisBackend) and o.app is app]
+    # type(), not isinstance(): that reads __class__, which evaluates a lazy object (Django's
+    # staticfiles storage raised ImproperlyConfigured from it).
+    return [o for o in gc.get_objects() if issubclass(type(o), RedisBackend) and o.app is app]
 
 
 def _still_connected(backends: list[Any]) -> list[Any]:
