@@ -8,8 +8,8 @@ body runs once with every header result, and ``get()`` returns it. A header that
 holds a chain ending in a group, or a chord, is one unit too: the header's structure
 (what Celery's chord setup stores on the result backend for it) and a nested chord's
 own unit are kept in it, and the bodies get the results nested as on a healthy Redis.
-A header holding a chain that ends in a chord is refused whole, nothing stored. The
-outbox on SQLite and on PostgreSQL.
+So is a header holding a chain that ends in a chord (the worker that ends the chain
+dispatches that chord, after the relay). The outbox on SQLite and on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -142,9 +142,8 @@ def test_chord_shapes_during_an_outage(
         calling: Any, broker: RedisServer, recorder: RedisServer) -> None:  # noqa: F811
     """A header of one task, a header holding a chain, a chain as the body: each is one
     unit, relayed intact, and so is a header holding a group (Celery unrolls it) and one
-    given as a generator (Celery lists it). A header
-    holding a chain that ends in a chord is refused whole, nothing stored, and so is a chord
-    with a member whose fallback is ``raise``."""
+    given as a generator (Celery lists it). A chord with a member whose fallback is
+    ``raise`` raises, nothing of it stored."""
     add, total = calling.add, calling.total
     up, opened = _down(broker, "open", add)
 
@@ -155,24 +154,21 @@ def test_chord_shapes_during_an_outage(
     grouped_header = chord([group(add.s(900, 1), add.s(900, 2)), add.s(900, 3)])(total.s())
     # Celery lists a header given as a generator before its chord setup.
     generated = chord(add.s(1000, i) for i in range(2))(total.s())
-    assert OutboxMessage.objects.count() == opened + 5
+    # A member whose fallback is ``sync`` could not count towards its chord if it ran here:
+    # it is kept in the unit with the rest, and runs on a worker after the relay.
+    synced = chord([add.s(1200, 1).set(breaker_fallback="sync"), add.s(1200, 2)])(total.s())
+    assert OutboxMessage.objects.count() == opened + 6
     units = list(OutboxMessage.objects.order_by("id").values_list("task_name", "task_id"))
     assert units[opened:] == [("celery.chord", r.id) for r in (
-        single, chained_header, chained_body, grouped_header, generated)]
-    # A chain ending in a chord: the chord is dispatched by the worker that ends the chain,
-    # its header result is not the header member dispatched here. Refused whole, nothing
-    # stored. (A chain ending in a group, and a chord, are stored: the test below.)
-    with pytest.raises(CanvasRefused):
-        chord([chain(add.s(990, 1), chord([add.s(1), add.s(2)], total.s())),
-               add.s(990, 3)])(total.s())
-    assert OutboxMessage.objects.count() == opened + 5
+        single, chained_header, chained_body, grouped_header, generated, synced)]
+    # (A chain ending in a group or in a chord, and a chord, in a header: the tests below.)
     # A member that asks to raise rather than go to the outbox: it raises, nothing stored.
     with pytest.raises(BreakerOpenError):
         chord([add.s(990, 4), add.s(990, 5).set(breaker_fallback="raise")])(total.s())
-    assert OutboxMessage.objects.count() == opened + 5
+    assert OutboxMessage.objects.count() == opened + 6
     # A later dispatch is not taken for a member of a refused chord.
     later = add.delay(950, 1)
-    assert OutboxMessage.objects.count() == opened + 6
+    assert OutboxMessage.objects.count() == opened + 7
 
     up()
     wait_for(lambda: OutboxMessage.objects.count() == 0, timeout=60,
@@ -182,12 +178,14 @@ def test_chord_shapes_during_an_outage(
     assert _get(calling.app, chained_body, "a chord with a chain as body") == 801 + 802 + 5
     assert _get(calling.app, grouped_header, "a chord with a group in its header") == 2706
     assert _get(calling.app, generated, "a chord with a generator as header") == 2001
+    assert _get(calling.app, synced, "a chord with a member whose fallback is sync") == 2403
     assert _get(calling.app, later, "a task dispatched after a refused chord") == 951
     runs, seen = _recorded(recorder)
     assert {k: n for k, n in runs.items() if n != 1} == {}
     # (The order of a group's results in a header is Celery's: compared sorted.)
     bodies = sorted(sorted(s["args"][0]) for s in seen if s["name"] == "tests.total")
-    assert bodies == [[601], [702, 711], [801, 802], [901, 902, 903], [1000, 1001]]
+    assert bodies == [[601], [702, 711], [801, 802], [901, 902, 903], [1000, 1001],
+                      [1201, 1202]]
     assert [s for s in seen if s["args"][0] == 990] == []
 
 
@@ -213,6 +211,34 @@ def idle(broker: RedisServer, recorder: RedisServer,  # noqa: F811
     from tests.celery import calling_app
 
     yield from _idle_app(calling_app, broker, recorder, tmp_path)
+
+
+def test_a_header_of_another_shape_is_refused_whole(
+        idle: tuple[Any, Callable[[], Any]], broker: RedisServer) -> None:  # noqa: F811
+    """A header result the unit cannot stand for (here a group following a group in a
+    chain), reaching Celery's chord setup while the breaker is open: ``CanvasRefused``
+    (a ``ResultBackendUnavailable``), nothing stored, nothing sent to Redis; the next
+    dispatch is not taken for a member of it. Healthy, the setup is left to Celery."""
+    from celery.result import AsyncResult, GroupResult
+
+    from redis_breaker.testing import forced_open
+
+    module, _ = idle
+    app = module.app
+    inner = GroupResult("inner", [AsyncResult("a")])
+    odd = GroupResult("outer", [AsyncResult("b")], parent=inner)
+    header_args = ("the chord", [odd, AsyncResult("c")])
+    raw = broker.client()
+    before = int(raw.info("stats")["total_commands_processed"])
+    with forced_open(get_breaker("default")), pytest.raises(CanvasRefused) as refused:
+        app.backend.apply_chord(header_args, module.total.s())
+    assert isinstance(refused.value, ResultBackendUnavailable)
+    assert "nothing of it stored" in str(refused.value)
+    assert int(raw.info("stats")["total_commands_processed"]) - before == 1  # INFO itself
+    assert not OutboxMessage.objects.exists()
+    later = module.add.delay(960, 1)
+    assert later.id
+    assert not OutboxMessage.objects.exists()  # published: the breaker closed again
 
 
 def test_chord_whose_broker_dies_half_way_through_its_header(
@@ -298,9 +324,10 @@ def _groups_end_chains(module: Any) -> bool:
 
 
 def _nested_canvases(module: Any, base: int, groups: bool = True) -> dict[str, Any]:
-    """The chords whose header holds a chain ending in a group, a chord, or both (in a
-    chord nested in the header), numbered from ``base``; each with the body results
-    expected. ``groups=False``: only the chord in a header (see ``_groups_end_chains``)."""
+    """The chords whose header holds a chain ending in a group, a chord, a chain ending in
+    a chord, or a chord nested in the header holding a chain ending in a group, numbered
+    from ``base``; each with the body results expected. ``groups=False``: none with a chain
+    ending in a group (see ``_groups_end_chains``)."""
     add, collect = module.add, module.collect
     b = base
     canvases = {
@@ -310,6 +337,10 @@ def _nested_canvases(module: Any, base: int, groups: bool = True) -> dict[str, A
         "chord": (
             chord([chord([add.s(b, 3), add.s(b, 4)], collect.s()), add.s(b, 5)]),
             collect.s(), [[b + 3, b + 4], b + 5]),
+        "chain to a chord": (
+            chord([chain(add.s(b, 12), chord([add.s(100), add.s(200)], collect.s())),
+                   add.s(b, 13)]),
+            collect.s(), [[b + 112, b + 212], b + 13]),
         "chord with a chain to a group, and a chain body": (
             chord([add.s(b, 6),
                    chord([add.s(b, 7), chain(add.s(b, 8), group(add.s(30), add.s(40)))],
@@ -318,7 +349,7 @@ def _nested_canvases(module: Any, base: int, groups: bool = True) -> dict[str, A
             collect.s(), [b + 6, [[b + 7, [b + 38, b + 48]]],
                           [b + 59, b + 69, b + 79]]),
     }
-    return canvases if groups else {"chord": canvases["chord"]}
+    return canvases if groups else {k: canvases[k] for k in ("chord", "chain to a chord")}
 
 
 def _dispatched(canvases: dict[str, Any]) -> dict[str, Any]:
@@ -333,12 +364,12 @@ def _results(app: Any, results: dict[str, Any]) -> dict[str, Any]:
 def test_chords_with_groups_and_chords_in_their_header_during_an_outage(
         nesting: tuple[Any, Callable[[], Any]], broker: RedisServer,  # noqa: F811
         recorder: RedisServer) -> None:
-    """The breaker open: a chord whose header holds a chain ending in a group, a chord, or a
-    chord holding such a chain, is one outbox row each: its header's structure (what Celery's
-    chord setup stores on the backend), its size, its first members and a nested chord's
-    unit in its place. After recovery every task runs once and each body gets the results
-    nested as the same chords give them dispatched on a healthy Redis (run first). A chain
-    ending in a chord stays refused whole, nothing stored."""
+    """The breaker open: a chord whose header holds a chain ending in a group, a chord, a
+    chain ending in a chord, or a chord holding a chain ending in a group, is one outbox row
+    each: its header's structure (what Celery's chord setup stores on the backend), its
+    size, its first members and a nested chord's unit in its place. After recovery every
+    task runs once and each body gets the results nested as the same chords give them
+    dispatched on a healthy Redis (run first)."""
     from redis_breaker.celery.chords import CHORD_KEY
 
     module, start_worker = nesting
@@ -373,12 +404,14 @@ def test_chords_with_groups_and_chords_in_their_header_during_an_outage(
         assert (inner["size"], deep["size"]) == (3, 5)
         assert "saved" in inner
         assert "saved" in deep
-    # A chain ending in a chord: refused whole, nothing stored.
-    with pytest.raises(CanvasRefused):
-        chord([chain(module.add.s(990, 1), chord([module.add.s(1), module.add.s(2)],
-                                                 module.collect.s())),
-               module.add.s(990, 3)])(module.collect.s())
-    assert OutboxMessage.objects.count() == opened + len(results)
+    # A chain ending in a chord: the chain's first task is the member, the chord rides in
+    # its message; the worker that ends the chain dispatches that chord after the relay.
+    chained = units["chain to a chord"]
+    assert "saved" not in chained
+    assert chained["size"] == 2
+    assert [m["name"] for m in chained["members"]] == ["tests.add", "tests.add"]
+    assert [step["task"] for step in chained["members"][0]["options"]["chain"]] == [
+        "celery.chord"]
     later = module.add.delay(950, 2)
     assert OutboxMessage.objects.count() == opened + len(results) + 1
 
@@ -392,13 +425,13 @@ def test_chords_with_groups_and_chords_in_their_header_during_an_outage(
         assert _get(module.app, later, "a task dispatched after a refused chord") == 952
     runs, seen = _recorded(recorder)
     assert {k: n for k, n in runs.items() if n != 1} == {}
-    assert [s for s in seen if s["args"][0] == 990] == []
     # Each body ran once (the nested chords' too) with the nested results, healthy and
     # relayed alike.
     bodies = sorted(json.dumps(s["args"][0]) for s in seen if s["name"] == "tests.collect")
     assert bodies == sorted(json.dumps(body) for base in (20000, 30000) for body in (
         *(want for _, _, want in _nested_canvases(module, base, groups).values()),
-        [base + 3, base + 4], *([[base + 7, [base + 38, base + 48]]] if groups else [])))
+        [base + 3, base + 4], [base + 112, base + 212],
+        *([[base + 7, [base + 38, base + 48]]] if groups else [])))
 
 
 def _kept_ids(unit: dict[str, Any]) -> list[str]:
@@ -413,14 +446,14 @@ def _kept_ids(unit: dict[str, Any]) -> list[str]:
     return ids
 
 
-@pytest.mark.parametrize("shape", ["chain to a group", "chord"])
+@pytest.mark.parametrize("shape", ["chain to a group", "chord", "chain to a chord"])
 def test_chord_with_a_group_or_a_chord_in_its_header_whose_broker_dies_half_way(
         nesting: tuple[Any, Callable[[], Any]], broker: RedisServer,  # noqa: F811
         recorder: RedisServer, shape: str) -> None:
     """Redis stops right after the chord's first header message is published (the breaker
     still closed): for a chain ending in a group, the header's structure was stored on the
     backend by Celery's chord setup, and the chain's first task published; for a nested
-    chord, its first member. The rest (the nested chord's other member and its size, the
+    chord, its first member; for a chain ending in a chord, the task before it. The rest (the nested chord's other member and its size, the
     outer members, the outer size, the header's structure again) is one unit; once it is
     relayed, with no worker running until then, each task runs once and the body gets the
     results nested as Celery gives them."""
@@ -434,6 +467,11 @@ def test_chord_with_a_group_or_a_chord_in_its_header_whose_broker_dies_half_way(
     if shape == "chord":
         canvas = chord([chord([add.s(1300, 1), add.s(1300, 2)], collect.s()), add.s(1300, 3)])
         want = [[1301, 1302], 1303]
+    elif shape == "chain to a chord":
+        canvas = chord([add.s(1500, 0),
+                        chain(add.s(1500, 1), chord([add.s(10), add.s(20)], collect.s())),
+                        add.s(1500, 2)])
+        want = [1500, [1511, 1521], 1502]
     else:
         canvas = chord([add.s(1400, 0), chain(add.s(1400, 1), group(add.s(10), add.s(20))),
                         add.s(1400, 2)])
@@ -460,6 +498,10 @@ def test_chord_with_a_group_or_a_chord_in_its_header_whose_broker_dies_half_way(
         assert sorted(stored["members"][0]) == [CHORD_KEY]
         assert (stored["members"][0][CHORD_KEY]["size"], stored["size"]) == (2, 2)
         assert len(kept) == 2
+    elif shape == "chain to a chord":
+        assert "saved" not in stored
+        assert stored["size"] == 3
+        assert len(kept) == 2
     else:
         assert "saved" in stored
         assert stored["size"] == 4
@@ -473,7 +515,7 @@ def test_chord_with_a_group_or_a_chord_in_its_header_whose_broker_dies_half_way(
 
     wait_for(relayed, timeout=60, what="the outbox relayed")
     assert [h["id"] for h in queued(broker)] == published + kept
-    if shape != "chord" and not _groups_end_chains(module):
+    if shape == "chain to a group" and not _groups_end_chains(module):
         pytest.skip("this Celery does not complete such a chord, not even on a healthy Redis "
                     "(see _groups_end_chains): relayed as it was dispatched, not run")
     with start_worker():
@@ -481,5 +523,5 @@ def test_chord_with_a_group_or_a_chord_in_its_header_whose_broker_dies_half_way(
     runs, seen = _recorded(recorder)
     assert {k: n for k, n in runs.items() if n != 1} == {}
     bodies = [s["args"][0] for s in seen if s["name"] == "tests.collect"]
-    assert sorted(map(json.dumps, bodies)) == sorted(map(json.dumps, [want] + (
-        [[1301, 1302]] if shape == "chord" else [])))
+    inner = {"chord": [[1301, 1302]], "chain to a chord": [[1511, 1521]]}.get(shape, [])
+    assert sorted(map(json.dumps, bodies)) == sorted(map(json.dumps, [want, *inner]))

@@ -46,15 +46,24 @@ size are written again (the same values), and a member published twice runs
 once (``once``: the workers' claim; a copy skipped there does not count as a
 finished header task).
 
+A chain ending in a chord in the header is dispatched as its first task, the
+chord riding in its message (the worker that ends the chain dispatches that
+chord, with the Redis of then): that first task stands for the header result,
+which is the chord's (its body's). Nothing of the inner chord is written at
+dispatch, so nothing of it is kept but that message.
+
+A header given as a generator reaches the setup as Celery's lazy ``regen`` (a
+list that freezes its members as it is read): the unit reads it whole there, to
+know every member and which one is last. The generator is consumed at the
+setup rather than as the header is published, the chord healthy or not.
+
 Refused (``CanvasRefused``, nothing of the chord stored) while the breaker is
-open: a header holding a chain that ends in a chord (the worker ending the chain
-dispatches that chord: no header member dispatched here stands for it), or any
-other header result than those above; and a header that reaches the chord setup
-still a lazy generator (``regen``): its members are frozen only as they are
-published, so the unit could not know them, nor which one is the last, without
-consuming the generator at setup, which Celery avoids on purpose. Celery 5.3 to
-5.7 list a generator given to ``chord()`` or ``group()`` before the setup: such
-a header is stored like a list.
+open: any other header result than those above (a chain holding two groups in a
+row, say); and a chord whose member asks to raise (``breaker_fallback="raise"``)
+once something of the chord is kept (before that, the member raises the
+breaker's error itself). A member whose fallback is ``sync`` is kept in the
+unit like the others: run in the caller, it could not count towards its chord,
+whose counter is on the Redis that is away.
 """
 
 from __future__ import annotations
@@ -127,7 +136,9 @@ def _entry_kind(result: Any) -> str | None:
     task is published, the worker publishes the group later; Celery's ``apply_chord``
     stores the header's structure for it). ``chord``: a chord's (its body's, a task or a
     chain of tasks), nested in the header: its own setup and header are dispatched in
-    its own unit, kept inside this one.
+    its own unit, kept inside this one. ``chain to a chord``: a chain of tasks ending in
+    a chord (the chain's first task is published with the chord in its message; the
+    worker that ends the chain dispatches the chord, whose body's result this is).
     """
     if isinstance(result, GroupResult):
         parent = result.parent
@@ -139,7 +150,25 @@ def _entry_kind(result: Any) -> str | None:
         return "task"
     if isinstance(top, GroupResult) and top.parent is None:
         return "chord"
+    if isinstance(top, GroupResult) and _simple(top.parent):
+        return "chain to a chord"
     return None
+
+
+def _step_ids(step: Any) -> list[Any]:
+    """The ids a step of a chain message stands for: its own; for a chord, its body's too
+    (a chain ending in a chord: the chord's result is its body's)."""
+    if not isinstance(step, Mapping):
+        return []
+    ids = [(step.get("options") or {}).get("task_id")]
+    if step.get("task") == CHORD_TASK:
+        body = (step.get("kwargs") or {}).get("body")
+        while isinstance(body, Mapping):
+            ids.append((body.get("options") or {}).get("task_id"))
+            tasks = (body.get("kwargs") or {}).get("tasks") if body.get(
+                "task") == "celery.chain" else None
+            body = tasks[-1] if isinstance(tasks, list) and tasks else None
+    return ids
 
 
 def _body_id(body: Any, group_id: str) -> str:
@@ -181,10 +210,9 @@ class ChordUnit:
         if task_id in self.remaining:
             return task_id
         for step in options.get("chain") or ():
-            step_id = ((step.get("options") if isinstance(step, Mapping) else None)
-                       or {}).get("task_id")
-            if step_id in self.remaining:
-                return str(step_id)
+            for step_id in _step_ids(step):
+                if step_id in self.remaining:
+                    return str(step_id)
         return None
 
     @property
@@ -261,9 +289,9 @@ def begin(app: Celery, breaker: Breaker, header_result_args: Any, body: Any) -> 
     """Start the unit of a chord whose header Celery is about to dispatch.
 
     A chord that is a header member of the chord being dispatched (nested) gets a unit
-    inside that chord's. ``None`` for a header this module does not store (a lazy
-    generator, a chain ending in a chord...): the caller refuses it while
-    the breaker is open, leaves it to Celery otherwise.
+    inside that chord's. ``None`` for a header this module does not store (see
+    ``_entry_kind``): the caller refuses it while the breaker is open, leaves it to
+    Celery otherwise. A lazy header (Celery's ``regen``, a list) is read whole here.
     """
     parent = _current.get()
     member = _body_id(body, "") if parent is not None else ""

@@ -100,9 +100,12 @@ def _fallen_back(app: Celery, b: Breaker, mode: str, name: str, task: Task | Non
 
     if unit is not None:
         def kept() -> AsyncResult:
-            if mode != "outbox":
-                # A chord member cannot run here nor raise alone: the chord is refused.
+            if mode == "raise":
+                # Asked to raise, and something of the chord is kept already: refused whole.
                 raise CanvasRefused(b.name, None, b.state.value)
+            # ``outbox``, and ``sync`` too: a member run here could not count towards its
+            # chord (whose counter is on the Redis that is away); it is kept with the rest
+            # of the chord and runs on a worker after the relay.
             unit.add(name, args, kwargs, task_id, _stored(options))
             return result_for()
 

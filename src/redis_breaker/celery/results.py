@@ -71,8 +71,9 @@ class CanvasRefused(ResultBackendUnavailable):
 
     A chord dispatched while that backend is down goes to the outbox as one unit
     (``chords``). Refused, nothing of it stored, while the breaker is open: a header
-    the unit cannot hold (a chain ending in a chord, a lazy generator), a member whose
-    fallback is not the outbox, or a member outside a unit (without ``protect(app)``).
+    the unit cannot hold (a chain holding two groups in a row, say), a member that asks
+    to raise once something of the chord is kept, or a member outside a unit (without
+    ``protect(app)``).
     The caller can dispatch it again later. A ``RuntimeError``, as Celery's own error for it was.
     """
 
