@@ -169,6 +169,30 @@ def test_connection_level_errors_count(clock: FrozenDateTimeFactory, error: Base
     assert breaker.state is State.OPEN
 
 
+@pytest.mark.parametrize(("cause", "counted"), [
+    (redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused."), True),
+    (redis.TimeoutError("Timeout reading from socket"), True),
+    (redis.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"),
+     False),
+    (None, False),
+])
+def test_django_redis_connection_interrupted_is_judged_by_its_cause(
+        clock: FrozenDateTimeFactory, cause: BaseException | None, counted: bool) -> None:
+    """django-redis's clients raise every command error as ConnectionInterrupted: its cause decides."""
+    from django_redis.exceptions import ConnectionInterrupted
+
+    breaker = make(failure_threshold=1)
+
+    def raise_it() -> None:
+        if cause is None:
+            raise ConnectionInterrupted(connection=None)
+        raise ConnectionInterrupted(connection=None) from cause
+
+    with pytest.raises(ConnectionInterrupted):
+        breaker.call(raise_it)
+    assert breaker.state is (State.OPEN if counted else State.CLOSED)
+
+
 def test_kombu_operational_error_counts(clock: FrozenDateTimeFactory) -> None:
     """kombu's OperationalError (a broker that cannot be reached) counts."""
     from kombu.exceptions import OperationalError

@@ -1328,7 +1328,8 @@ def guarded_function(fn: Callable[..., T], *, breaker: Breaker | None = None,
                      breakers: Mapping[str, Breaker] | None = None, key: str = "",
                      lookup: Callable[[str], Breaker] | None = None,
                      fallback: Callable[..., T] | None = None,
-                     integration: str = "guard") -> Callable[..., T]:
+                     integration: str = "guard",
+                     unwrap: type[BaseException] | None = None) -> Callable[..., T]:
     """``fn`` wrapped so that each call goes through a breaker (what ``guard`` returns).
 
     The breaker is ``breaker``, or ``breakers[key]`` looked up on every call
@@ -1336,8 +1337,14 @@ def guarded_function(fn: Callable[..., T], *, breaker: Breaker | None = None,
     (see *call paths* above): a wrapper that called ``Breaker.call`` would pay
     a second Python call on every call; the rest goes through the breaker's
     own methods, as ``call`` and ``call_with_fallback`` do.
+
+    ``unwrap``: an exception type ``fn`` raises around the real error (its
+    ``__cause__``), as django-redis's clients raise ``ConnectionInterrupted``:
+    the cause is what the breaker judges and what the caller gets, as the
+    wrapping layer ``fn`` stands in for would have raised it.
     """
     monotonic = time.monotonic
+    slow_fn = fn if unwrap is None else _raising_cause(fn, unwrap)
 
     def guarded(*args: Any, **kwargs: Any) -> T:
         b = breaker
@@ -1353,7 +1360,7 @@ def guarded_function(fn: Callable[..., T], *, breaker: Breaker | None = None,
             clock = b._clock
             started = clock() if clock is not None else monotonic()
         elif fallback is None:
-            return b._run(b._admit(), fn, args, kwargs)
+            return b._run(b._admit(), slow_fn, args, kwargs)
         else:
             ticket = b._try_admit()
             if ticket < 0:
@@ -1363,6 +1370,12 @@ def guarded_function(fn: Callable[..., T], *, breaker: Breaker | None = None,
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
+            if unwrap is not None and isinstance(exc, unwrap) and exc.__cause__ is not None:
+                cause = exc.__cause__
+                if not b._on_error(ticket, started, cause) or fallback is None:
+                    raise cause  # noqa: B904 - what the wrapping layer raises
+                b.note_fallback(integration, cause)
+                return fallback(*args, **kwargs)
             if not b._on_error(ticket, started, exc) or fallback is None:
                 raise
             b.note_fallback(integration, exc)
@@ -1376,6 +1389,20 @@ def guarded_function(fn: Callable[..., T], *, breaker: Breaker | None = None,
         return result
 
     return guarded
+
+
+def _raising_cause(fn: Callable[..., T], unwrap: type[BaseException]) -> Callable[..., T]:
+    """``fn``, raising the ``__cause__`` of an ``unwrap`` error instead of the error itself."""
+
+    def call(*args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except unwrap as exc:
+            if exc.__cause__ is None:
+                raise
+            raise exc.__cause__  # noqa: B904 - what the wrapping layer raises
+
+    return call
 
 
 def aguarded_function(fn: Callable[..., Awaitable[T]], *, breaker: Breaker | None = None,

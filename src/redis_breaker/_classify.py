@@ -54,10 +54,21 @@ def _kombu_operational() -> type[BaseException] | None:
     return getattr(module, "OperationalError", None) if module is not None else None
 
 
+def _django_redis_interrupted() -> type[BaseException] | None:
+    module = sys.modules.get("django_redis.exceptions")
+    return getattr(module, "ConnectionInterrupted", None) if module is not None else None
+
+
+def _wrappers() -> tuple[type[BaseException], ...]:
+    """The exception types that carry a Redis error as their ``__cause__``."""
+    return tuple(t for t in (_kombu_operational(), _django_redis_interrupted()) if t is not None)
+
+
 def _unwrapped(exc: BaseException) -> BaseException:
-    """The Redis error a kombu ``OperationalError`` wraps, else ``exc`` itself."""
-    operational = _kombu_operational()
-    if operational is not None and isinstance(exc, operational):
+    """The Redis error a kombu ``OperationalError`` or django-redis ``ConnectionInterrupted``
+    wraps, else ``exc`` itself."""
+    wrappers = _wrappers()
+    if wrappers and isinstance(exc, wrappers):
         return exc.__cause__ or exc
     return exc
 
@@ -84,6 +95,12 @@ def is_failure(
         if isinstance(cause, rex.RedisError):
             return is_failure(cause, counted, excluded)
         return True
+    interrupted = _django_redis_interrupted()
+    if interrupted is not None and isinstance(exc, interrupted):
+        # django-redis's clients raise every error of a command as ConnectionInterrupted,
+        # a WRONGTYPE too: judge by the error it wraps.
+        cause = exc.__cause__
+        return cause is not None and is_failure(cause, counted, excluded)
     return type(exc) is OSError and exc.errno in _NETWORK_ERRNOS
 
 

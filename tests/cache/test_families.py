@@ -7,9 +7,10 @@ import inspect
 import re
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
+import redis
 from django.core.cache import caches
 from django.core.cache.backends.redis import RedisCache as DjangoRedisCache
 from django_redis.cache import RedisCache as DjangoRedis
@@ -20,7 +21,7 @@ from redis_breaker.cache import BreakerCache, KeyNotReplayedError
 from redis_breaker.testing import forced_open
 from tests.harness import RedisServer, free_port
 
-from .conftest import caches_for, recovered, wait_for
+from .conftest import caches_for, primary_entry, recovered, wait_for
 
 DOC = (Path(__file__).parents[2] / "docs" / "cache.md").read_text()
 COLLECTIONS = [n for n in dir(DjangoRedis) if re.fullmatch(r"[hsz][a-z]+", n)]
@@ -250,3 +251,86 @@ def test_django_primary_has_no_django_redis_methods(settings: Any,
         raw.get("k")
     assert cache.get_backend_timeout(-5) == 0
     assert cache.make_key("k") == ":1:k"
+
+
+class CountingRedisCache(DjangoRedis):
+    """A django-redis subclass with its own ``get`` and ``ttl`` (a PRIMARY users may write)."""
+
+    calls: ClassVar[list[str]] = []
+
+    def get(self, key: Any, default: Any = None, version: int | None = None,
+            client: Any = None) -> Any:
+        self.calls.append("get")
+        return super().get(key, default, version, client)
+
+    def ttl(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls.append("ttl")
+        return super().ttl(*args, **kwargs)
+
+
+def test_redis_errors_reach_the_caller_as_django_redis_gives_them(
+        cache: BreakerCache, redis_server: RedisServer) -> None:
+    """A command Redis refuses raises the bare backend's error, and no counter moves.
+
+    django-redis's clients wrap every error in ``ConnectionInterrupted`` and its
+    cache re-raises the error inside; BreakerCache calls the clients directly
+    and must do the same.
+    """
+    bare = caches["redis"]
+    raw = redis_server.client()
+    raw.rpush(bare.make_key("list"), b"x")  # GET, INCRBY, SMEMBERS, HLEN on it: WRONGTYPE
+    calls = {
+        "get": lambda c: c.get("list"),
+        "incr": lambda c: c.incr("list"),
+        "decr": lambda c: c.decr("list"),
+    }
+    if HAS_COLLECTIONS:
+        calls["smembers"] = lambda c: c.smembers("list")
+        calls["hlen"] = lambda c: c.hlen("list")
+    for name, call in calls.items():
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE") as theirs:
+            call(bare)
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE") as ours:
+            call(cache)
+        assert type(ours.value) is type(theirs.value), name
+    stats = cache.breaker.stats()
+    assert (stats.consecutive_failures, stats.window_failures) == (0, 0)
+
+
+def test_a_stopped_redis_counts_through_the_django_redis_client(
+        cache: BreakerCache, redis_server: RedisServer) -> None:
+    """Connection errors from django-redis's clients count and open the breaker; reads are
+    served by the fallback, writes journaled, and the breaker's last error is Redis's."""
+    cache.set("k", "before")
+    redis_server.stop()
+    try:
+        assert cache.get("k", "default") == "default"
+        assert cache.ttl("k") == 0
+        cache.set("k", "during")
+        assert cache.has_key("other") is False  # keys not journaled: Redis is asked
+        assert cache.expire("another", 60) is False
+        assert cache.breaker.state.value == "open"
+        assert cache.get("k") == "during"
+        last_error = cache.breaker.stats().last_error or ""
+        assert last_error.startswith("ConnectionError"), last_error
+        with pytest.raises(BreakerOpenError):
+            cache.keys("*")
+    finally:
+        redis_server.start()
+
+
+def test_a_primary_subclass_keeps_its_own_methods(settings: Any,
+                                                  redis_server: RedisServer) -> None:
+    """A PRIMARY subclassing django-redis's cache has its own ``get`` and ``ttl`` called."""
+    settings.CACHES = {
+        "redis": {**primary_entry("django_redis", redis_server.url),
+                  "BACKEND": f"{__name__}.CountingRedisCache"},
+        "default": {"BACKEND": "redis_breaker.cache.BreakerCache",
+                    "OPTIONS": {"PRIMARY": "redis"}},
+    }
+    cache = caches["default"]
+    CountingRedisCache.calls.clear()
+    cache.set("k", 1, timeout=60)
+    assert cache.get("k") == 1
+    assert 0 < cache.ttl("k") <= 60
+    assert CountingRedisCache.calls == ["get", "ttl"]

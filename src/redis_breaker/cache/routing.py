@@ -30,7 +30,7 @@ from redis_breaker._breaker import Breaker, guarded_function
 from redis_breaker._client import guarded_view, is_guarded
 from redis_breaker._registry import get_breaker
 
-from .clients import KeyNotReplayedError, direct_backend, is_django_redis
+from .clients import KeyNotReplayedError, client_method, direct_backend, is_django_redis
 from .journal import INTEGRATION, Journal, journal_for
 from .locations import first_location
 from .options import OPTIONS, why_unusable
@@ -69,7 +69,7 @@ class _Bound:
 
     __slots__ = ("alias", "breaker", "delete_many_call", "direct", "directs", "django_redis",
                  "fallback", "get_call", "has_key_call", "journal", "primary", "routes",
-                 "set_call")
+                 "set_call", "unwrap")
 
     def __init__(self, breaker: Breaker, primary: BaseCache, fallback: BaseCache,
                  journal: Journal, alias: str = "") -> None:
@@ -86,15 +86,22 @@ class _Bound:
         self.routes: dict[tuple[str, str, Any], tuple[Callable[..., Any], Callable[..., Any]]] = {}
         #: ``_direct``'s calls (no fallback), by op.
         self.directs: dict[str, Callable[..., Any]] = {}
-        self.get_call = self.guarded(primary.get, self.get_uncovered)
-        self.has_key_call = self.guarded(primary.has_key, self.has_uncovered)
-        self.set_call = self.guarded(primary.set, self.set_failed)
-        self.delete_many_call = self.guarded(primary.delete_many, self.delete_many_failed)
+        #: What django-redis's clients raise around a Redis error (``client_method``).
+        self.unwrap: type[BaseException] | None = None
+        if self.django_redis:
+            from django_redis.exceptions import ConnectionInterrupted
+
+            self.unwrap = ConnectionInterrupted
+        self.get_call = self.guarded(self.method("get"), self.get_uncovered)
+        self.has_key_call = self.guarded(self.method("has_key"), self.has_uncovered)
+        self.set_call = self.guarded(self.method("set"), self.set_failed)
+        self.delete_many_call = self.guarded(self.method("delete_many"),
+                                             self.delete_many_failed)
 
     def guarded(self, method: Callable[..., Any],
                 fallback: Callable[..., Any] | None) -> Callable[..., Any]:
         return guarded_function(method, breaker=self.breaker, fallback=fallback,
-                                integration=INTEGRATION)
+                                integration=INTEGRATION, unwrap=self.unwrap)
 
     def version(self, version: int | None) -> int:
         # Resolved once so the journal, the primary and the fallback agree on the key.
@@ -168,8 +175,14 @@ class _Bound:
         return found
 
     def method(self, op: str) -> Callable[..., Any]:
-        """The primary's ``op``; ``NotImplementedError`` when it has none (Django's RedisCache)."""
-        found: Callable[..., Any] | None = getattr(self.primary, op, None)
+        """The primary's ``op``; ``NotImplementedError`` when it has none (Django's RedisCache).
+
+        With django-redis, its client's ``op`` when the cache's only hands the
+        call over (``client_method``).
+        """
+        found = client_method(self.primary, op) if self.django_redis else None
+        if found is None:
+            found = getattr(self.primary, op, None)
         if found is None:
             raise NotImplementedError(
                 f"BreakerCache.{op}(): the PRIMARY {self.alias!r} "
