@@ -84,15 +84,18 @@ def census() -> dict[str, Any]:
     kombu_pools: set[int] = set()
     pollers: list[int] = []
     gc.collect()
+    # issubclass(type(obj)), not isinstance(): that reads __class__, which evaluates a lazy
+    # object or a proxy (Django's, Celery's) and can raise or block.
     for obj in gc.get_objects():
-        if isinstance(obj, pool_types):
+        kind = type(obj)
+        if issubclass(kind, pool_types):
             pools.append(obj)
-        elif isinstance(obj, kombu_channel):
+        elif issubclass(kind, kombu_channel):
             for attr in ("_pool", "_async_pool"):
                 pool = vars(obj).get(attr)
                 if pool is not None:
                     kombu_pools.add(id(pool))
-        elif isinstance(obj, kombu_epoll):
+        elif issubclass(kind, kombu_epoll):
             epoll = getattr(obj, "_epoll", None)
             if epoll is not None and not epoll.closed:
                 pollers.append(epoll.fileno())

@@ -29,7 +29,7 @@ from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 from django.core.cache.backends.locmem import LocMemCache
 
 from .keyspace import glob_escape, glob_regex
-from .routing import CacheRouting, _Bound
+from .routing import _REGISTERED, CacheRouting, _Bound
 
 __all__ = ["DjangoRedisMethods"]
 
@@ -142,6 +142,31 @@ def _delete_pattern_fallback(bound: _Bound, pattern: str, version: int | None = 
         return _forget_local(bound, matching, prefix)
 
 
+def _collection(op: str, keys: int | None) -> Any:
+    """django-redis's ``op`` on a hash, set or sorted set: Redis alone, through the breaker.
+
+    ``keys``: how many of the first arguments are keys (None: all of them), for the
+    journal's test in ``_direct``. A call with no keywords, while the journal is empty
+    and the cache is bound, is its route's breaker call alone: one Python call fewer
+    than ``_direct``, the same answer and errors.
+    """
+
+    def method(self: CacheRouting, *args: Any, **kwargs: Any) -> Any:
+        if not kwargs:
+            bound = self._bound
+            if (bound is not None and _REGISTERED.get(self._breaker_name) is bound.breaker
+                    and not bound.journal.active):
+                call = bound.directs.get(op)
+                if call is not None:
+                    return call(*args)
+        return self._direct(op, args if keys is None else args[:keys], args, kwargs)
+
+    method.__name__ = op
+    method.__qualname__ = f"DjangoRedisMethods.{op}"
+    method.__doc__ = f"django-redis's ``{op}``, on Redis alone through the breaker."
+    return method
+
+
 class DjangoRedisMethods(CacheRouting):
     """TTL, pattern, collection and lock methods of django-redis, each in its family."""
 
@@ -248,111 +273,44 @@ class DjangoRedisMethods(CacheRouting):
 
     # ------------------------------------------------------------ collections
     # One key first, unless said otherwise; the arguments are django-redis's own.
-    def sadd(self, *args: Any, **kwargs: Any) -> Any:
-        return self._direct("sadd", args[:1], args, kwargs)
-
-    def scard(self, *args: Any, **kwargs: Any) -> Any:
-        return self._direct("scard", args[:1], args, kwargs)
-
-    def sdiff(self, *args: Any, **kwargs: Any) -> Any:
-        return self._direct("sdiff", args, args, kwargs)
-
-    def sdiffstore(self, *args: Any, **kwargs: Any) -> Any:
-        return self._direct("sdiffstore", args, args, kwargs)
-
-    def sinter(self, *args: Any, **kwargs: Any) -> Any:
-        return self._direct("sinter", args, args, kwargs)
-
-    def sinterstore(self, *args: Any, **kwargs: Any) -> Any:
-        return self._direct("sinterstore", args, args, kwargs)
-
-    def sismember(self, *args: Any, **kwargs: Any) -> Any:
-        return self._direct("sismember", args[:1], args, kwargs)
-
-    def smembers(self, *args: Any, **kwargs: Any) -> Any:
-        return self._direct("smembers", args[:1], args, kwargs)
-
-    def smismember(self, *args: Any, **kwargs: Any) -> Any:
-        return self._direct("smismember", args[:1], args, kwargs)
-
-    def smove(self, *args: Any, **kwargs: Any) -> Any:
-        return self._direct("smove", args[:2], args, kwargs)
-
-    def spop(self, *args: Any, **kwargs: Any) -> Any:
-        return self._direct("spop", args[:1], args, kwargs)
-
-    def srandmember(self, *args: Any, **kwargs: Any) -> Any:
-        return self._direct("srandmember", args[:1], args, kwargs)
-
-    def srem(self, *args: Any, **kwargs: Any) -> Any:
-        return self._direct("srem", args[:1], args, kwargs)
-
-    def sscan(self, *args: Any, **kwargs: Any) -> Any:
-        return self._direct("sscan", args[:1], args, kwargs)
+    # Each is ``_direct`` made for its command (``_collection``): a call without
+    # keywords, while the journal is empty, is one breaker call and nothing else.
+    sadd = _collection("sadd", 1)
+    scard = _collection("scard", 1)
+    sdiff = _collection("sdiff", None)
+    sdiffstore = _collection("sdiffstore", None)
+    sinter = _collection("sinter", None)
+    sinterstore = _collection("sinterstore", None)
+    sismember = _collection("sismember", 1)
+    smembers = _collection("smembers", 1)
+    smismember = _collection("smismember", 1)
+    smove = _collection("smove", 2)
+    spop = _collection("spop", 1)
+    srandmember = _collection("srandmember", 1)
+    srem = _collection("srem", 1)
+    sscan = _collection("sscan", 1)
 
     def sscan_iter(self, *args: Any, **kwargs: Any) -> Any:
         return self._direct("sscan_iter", args[:1], args, kwargs, lasting=True)
 
-    def sunion(self, *args: Any, **kwargs: Any) -> Any:
-        return self._direct("sunion", args, args, kwargs)
-
-    def sunionstore(self, *args: Any, **kwargs: Any) -> Any:
-        return self._direct("sunionstore", args, args, kwargs)
-
-    def hset(self, *args: Any, **kwargs: Any) -> Any:
-        return self._direct("hset", args[:1], args, kwargs)
-
-    def hdel(self, *args: Any, **kwargs: Any) -> Any:
-        return self._direct("hdel", args[:1], args, kwargs)
-
-    def hlen(self, *args: Any, **kwargs: Any) -> Any:
-        return self._direct("hlen", args[:1], args, kwargs)
-
-    def hkeys(self, *args: Any, **kwargs: Any) -> Any:
-        return self._direct("hkeys", args[:1], args, kwargs)
-
-    def hexists(self, *args: Any, **kwargs: Any) -> Any:
-        return self._direct("hexists", args[:1], args, kwargs)
-
-    def zadd(self, *args: Any, **kwargs: Any) -> Any:
-        return self._direct("zadd", args[:1], args, kwargs)
-
-    def zcard(self, *args: Any, **kwargs: Any) -> Any:
-        return self._direct("zcard", args[:1], args, kwargs)
-
-    def zcount(self, *args: Any, **kwargs: Any) -> Any:
-        return self._direct("zcount", args[:1], args, kwargs)
-
-    def zincrby(self, *args: Any, **kwargs: Any) -> Any:
-        return self._direct("zincrby", args[:1], args, kwargs)
-
-    def zpopmax(self, *args: Any, **kwargs: Any) -> Any:
-        return self._direct("zpopmax", args[:1], args, kwargs)
-
-    def zpopmin(self, *args: Any, **kwargs: Any) -> Any:
-        return self._direct("zpopmin", args[:1], args, kwargs)
-
-    def zrange(self, *args: Any, **kwargs: Any) -> Any:
-        return self._direct("zrange", args[:1], args, kwargs)
-
-    def zrangebyscore(self, *args: Any, **kwargs: Any) -> Any:
-        return self._direct("zrangebyscore", args[:1], args, kwargs)
-
-    def zrank(self, *args: Any, **kwargs: Any) -> Any:
-        return self._direct("zrank", args[:1], args, kwargs)
-
-    def zrem(self, *args: Any, **kwargs: Any) -> Any:
-        return self._direct("zrem", args[:1], args, kwargs)
-
-    def zremrangebyscore(self, *args: Any, **kwargs: Any) -> Any:
-        return self._direct("zremrangebyscore", args[:1], args, kwargs)
-
-    def zrevrange(self, *args: Any, **kwargs: Any) -> Any:
-        return self._direct("zrevrange", args[:1], args, kwargs)
-
-    def zrevrangebyscore(self, *args: Any, **kwargs: Any) -> Any:
-        return self._direct("zrevrangebyscore", args[:1], args, kwargs)
-
-    def zscore(self, *args: Any, **kwargs: Any) -> Any:
-        return self._direct("zscore", args[:1], args, kwargs)
-
+    sunion = _collection("sunion", None)
+    sunionstore = _collection("sunionstore", None)
+    hset = _collection("hset", 1)
+    hdel = _collection("hdel", 1)
+    hlen = _collection("hlen", 1)
+    hkeys = _collection("hkeys", 1)
+    hexists = _collection("hexists", 1)
+    zadd = _collection("zadd", 1)
+    zcard = _collection("zcard", 1)
+    zcount = _collection("zcount", 1)
+    zincrby = _collection("zincrby", 1)
+    zpopmax = _collection("zpopmax", 1)
+    zpopmin = _collection("zpopmin", 1)
+    zrange = _collection("zrange", 1)
+    zrangebyscore = _collection("zrangebyscore", 1)
+    zrank = _collection("zrank", 1)
+    zrem = _collection("zrem", 1)
+    zremrangebyscore = _collection("zremrangebyscore", 1)
+    zrevrange = _collection("zrevrange", 1)
+    zrevrangebyscore = _collection("zrevrangebyscore", 1)
+    zscore = _collection("zscore", 1)
