@@ -57,14 +57,36 @@ BREAKER = {"RESET_TIMEOUT": 0.5, "MAX_RESET_TIMEOUT": 2.0, "PROBE_TIMEOUT": 0.25
 DEADLINE = 20.0
 
 
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
-    """Poll a real-server condition with a deadline (counted in sleeps: the clock is frozen)."""
+def wait_for(predicate: Callable[[], bool], what: str | Callable[[], str],
+             timeout: float = DEADLINE) -> None:
+    """Poll a real-server condition with a deadline (counted in sleeps: the clock is frozen).
+
+    ``what`` may be a callable: the failure message is made when the wait fails.
+    """
     for _ in range(int(timeout / 0.02)):
         if predicate():
             return
         time.sleep(0.02)
     if not predicate():
-        pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        pytest.fail(f"timed out after {timeout}s waiting for "
+                    f"{what() if callable(what) else what}")
+
+
+def wait_for_progress(remaining: Callable[[], int], what: Callable[[], str],
+                      stall: float = DEADLINE) -> None:
+    """Poll until ``remaining()`` is 0; fail when it has not gone down for ``stall`` seconds
+    (counted in sleeps, as ``wait_for``): a deadline for a stall, not for the work."""
+    best = remaining()
+    still = 0
+    while best > 0:
+        time.sleep(0.02)
+        now = remaining()
+        if now < best:
+            best, still = now, 0
+        else:
+            still += 1
+            if still * 0.02 >= stall:
+                pytest.fail(f"no progress for {stall}s waiting for {what()}")
 
 
 class LoopThread:
@@ -323,12 +345,24 @@ class Stack:
             recovered()
             return not journal.active
 
-        def relayed() -> bool:
+        history: list[int] = []
+
+        def pending() -> int:
             recovered()
-            return not OutboxMessage.objects.filter(status=OutboxMessage.PENDING).exists()
+            found = OutboxMessage.objects.filter(status=OutboxMessage.PENDING).count()
+            history.append(found)
+            return found
 
         wait_for(replayed, "the cache journal to be replayed")
-        wait_for(relayed, "the outbox relay to publish every row")
+        def stuck() -> str:
+            relays = [(r._thread, r._thread is not None and r._thread.is_alive())
+                      for r in outbox._relays.values()]
+            return (f"the outbox relay to publish every row (pending rows, every 50th look: "
+                    f"{history[::50]}; breaker {self.breaker.stats()}; relay threads {relays})")
+
+        # Thousands of rows after a long flapping test: the relay's pace is the machine's,
+        # so the wait fails only when it stops making progress.
+        wait_for_progress(pending, stuck)
         for relay in list(outbox._relays.values()):
             thread = relay._thread
             if thread is not None:

@@ -48,6 +48,7 @@ def stack(settings: Any, redis_server: RedisServer, clock: Any, transactional_db
 
 
 @pytest.mark.usefixtures("outbox_db")
+@pytest.mark.timeout(300)  # 40 s of flapping, then thousands of rows relayed at the machine's pace
 def test_flapping_under_load(stack: Stack) -> None:
     """About 40 s of flapping under four threads: no error, no stale read, no task lost.
 
