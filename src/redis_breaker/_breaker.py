@@ -1369,15 +1369,14 @@ def guarded_function(fn: Callable[..., T], *, breaker: Breaker | None = None,
             started = b._now()
         try:
             result = fn(*args, **kwargs)
-        except BaseException as exc:
-            if unwrap is not None and isinstance(exc, unwrap) and exc.__cause__ is not None:
-                cause = exc.__cause__
-                if not b._on_error(ticket, started, cause) or fallback is None:
-                    raise cause  # noqa: B904 - what the wrapping layer raises
-                b.note_fallback(integration, cause)
-                return fallback(*args, **kwargs)
+        except BaseException as caught:
+            exc = caught
+            if unwrap is not None and isinstance(caught, unwrap) and caught.__cause__ is not None:
+                exc = caught.__cause__  # what the wrapping layer ``fn`` stands in for raises
             if not b._on_error(ticket, started, exc) or fallback is None:
-                raise
+                if exc is caught:
+                    raise
+                raise exc  # noqa: B904
             b.note_fallback(integration, exc)
             return fallback(*args, **kwargs)
         window = b._window
