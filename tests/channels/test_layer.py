@@ -97,6 +97,11 @@ async def test_open_send_to_another_process_is_kept_then_forwarded(
     assert (len(layer.pending), len(layer.local), layer.dropped) == (1, 0, 0)
     layer.breaker.reset()
     assert await asyncio.wait_for(other.receive(elsewhere), 10) == {"type": "kept"}
+    # The forwarder's thread counts it once the write has returned there.
+    for _ in range(500):
+        if (len(layer.pending), layer.forwarded) == (0, 1):
+            break
+        await asyncio.sleep(0.02)
     assert (len(layer.pending), layer.forwarded) == (0, 1)
     await other.close()
 
@@ -106,6 +111,84 @@ async def test_open_general_channel_is_served_in_process(layer: BreakerChannelLa
     layer.breaker.force_open()
     await layer.send("thumbnails", {"type": "make", "id": 7})
     assert await asyncio.wait_for(layer.receive("thumbnails"), 2) == {"type": "make", "id": 7}
+
+
+async def test_a_kept_message_being_forwarded_is_not_overtaken(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the forwarder writes kept message 0 of a general channel, a receive here and a
+    send here both wait behind it: the receive gets 0, then 1, then 2."""
+    loop = asyncio.get_running_loop()
+    breaker = fast_breaker("spec-order")
+    layer = BreakerChannelLayer(hosts(redis_server), breaker=breaker)
+    real_trial = breaker.acall_as_trial
+    during: list[asyncio.Future[object]] = []
+
+    async def receive_and_send() -> None:
+        during.append(asyncio.ensure_future(layer.receive("jobs")))
+        await asyncio.sleep(0.2)  # the receive looked at the kept messages
+        await layer.send("jobs", {"type": "job", "n": 2})
+
+    async def trial(fn: object, /, *args: object, **kwargs: object) -> object:
+        if getattr(fn, "__name__", "") == "forward" and not during:
+            asyncio.run_coroutine_threadsafe(receive_and_send(), loop).result(10)
+        return await real_trial(fn, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(breaker, "acall_as_trial", trial)
+    breaker.force_open()
+    await layer.send("jobs", {"type": "job", "n": 0})
+    await layer.send("jobs", {"type": "job", "n": 1})
+    breaker.reset()
+    deadline = loop.time() + 10
+    while not during:
+        assert loop.time() < deadline, "the forwarder never wrote"
+        await asyncio.sleep(0.02)
+    got = [await asyncio.wait_for(during[0], 10)]
+    got += [await asyncio.wait_for(layer.receive("jobs"), 10) for _ in range(2)]
+    assert [m["n"] for m in got] == [0, 1, 2]  # type: ignore[index]
+    for _ in range(500):  # counted in the forwarder's thread once its writes returned
+        if (layer.forwarded, len(layer.pending)) == (3, 0):
+            break
+        await asyncio.sleep(0.02)
+    assert (layer.forwarded, len(layer.pending)) == (3, 0)  # 2 was kept behind 1
+    breaker.reset()
+    await layer.close()
+
+
+async def test_a_receive_waiting_behind_the_forwarder_takes_kept_messages_when_it_opens(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis is back and the forwarder is busy with another channel: a receive here waits
+    for "jobs"'s kept message to come through Redis. The breaker opens again before the
+    forwarder gets to it: the receive takes it here, at once."""
+    breaker = fast_breaker("spec-reopen")
+    layer = BreakerChannelLayer(hosts(redis_server), breaker=breaker)
+    real_trial = breaker.acall_as_trial
+    writing, release = threading.Event(), threading.Event()
+
+    async def trial(fn: object, /, *args: object, **kwargs: object) -> object:
+        if args and args[0] == "other":
+            writing.set()
+            await asyncio.get_running_loop().run_in_executor(None, release.wait, 10)
+        return await real_trial(fn, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(breaker, "acall_as_trial", trial)
+    breaker.force_open()
+    await layer.send("other", {"type": "job", "n": 0})
+    await layer.send("jobs", {"type": "job", "n": 0})
+    breaker.reset()
+    assert await asyncio.get_running_loop().run_in_executor(None, writing.wait, 10)
+    receive = asyncio.ensure_future(layer.receive("jobs"))
+    await asyncio.sleep(0.3)
+    assert not receive.done()  # Redis is usable: "jobs" is forwarded, then read from it
+    breaker.force_open()
+    try:
+        assert await asyncio.wait_for(receive, 5) == {"type": "job", "n": 0}
+    finally:
+        release.set()
+    assert "jobs" not in layer.pending
+    breaker.reset()
+    await layer.close()
 
 
 async def test_connection_that_died_with_a_restarted_redis_does_not_divert_a_send(

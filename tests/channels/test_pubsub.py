@@ -222,6 +222,48 @@ async def test_kept_messages_wait_for_a_subscriber(make_layer: Any) -> None:
     await b.close()
 
 
+async def test_a_send_made_while_a_kept_message_is_forwarded_queues_behind_it(
+        make_layer: Any, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The forwarder's PUBLISH of message 0 reached nobody (its consumer had not subscribed
+    again yet); the consumer subscribes and message 1 is sent before that PUBLISH has
+    returned. Message 1 waits behind 0: the consumer gets 0, then 1."""
+    a, b = make_layer("pubsub-order-a"), make_layer("pubsub-order-b")
+    loop = asyncio.get_running_loop()
+    breaker = a.breakers[0]
+    real_trial = breaker.acall_as_trial
+    first: list[Any] = []
+    receiving: list[asyncio.Future[Any]] = []
+    admin = redis_server.client()
+
+    async def subscribe_and_send() -> None:
+        receiving.append(asyncio.ensure_future(b.receive("worker")))
+        await until(lambda: admin.pubsub_numsub("worker")[0][1] == 1, "B's subscription")
+        await a.send("worker", {"type": "job", "n": 1})
+
+    async def trial(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        result = await real_trial(fn, *args, **kwargs)
+        if getattr(fn, "__name__", "") == "publish" and not first:
+            first.append(result)
+            asyncio.run_coroutine_threadsafe(subscribe_and_send(), loop).result(DEADLINE_S)
+        return result
+
+    monkeypatch.setattr(breaker, "acall_as_trial", trial)
+    breaker.force_open()
+    await a.send("worker", {"type": "job", "n": 0})
+    breaker.reset()
+    a.forward_soon()
+    await until(lambda: receiving, "the forwarder's first PUBLISH")
+    assert first == [0]  # nobody was subscribed yet
+    got = [await asyncio.wait_for(receiving[0], DEADLINE_S),
+           await asyncio.wait_for(b.receive("worker"), DEADLINE_S)]
+    assert [m["n"] for m in got] == [0, 1]
+    assert await nothing(b, "worker", 1.0)
+    await until(lambda: a.forwarded == 2 and not a.pending, "both forwarded")
+    admin.close()
+    await a.close()
+    await b.close()
+
+
 async def test_kept_message_taken_by_a_local_receiver_is_not_published(make_layer: Any) -> None:
     a = make_layer("pubsub-local-take")
     a.breaker.force_open()

@@ -300,7 +300,8 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             message = self.local.pop(channel)
             if message is not None:
                 return message
-            if general and self.pending:
+            kept_here = general and channel in self.pending
+            if kept_here and self._kept_served_here():
                 kept = self.pending.take(channel)
                 if kept is not None:
                     metrics.count(self.breaker.name, "received_here")
@@ -323,7 +324,14 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                 return task.result()
             arrived = self.local.wait(channel)
             kept_arrived = self.pending.wait(channel) if general else None
-            waits = (task, arrived) if kept_arrived is None else (task, arrived, kept_arrived)
+            waits: tuple[asyncio.Future[Any], ...] = (task, arrived)
+            if kept_arrived is not None:
+                waits += (kept_arrived,)
+            # Kept messages wait for the forwarder while Redis is usable: should it
+            # stop being usable, they are this receive's (a transition wakes it).
+            transition = asyncio.ensure_future(state.changed.wait()) if kept_here else None
+            if transition is not None:
+                waits += (transition,)
             try:
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             except asyncio.CancelledError:
@@ -358,6 +366,17 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                 self.local.forget_waiter(channel, arrived)
                 if kept_arrived is not None:
                     self.pending.forget_waiter(channel, kept_arrived)
+                if transition is not None:
+                    transition.cancel()
+
+    def _kept_served_here(self) -> bool:
+        """Whether a receiver here takes the kept messages of a general channel.
+
+        Only while no host can take them (every breaker open): otherwise the
+        forwarder writes them to Redis in order, and a receiver here reading
+        them from Redis gets them in that order, behind those written already.
+        """
+        return all(breaker.is_open for breaker in self.breakers)
 
     async def _receive_from_redis(self, channel: str, state: LoopState,
                                   watch: PopWatch) -> Message:
@@ -623,7 +642,8 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                         if self.breakers[index].is_open:
                             waiting = True  # that host's recovery kicks this again
                             break
-                        kept = self.pending.take(channel)
+                        # Lent, not taken: a send made while it is written queues behind it.
+                        kept = self.pending.lend(channel)
                         if kept is None:
                             break
                         if not await self._forward_one(channel, kept, index):
@@ -657,7 +677,9 @@ class BreakerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             if isinstance(exc, Exception):
                 return False
             raise
-        if not written:  # full: its reader is behind; try again until the message expires
+        if written:
+            self.pending.settle(channel)
+        else:  # full: its reader is behind; try again until the message expires
             self.pending.put_back(channel, kept)
         return bool(written)
 

@@ -9,6 +9,13 @@ answers (``Forwarder``). A receiver of a general channel in this process may
 take a kept message first: each message is either received here or
 forwarded, never both.
 
+The forwarder ``lend``s a channel's oldest message while it writes it: until
+the write is settled (``settle``, or ``put_back`` when it did not go through)
+the channel still counts as holding kept messages, so a send made meanwhile
+queues behind it. A receiver here takes kept messages only while Redis cannot
+be used for them (the layers decide): once the forwarder writes them, they
+are read from Redis, in the order they were written.
+
 Each message is kept serialized, with the score channels_redis would have
 given it, so forwarding writes exactly the member the failed send may already
 have written (a hung server runs a command sent before it froze as soon as
@@ -56,18 +63,21 @@ class PendingSends:
         self._on_expired = on_expired
         self._queues: dict[str, deque[Kept]] = {}
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        #: Channels whose oldest message the forwarder is writing now.
+        self._lent: set[str] = set()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         with self._lock:
-            return sum(len(q) for q in self._queues.values())
+            return sum(len(q) for q in self._queues.values()) + len(self._lent)
 
     def __bool__(self) -> bool:
-        return bool(self._queues)
+        return bool(self._queues) or bool(self._lent)
 
     def __contains__(self, channel: str) -> bool:
-        """Whether messages wait for ``channel`` (a send must then queue behind them)."""
-        return channel in self._queues
+        """Whether messages wait for ``channel`` (a send must then queue behind them),
+        the one being forwarded included."""
+        return channel in self._queues or channel in self._lent
 
     def channels(self) -> list[str]:
         with self._lock:
@@ -82,7 +92,7 @@ class PendingSends:
                 queue = self._queues[channel] = deque()
             expired = self._drop_expired(queue, now)
             try:
-                if len(queue) >= self._capacity_for(channel):
+                if len(queue) + (channel in self._lent) >= self._capacity_for(channel):
                     raise ChannelFull(channel)
                 queue.append(Kept(payload, score, now + self.expiry, message))
             finally:
@@ -95,22 +105,42 @@ class PendingSends:
             _wake(list(waiters))
 
     def take(self, channel: str) -> Kept | None:
-        """Remove and return the oldest unexpired message of ``channel``."""
+        """Remove and return the oldest unexpired message of ``channel``, for a
+        receiver here; None while an older one is being forwarded."""
+        return self._pop(channel, lend=False)
+
+    def lend(self, channel: str) -> Kept | None:
+        """The oldest unexpired message of ``channel``, for the forwarder to write.
+
+        The channel keeps counting as pending until ``settle`` (written) or
+        ``put_back`` (not written); one message per channel is lent at a time.
+        """
+        return self._pop(channel, lend=True)
+
+    def settle(self, channel: str) -> None:
+        """The lent message of ``channel`` was written (or is given up): forget it."""
+        with self._lock:
+            self._lent.discard(channel)
+
+    def _pop(self, channel: str, lend: bool) -> Kept | None:
         with self._lock:
             queue = self._queues.get(channel)
-            if queue is None:
+            if queue is None or channel in self._lent:
                 return None
             expired = self._drop_expired(queue, time.monotonic())
             kept = queue.popleft() if queue else None
             if not queue:
                 del self._queues[channel]
+            if lend and kept is not None:
+                self._lent.add(channel)
         if expired:
             self._on_expired(channel, expired)
         return kept
 
     def put_back(self, channel: str, kept: Kept) -> None:
-        """Return a message ``take`` gave out, ahead of the others (a forward that failed)."""
+        """Return a message ``lend`` gave out, ahead of the others (a forward that failed)."""
         with self._lock:
+            self._lent.discard(channel)
             self._queues.setdefault(channel, deque()).appendleft(kept)
             waiters = self._waiters.pop(channel, ())
         if waiters:
@@ -145,6 +175,7 @@ class PendingSends:
     def clear(self) -> None:
         with self._lock:
             self._queues.clear()
+            self._lent.clear()
 
     @staticmethod
     def _drop_expired(queue: deque[Kept], now: float) -> int:

@@ -304,7 +304,9 @@ class _LoopLayer(RedisPubSubLoopLayer):  # type: ignore[misc]
         if channel not in self.channels:
             self.channels[channel] = asyncio.Queue()
             await self._subscribe(channel)
-        if owner.pending and channel in owner.pending:
+        if channel in owner.pending and owner.breakers[self._index(channel)].is_open:
+            # Kept while Redis is away: served here. Once it is back, the forwarder
+            # publishes them in order and they come through the subscription.
             kept = owner.pending.take(channel)
             if kept is not None:
                 metrics.count(owner.breaker.name, "received_here")
@@ -670,7 +672,8 @@ class BreakerPubSubChannelLayer(RedisPubSubChannelLayer):  # type: ignore[misc]
                         if breaker.is_open:
                             waiting = True
                             break
-                        kept = self.pending.take(channel)
+                        # Lent, not taken: a send made while it is written queues behind it.
+                        kept = self.pending.lend(channel)
                         if kept is None:
                             break
                         client = clients.get(index)
@@ -683,6 +686,7 @@ class BreakerPubSubChannelLayer(RedisPubSubChannelLayer):  # type: ignore[misc]
                                                                      kept.payload)
                         except Exception as exc:
                             if breaker.counts(exc) and _maybe_sent(exc):
+                                self.pending.settle(channel)
                                 self._uncertain(channel)  # it may have run: not again
                             else:
                                 self.pending.put_back(channel, kept)
@@ -693,10 +697,14 @@ class BreakerPubSubChannelLayer(RedisPubSubChannelLayer):  # type: ignore[misc]
                                          breaker=breaker.name, channel=channel,
                                          error=describe_error(exc))
                             break
+                        except BaseException:
+                            self.pending.put_back(channel, kept)
+                            raise
                         if not receivers:
                             self.pending.put_back(channel, kept)
                             blocked = True
                             break
+                        self.pending.settle(channel)
                         forwarded += 1
                 if blocked:
                     self.pending.sweep()
