@@ -36,7 +36,7 @@ from ._ledger import FALLBACK_WARN_EVERY, FallbackLedger
 from ._probe import Probe, ping_url
 from ._publish import Listener, Publisher, add_global_listener, remove_global_listener
 from ._redact import describe_error, redact
-from ._shared import Record, hot_word
+from ._shared import Record
 from ._state import State, StateChange, Stats
 from ._window import Window
 
@@ -187,8 +187,11 @@ class _Guard:
             b._store()
         finally:
             if record.fd >= 0:
-                with contextlib.suppress(OSError):
+                # Not contextlib.suppress: this runs at every release of the lock.
+                try:  # noqa: SIM105
                     _flock(record.fd, _LOCK_UN)
+                except OSError:
+                    pass
             self._tlock.release()
         if b._replaced:
             b._replaced = False
@@ -447,18 +450,30 @@ class Breaker:
     def _store(self) -> None:
         """Write the attributes back to the shared record, the hot word last (lock held)."""
         record = self._record
-        if record.shared:
-            buffer = record.buffer
-            _INTS.pack_into(buffer, _INTS_AT, self._generation, _CODE[id(self._state)],
-                            self._consecutive, self._trials, self._trial_successes,
-                            self._backoff_step)
-            left, closed = self._left_closed_at, self._closed_at
-            _FLOATS.pack_into(buffer, _FLOATS_AT, self._since, self._open_until,
-                              self._next_trial_at, _NAN if left is None else left,
-                              _NAN if closed is None else closed)
-            record.floats[_shared.TRIAL_STARTED_AT] = self._trial_started_at
-            record.hot[0] = hot_word(self._generation, self._consecutive)
-        self._sync_hot()
+        if not record.shared:
+            self._sync_hot()
+            return
+        generation, consecutive, state = self._generation, self._consecutive, self._state
+        buffer = record.buffer
+        _INTS.pack_into(buffer, _INTS_AT, generation, _CODE[id(state)], consecutive,
+                        self._trials, self._trial_successes, self._backoff_step)
+        left, closed = self._left_closed_at, self._closed_at
+        _FLOATS.pack_into(buffer, _FLOATS_AT, self._since, self._open_until,
+                          self._next_trial_at, _NAN if left is None else left,
+                          _NAN if closed is None else closed)
+        record.floats[_shared.TRIAL_STARTED_AT] = self._trial_started_at
+        # What _sync_hot derives, written out: this runs at every release of the lock.
+        word = (generation << _CONSEC_BITS) | (
+            consecutive if consecutive < _CONSEC_MAX else _CONSEC_MAX)
+        self._seen_word = word
+        if state is _CLOSED or state is _DISABLED:
+            self._pass_word = generation << _CONSEC_BITS
+            self._pass_ticket = generation << 1
+        else:
+            self._pass_word = -1
+            self._pass_ticket = -2
+        self._hot = hot = record.hot
+        hot[0] = word
 
     # ----------------------------------------------------------------- config
     @property

@@ -67,9 +67,12 @@ def _wrappers() -> tuple[type[BaseException], ...]:
 def _unwrapped(exc: BaseException) -> BaseException:
     """The Redis error a kombu ``OperationalError`` or django-redis ``ConnectionInterrupted``
     wraps, else ``exc`` itself."""
+    cause = exc.__cause__
+    if cause is None:  # nothing wrapped (the common case: no lookup of the wrapper types)
+        return exc
     wrappers = _wrappers()
     if wrappers and isinstance(exc, wrappers):
-        return exc.__cause__ or exc
+        return cause
     return exc
 
 
