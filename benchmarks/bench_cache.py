@@ -42,6 +42,7 @@ import json
 import statistics
 import sys
 import time
+from array import array
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -98,7 +99,7 @@ def _configure(url: str, url_ns: str | None) -> None:
     django.setup()
 
 
-def _percentiles(samples_ns: list[int]) -> dict[str, float]:
+def _percentiles(samples_ns: array[int] | list[int]) -> dict[str, float]:
     """p50/p99/max in microseconds."""
     ordered = sorted(samples_ns)
     n = len(ordered)
@@ -111,16 +112,23 @@ def _percentiles(samples_ns: list[int]) -> dict[str, float]:
     }
 
 
-def _time_calls(fn: Callable[[], object], n: int) -> list[int]:
+def _time_calls(fn: Callable[[], object], n: int) -> array[int]:
+    """ns per call of ``fn``, ``n`` calls.
+
+    Kept in a preallocated ``array``, not a list of int objects: a list that
+    grows by one object per call makes the timed calls allocate from fresh
+    memory, which alone moved an open-state ``get``'s p99 from 2-3 µs to
+    4-8 µs here.
+    """
     clock = time.perf_counter_ns
-    out = []
-    for _ in range(n):
+    out = array("q", bytes(8 * n))
+    for i in range(n):
         start = clock()
         try:
             fn()
         except Exception:
             pass  # the bare backends raise during outages; the time is what we measure
-        out.append(clock() - start)
+        out[i] = clock() - start
     return out
 
 
@@ -136,7 +144,7 @@ def _rounds(fns: dict[str, Callable[[], object]], n: int, block: int = 20,
     work, without the wait for Redis).
     """
     names = list(fns)
-    out: dict[str, dict[str, Any]] = {name: {"samples": [], "blocks": [], "cpu_ns": 0}
+    out: dict[str, dict[str, Any]] = {name: {"samples": array("q"), "blocks": [], "cpu_ns": 0}
                                       for name in names}
     thread_ns = time.thread_time_ns
     done = 0
@@ -328,7 +336,7 @@ def _fault(server: RedisServer, kind: str) -> Iterator[None]:
 def _alternating(fns: dict[str, Callable[[], object]], n: int, chunk: int = 1000,
                  ) -> dict[str, dict[str, float]]:
     """Percentiles of each contender's calls, run in alternating chunks (drift hits them alike)."""
-    samples: dict[str, list[int]] = {name: [] for name in fns}
+    samples: dict[str, array[int]] = {name: array("q") for name in fns}
     done = 0
     while done < n:
         step = min(chunk, n - done)
