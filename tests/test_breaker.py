@@ -438,6 +438,23 @@ def test_fallback_warning_is_logged_once_per_outage(clock: FrozenDateTimeFactory
     assert breaker.stats().fallback_calls == 1000
 
 
+def test_fallbacks_below_the_threshold_warn_once_a_minute_and_all_count(
+        clock: FrozenDateTimeFactory) -> None:
+    """Closed, each counted failure falls back: one warning a minute, every call counted."""
+    breaker = make(failure_threshold=1000, failure_rate=None)
+    with capture_events() as events:
+        for _ in range(10):
+            assert breaker.call_with_fallback(refused, lambda: "fb", integration="cache") == "fb"
+        clock.tick(59)
+        breaker.call_with_fallback(refused, lambda: "fb", integration="cache")
+        clock.tick(2)
+        breaker.call_with_fallback(refused, lambda: "fb", integration="cache")
+        breaker.call_with_fallback(refused, lambda: "fb", integration="cache")
+    assert [e["event"] for e in events] == ["fallback_used", "fallback_used"]
+    assert breaker.state is State.CLOSED
+    assert breaker.totals().fallbacks == {"cache": 13}
+
+
 def test_context_manager_counts_like_call(clock: FrozenDateTimeFactory) -> None:
     """`with breaker:` counts the block's connection errors and rejects when open."""
     breaker = make(failure_threshold=2)

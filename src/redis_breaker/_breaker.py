@@ -902,7 +902,12 @@ class Breaker:
     # -------------------------------------------------------------- fallbacks
     def note_fallback(self, integration: str, error: BaseException | None = None) -> None:
         """Count one call served by a fallback; warn once per outage per integration."""
-        if self._state is not _CLOSED and self._ledger.step(integration):
+        ledger = self._ledger
+        if self._state is not _CLOSED:
+            if ledger.step(integration):
+                return
+        elif ledger.step_quiet(integration, self._now()):
+            # Closed (failures below the threshold): warned less than a minute ago.
             return
         with self._lock:
             warn = self._ledger.count(integration, self._now())

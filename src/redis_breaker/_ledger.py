@@ -53,6 +53,14 @@ class FallbackLedger:
         counter.step()
         return True
 
+    def step_quiet(self, integration: str, now: float) -> bool:
+        """Count one call without a lock when no warning can be due (warned less than
+        ``FALLBACK_WARN_EVERY`` ago); False when the caller must ``count`` under the lock."""
+        last = self._warned.get(integration)
+        if last is None or now - last >= FALLBACK_WARN_EVERY:
+            return False
+        return self.step(integration)
+
     def count(self, integration: str, now: float) -> bool:
         """Count one call (caller holds the lock); True when it should be logged."""
         counter = self._current.get(integration)
