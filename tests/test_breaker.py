@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -12,7 +13,7 @@ import redis
 from freezegun import freeze_time
 from freezegun.api import FrozenDateTimeFactory
 
-from redis_breaker import Breaker, BreakerConfig, BreakerOpenError, State, StateChange
+from redis_breaker import Breaker, BreakerConfig, BreakerOpenError, State, StateChange, Stats
 from redis_breaker.testing import capture_events
 
 
@@ -453,6 +454,34 @@ def test_fallbacks_below_the_threshold_warn_once_a_minute_and_all_count(
     assert [e["event"] for e in events] == ["fallback_used", "fallback_used"]
     assert breaker.state is State.CLOSED
     assert breaker.totals().fallbacks == {"cache": 13}
+
+
+def test_blocks_of_two_breakers_exited_out_of_order_count_on_their_own() -> None:
+    """``with a:`` then ``with b:``, exited a first (an ExitStack unwound by hand): each
+    block's outcome lands on its own breaker, in this thread and in a thread of its own."""
+
+    def run() -> tuple[Stats, Stats]:
+        a = Breaker("order-a", BreakerConfig(probe=False, failure_rate=None, host_shared=False))
+        b = Breaker("order-b", BreakerConfig(probe=False, failure_rate=None, host_shared=False))
+        a.__enter__()
+        b.__enter__()
+        a.__exit__(redis.ConnectionError, redis.ConnectionError("refused"), None)
+        b.__exit__(None, None, None)
+        with b:
+            pass
+        return a.stats(), b.stats()
+
+    for a_stats, b_stats in (run(), _in_thread(run)):
+        assert (a_stats.consecutive_failures, a_stats.window_calls) == (1, 1)
+        assert (b_stats.consecutive_failures, b_stats.window_calls) == (0, 2)
+
+
+def _in_thread(fn: Callable[[], Any]) -> Any:
+    found: list[Any] = []
+    worker = threading.Thread(target=lambda: found.append(fn()))
+    worker.start()
+    worker.join(10)
+    return found[0]
 
 
 def test_context_manager_counts_like_call(clock: FrozenDateTimeFactory) -> None:

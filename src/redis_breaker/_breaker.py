@@ -1284,10 +1284,14 @@ class Breaker:
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         if _running_loop() is None:
-            blocks = getattr(_THREAD, "blocks", None)
-            if blocks and blocks[-1][0] is self:
-                _, ticket, started = blocks.pop()
-            else:
+            try:
+                block = _THREAD.blocks.pop()
+            except (AttributeError, IndexError):  # pragma: no cover - __exit__ without __enter__
+                return
+            owner, ticket, started = block
+            if owner is not self:  # blocks of several breakers exited out of order
+                blocks = _THREAD.blocks
+                blocks.append(block)
                 found = _pop_thread_block(blocks, self)
                 if found is None:  # pragma: no cover - __exit__ without __enter__
                     return
