@@ -37,6 +37,12 @@ _first_location = first_location
 
 _MISSING = object()
 
+#: ``set``'s ``nx``/``xx`` as the keywords handed to the primary, made once (never changed).
+_SET_FLAGS: dict[tuple[bool, bool], dict[str, Any]] = {
+    (nx, xx): {k: True for k, on in (("nx", nx), ("xx", xx)) if on}
+    for nx in (False, True) for xx in (False, True)
+}
+
 
 def _false(*args: Any, **kwargs: Any) -> bool:
     return False
@@ -139,7 +145,7 @@ class BreakerCache(DjangoRedisMethods):
         if bound is None or _REGISTERED.get(self._breaker_name) is not bound.breaker:
             bound = self._bind()
         if client is not None or nx or xx:
-            extra: dict[str, Any] = {k: True for k, on in (("nx", nx), ("xx", xx)) if on}
+            extra = _SET_FLAGS[bool(nx), bool(xx)]
             if client is not None:
                 return self._direct("set", (key,), (key, value, timeout),
                                     {"version": version, "client": client, **extra})
@@ -163,8 +169,8 @@ class BreakerCache(DjangoRedisMethods):
     def _add_like(self, op: str, key: Any, value: Any, timeout: Any, version: int | None,
                   kwargs: dict[str, Any] | None) -> bool:
         # ADD_FAIL_CLOSED: when Redis cannot say whether the key exists, say it does.
-        fallback = _false if self._add_fail_closed else _add
-        return bool(self._write(op, key, version, (value, timeout), kwargs, fallback))
+        return bool(self._write(op, key, version, (value, timeout), kwargs,
+                                _false if self._add_fail_closed else _add))
 
     def touch(self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None,
               client: Any = None) -> bool:

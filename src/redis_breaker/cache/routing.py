@@ -355,6 +355,8 @@ class CacheRouting(BaseCache):
                 v = bound.primary.version if version is None else version
                 if journal.diverts(key, v):
                     return served(key, *args, version=v)
+            if version is None:  # the primary's own default: no keyword to pass through
+                return call(key, *args, **kwargs) if kwargs else call(key, *args)
             if kwargs:
                 return call(key, *args, version=version, **kwargs)
             return call(key, *args, version=version)
