@@ -236,7 +236,9 @@ class DjangoRedisMethods(CacheRouting):
         if client is not None:
             return int(self._direct("delete_pattern", (), (pattern,), {**kwargs,
                                                                        "client": client}))
-        bound = self._bind()
+        bound = self._bound
+        if bound is None or _REGISTERED.get(self._breaker_name) is not bound.breaker:
+            bound = self._bind()
         found = bound.routes.get(_PATTERN_ROUTE)
         if found is None:
             served = functools.partial(_delete_pattern_fallback, bound)
@@ -251,6 +253,13 @@ class DjangoRedisMethods(CacheRouting):
         return int(count)
 
     def keys(self, search: str, version: int | None = None, client: Any = None) -> Any:
+        if version is None and client is None:
+            # As a collection method (``_collection``): its route's breaker call alone.
+            bound = self._bound
+            if bound is not None and _REGISTERED.get(self._breaker_name) is bound.breaker:
+                call = bound.directs.get("keys")
+                if call is not None:
+                    return call(search)
         return self._direct("keys", (), (search,), {"version": version, "client": client})
 
     def iter_keys(self, search: str, itersize: int | None = None, client: Any = None,
