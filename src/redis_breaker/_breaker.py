@@ -377,10 +377,16 @@ class Breaker:
         """The host-wide state file, or None when the state lives in this process."""
         return self._record.path if self._record.shared else None
 
-    def _sync_hot(self) -> None:
-        """Derive what the lock-free paths compare with (lock held, or no other thread)."""
-        generation = self._generation
-        word = (generation << _CONSEC_BITS) | min(self._consecutive, _CONSEC_MAX)
+    def _sync_hot(self, publish: bool = False) -> None:
+        """Derive what the lock-free paths compare with (lock held, or no other thread).
+
+        The hot word goes to the record when it is this process's own, or when
+        ``publish`` (``_store``, the shared record's lock held, its other slots
+        written already: the hot word last).
+        """
+        generation, consecutive = self._generation, self._consecutive
+        word = (generation << _CONSEC_BITS) | (
+            consecutive if consecutive < _CONSEC_MAX else _CONSEC_MAX)
         self._seen_word = word
         state = self._state
         if state is _CLOSED or state is _DISABLED:
@@ -390,9 +396,9 @@ class Breaker:
             self._pass_word = -1
             self._pass_ticket = -2
         record = self._record
-        self._hot = record.hot
-        if not record.shared:
-            record.hot[0] = word
+        self._hot = hot = record.hot
+        if publish or not record.shared:
+            hot[0] = word
 
     def _load(self) -> None:
         """Read the shared record into the attributes (lock held).
@@ -450,30 +456,17 @@ class Breaker:
     def _store(self) -> None:
         """Write the attributes back to the shared record, the hot word last (lock held)."""
         record = self._record
-        if not record.shared:
-            self._sync_hot()
-            return
-        generation, consecutive, state = self._generation, self._consecutive, self._state
-        buffer = record.buffer
-        _INTS.pack_into(buffer, _INTS_AT, generation, _CODE[id(state)], consecutive,
-                        self._trials, self._trial_successes, self._backoff_step)
-        left, closed = self._left_closed_at, self._closed_at
-        _FLOATS.pack_into(buffer, _FLOATS_AT, self._since, self._open_until,
-                          self._next_trial_at, _NAN if left is None else left,
-                          _NAN if closed is None else closed)
-        record.floats[_shared.TRIAL_STARTED_AT] = self._trial_started_at
-        # What _sync_hot derives, written out: this runs at every release of the lock.
-        word = (generation << _CONSEC_BITS) | (
-            consecutive if consecutive < _CONSEC_MAX else _CONSEC_MAX)
-        self._seen_word = word
-        if state is _CLOSED or state is _DISABLED:
-            self._pass_word = generation << _CONSEC_BITS
-            self._pass_ticket = generation << 1
-        else:
-            self._pass_word = -1
-            self._pass_ticket = -2
-        self._hot = hot = record.hot
-        hot[0] = word
+        if record.shared:
+            buffer = record.buffer
+            _INTS.pack_into(buffer, _INTS_AT, self._generation, _CODE[id(self._state)],
+                            self._consecutive, self._trials, self._trial_successes,
+                            self._backoff_step)
+            left, closed = self._left_closed_at, self._closed_at
+            _FLOATS.pack_into(buffer, _FLOATS_AT, self._since, self._open_until,
+                              self._next_trial_at, _NAN if left is None else left,
+                              _NAN if closed is None else closed)
+            record.floats[_shared.TRIAL_STARTED_AT] = self._trial_started_at
+        self._sync_hot(publish=True)  # the hot word last
 
     # ----------------------------------------------------------------- config
     @property
