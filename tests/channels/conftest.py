@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -20,6 +22,14 @@ def fast_breaker(name: str) -> Breaker:
     """A breaker that probes often, so recovery in real-server tests takes a fraction of a second."""
     return Breaker(name, BreakerConfig(reset_timeout=0.05, max_reset_timeout=0.2,
                                        probe_timeout=0.25, failure_rate=None))
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
+    """Whether ``condition`` holds within ``timeout`` seconds (looked at every 50 ms)."""
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return condition()
 
 
 def hosts(server: RedisServer, timeout: float = SOCKET_TIMEOUT) -> list[dict[str, object]]:

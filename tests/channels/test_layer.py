@@ -16,7 +16,7 @@ from redis_breaker.channels import BreakerChannelLayer
 from redis_breaker.testing import capture_events
 from tests.harness import RedisServer
 
-from .conftest import fast_breaker, hosts
+from .conftest import eventually, fast_breaker, hosts
 
 
 @pytest.fixture
@@ -98,11 +98,7 @@ async def test_open_send_to_another_process_is_kept_then_forwarded(
     layer.breaker.reset()
     assert await asyncio.wait_for(other.receive(elsewhere), 10) == {"type": "kept"}
     # The forwarder's thread counts it once the write has returned there.
-    for _ in range(500):
-        if (len(layer.pending), layer.forwarded) == (0, 1):
-            break
-        await asyncio.sleep(0.02)
-    assert (len(layer.pending), layer.forwarded) == (0, 1)
+    assert await eventually(lambda: (len(layer.pending), layer.forwarded) == (0, 1), 10)
     await other.close()
 
 
@@ -146,11 +142,8 @@ async def test_a_kept_message_being_forwarded_is_not_overtaken(
     got = [await asyncio.wait_for(during[0], 10)]
     got += [await asyncio.wait_for(layer.receive("jobs"), 10) for _ in range(2)]
     assert [m["n"] for m in got] == [0, 1, 2]  # type: ignore[index]
-    for _ in range(500):  # counted in the forwarder's thread once its writes returned
-        if (layer.forwarded, len(layer.pending)) == (3, 0):
-            break
-        await asyncio.sleep(0.02)
-    assert (layer.forwarded, len(layer.pending)) == (3, 0)  # 2 was kept behind 1
+    # Counted in the forwarder's thread once its writes returned; 2 was kept behind 1.
+    assert await eventually(lambda: (layer.forwarded, len(layer.pending)) == (3, 0), 10)
     breaker.reset()
     await layer.close()
 

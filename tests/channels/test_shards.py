@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
-from collections.abc import Callable
 
 from channels_redis.utils import _consistent_hash
 
@@ -13,7 +11,7 @@ from redis_breaker import State
 from redis_breaker.channels import BreakerChannelLayer
 from tests.harness import RedisServer
 
-from .conftest import fast_breaker, hosts
+from .conftest import eventually, fast_breaker, hosts
 
 
 async def _channel_on(layer: BreakerChannelLayer, index: int) -> str:
@@ -23,13 +21,6 @@ async def _channel_on(layer: BreakerChannelLayer, index: int) -> str:
         if _consistent_hash(layer.redis.non_local_name(name), 2) == index:
             return name
     raise AssertionError("unreachable")
-
-
-async def _eventually(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    return condition()
 
 
 def _group_on(index: int) -> str:
@@ -53,7 +44,7 @@ async def test_one_dead_shard_leaves_the_others_on_redis() -> None:
             second.stop()
             for n in range(6):  # host 1's messages: kept, and (forwarding fails) its breaker opens
                 await a.send(dead, {"type": "kept", "n": n})
-            assert await _eventually(lambda: a.breakers[1].is_open)
+            assert await eventually(lambda: a.breakers[1].is_open)
 
             await a.send(live, {"type": "direct"})
             assert await asyncio.wait_for(b.receive(live), 10) == {"type": "direct"}
@@ -67,14 +58,14 @@ async def test_one_dead_shard_leaves_the_others_on_redis() -> None:
             got = [await asyncio.wait_for(b.receive("work"), 10) for _ in range(3)]
             assert sorted(m["n"] for m in got) == [0, 1, 2]
             assert a.breakers[0].state is State.CLOSED
-            assert await _eventually(lambda: len(a.pending) == 6)  # none lost, none sent
+            assert await eventually(lambda: len(a.pending) == 6)  # none lost, none sent
 
             second.start()
             received = [await asyncio.wait_for(b.receive(dead), 30) for _ in range(6)]
             assert received == [{"type": "kept", "n": n} for n in range(6)]
             assert a.breakers[0].state is State.CLOSED
             # The last one counts as kept until the forwarder's write has returned.
-            assert await _eventually(lambda: len(a.pending) == 0)
+            assert await eventually(lambda: len(a.pending) == 0)
         finally:
             for layer in (a, b):
                 for breaker in layer.breakers:
