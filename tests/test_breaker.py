@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -524,6 +525,36 @@ async def test_async_paths(clock: FrozenDateTimeFactory) -> None:
     async with breaker:
         pass
     assert breaker.state is State.CLOSED
+
+
+async def test_async_with_gives_the_breaker_and_runs_on_any_loop(
+        clock: FrozenDateTimeFactory) -> None:
+    """`async with breaker as b` binds the breaker, whichever loop or exit stack enters it.
+
+    On this loop, on another loop in another thread and under AsyncExitStack; an
+    error inside the block reaches the caller (the exit suppresses nothing) and an
+    open breaker rejects the block before it runs.
+    """
+    breaker = make(failure_threshold=2)
+    async with breaker as bound:
+        assert bound is breaker
+    async with contextlib.AsyncExitStack() as stack:
+        assert await stack.enter_async_context(breaker) is breaker
+
+    async def on_another_loop() -> Breaker:
+        async with breaker as other:
+            return other
+
+    assert _in_thread(lambda: asyncio.run(on_another_loop())) is breaker
+    assert breaker.stats().consecutive_failures == 0
+    for _ in range(2):
+        with pytest.raises(redis.ConnectionError):
+            async with breaker:
+                refused()
+    assert breaker.state is State.OPEN
+    with pytest.raises(BreakerOpenError):
+        async with breaker:
+            pytest.fail("the block must not run")
 
 
 def test_call_with_fallback_serves_the_failing_call(clock: FrozenDateTimeFactory) -> None:
