@@ -14,7 +14,15 @@ import redis
 from freezegun import freeze_time
 from freezegun.api import FrozenDateTimeFactory
 
-from redis_breaker import Breaker, BreakerConfig, BreakerOpenError, State, StateChange, Stats
+from redis_breaker import (
+    Breaker,
+    BreakerConfig,
+    BreakerOpenError,
+    State,
+    StateChange,
+    Stats,
+    guard,
+)
 from redis_breaker.testing import capture_events
 
 
@@ -555,6 +563,152 @@ async def test_async_with_gives_the_breaker_and_runs_on_any_loop(
     with pytest.raises(BreakerOpenError):
         async with breaker:
             pytest.fail("the block must not run")
+
+
+def _outer_entry_points(breaker: Breaker) -> dict[str, Callable[[Callable[[], Any]], Any]]:
+    """Ways to run ``fn`` through ``breaker`` from the outside, each returning fn's result."""
+
+    def in_block(fn: Callable[[], Any]) -> Any:
+        with breaker:
+            return fn()
+
+    return {
+        "call": breaker.call,
+        "guard": lambda fn: guard(breaker)(fn)(),
+        "with": in_block,
+        "call_with_fallback": lambda fn: breaker.call_with_fallback(fn, lambda: "outer fallback"),
+    }
+
+
+@pytest.mark.parametrize("outer", ["call", "guard", "with", "call_with_fallback"])
+def test_a_failure_inside_a_call_through_the_same_breaker_counts_once(
+        clock: FrozenDateTimeFactory, outer: str) -> None:
+    """A guarded function whose own call through the breaker fails counts one failure, not two.
+
+    As a function under ``@guard("default")`` that uses a guarded client of that
+    breaker: the error reaches the outer call as well, which must not count it again
+    (the breaker would open after half its threshold).
+    """
+    breaker = make(failure_rate=None)
+    run = _outer_entry_points(breaker)[outer]
+
+    def inner() -> None:
+        breaker.call(refused)
+
+    for expected in range(1, 5):
+        try:
+            assert run(inner) == "outer fallback"
+        except redis.ConnectionError:
+            assert outer != "call_with_fallback"
+        assert breaker.stats().consecutive_failures == expected
+        assert breaker.state is State.CLOSED
+    with contextlib.suppress(redis.ConnectionError):
+        run(inner)
+    assert breaker.state is State.OPEN
+
+
+@pytest.mark.parametrize("outer", ["call", "guard", "with"])
+def test_an_inner_failure_the_outer_call_caught_is_not_erased(
+        clock: FrozenDateTimeFactory, outer: str) -> None:
+    """An outer call that caught its inner call's failure (served a fallback) does not reset the count.
+
+    As a function under ``@guard`` that reads the cache of the same breaker: the
+    cache counts the failure and serves its fallback, the function returns. Its
+    success is not one of Redis: with it counted, the consecutive failures never
+    reached the threshold, and a Redis that refused every call never tripped it.
+    """
+    breaker = make(failure_rate=None)
+    run = _outer_entry_points(breaker)[outer]
+
+    def reads_through_a_fallback() -> str:
+        clock.tick(0.001)  # the inner failure comes after the outer call began
+        return breaker.call_with_fallback(refused, lambda: "fallback")
+
+    for expected in range(1, 5):
+        assert run(reads_through_a_fallback) == "fallback"
+        assert breaker.stats().consecutive_failures == expected
+    assert run(reads_through_a_fallback) == "fallback"
+    assert breaker.state is State.OPEN
+    # A success of its own, with no failure inside it, still resets the count.
+    clock.tick(1)
+    breaker.call(ok)
+    breaker.call(ok)
+    assert breaker.state is State.CLOSED
+    fail(breaker, 2)
+    run(ok)
+    assert breaker.stats().consecutive_failures == 0
+
+
+async def test_nested_async_calls_count_a_failure_once_and_keep_it(
+        clock: FrozenDateTimeFactory) -> None:
+    """The same for `async with` and acall around acall_with_fallback / acall."""
+    breaker = make(failure_rate=None)
+
+    async def down() -> None:
+        refused()
+
+    async def caught() -> str:
+        clock.tick(0.001)
+        return await breaker.acall_with_fallback(down, lambda: "fallback")
+
+    async def raised() -> None:
+        await breaker.acall(down)
+
+    with pytest.raises(redis.ConnectionError):
+        await breaker.acall(raised)
+    assert breaker.stats().consecutive_failures == 1
+    with pytest.raises(redis.ConnectionError):
+        async with breaker:
+            await raised()
+    assert breaker.stats().consecutive_failures == 2
+    assert await breaker.acall(caught) == "fallback"
+    assert breaker.stats().consecutive_failures == 3
+    async with breaker:
+        assert await caught() == "fallback"
+    assert breaker.stats().consecutive_failures == 4
+    with pytest.raises(redis.ConnectionError):
+        await breaker.acall(raised)
+    assert breaker.state is State.OPEN
+
+
+@pytest.mark.parametrize("permits", [1, 2])
+def test_a_nested_call_in_half_open_needs_a_second_trial_permit(
+        clock: FrozenDateTimeFactory, permits: int) -> None:
+    """As docs/engine.md says: with one permit the inner call is rejected, with two it closes."""
+    breaker = make(failure_threshold=1, half_open_max_calls=permits)
+    outer = guard(breaker)(lambda: breaker.call(ok))
+    fail(breaker, 1)
+    clock.tick(1)
+    for _ in range(2):
+        if permits == 1:
+            with pytest.raises(BreakerOpenError):
+                outer()
+        else:
+            assert outer() == "ok"
+    assert breaker.state is (State.HALF_OPEN if permits == 1 else State.CLOSED)
+
+
+def test_a_success_in_flight_in_another_thread_still_resets_the_count(
+        clock: FrozenDateTimeFactory) -> None:
+    """Only a failure counted in the call's own thread is kept from its success."""
+    breaker = make(failure_rate=None)
+    began, finish = threading.Event(), threading.Event()
+
+    def slow_ok() -> str:
+        began.set()
+        finish.wait(10)
+        return "ok"
+
+    found: list[str] = []
+    worker = threading.Thread(target=lambda: found.append(breaker.call(slow_ok)))
+    worker.start()
+    assert began.wait(10)
+    clock.tick(0.001)
+    fail(breaker, 3)
+    finish.set()
+    worker.join(10)
+    assert found == ["ok"]
+    assert breaker.stats().consecutive_failures == 0
 
 
 def test_call_with_fallback_serves_the_failing_call(clock: FrozenDateTimeFactory) -> None:

@@ -62,6 +62,28 @@ _BLOCKS: contextvars.ContextVar[_Block | None] = contextvars.ContextVar(
 
 _THREAD = threading.local()
 _running_loop = asyncio._get_running_loop
+_get_ident = threading.get_ident
+
+# A call through a breaker can run inside another call through the same breaker:
+# a function under ``@guard("default")`` that reads the cache or uses a guarded
+# client of that breaker. The inner call counts a Redis failure as it happens;
+# the outer one must not count it again when it propagates (the threshold would
+# be halved), nor erase it by succeeding when the function caught it and went on
+# (the breaker would never trip on consecutive failures). An error a breaker
+# counted carries that breaker in this attribute.
+_COUNTED_BY = "_redis_breaker_counted_by"
+
+
+def _counted_by(exc: BaseException | None, breaker: Breaker) -> bool:
+    """Whether ``breaker`` counted ``exc`` already, or an error it wraps (``raise ... from``)."""
+    for _ in range(8):
+        if exc is None:
+            return False
+        marks = getattr(exc, _COUNTED_BY, None)
+        if marks is not None and breaker in marks:  # Breaker compares by identity
+            return True
+        exc = exc.__cause__
+    return False
 
 
 def _pop_thread_block(blocks: list[tuple[Any, int, float]] | None,
@@ -273,6 +295,9 @@ class Breaker:
         self._last_error: str | None = None
         self._last_change: StateChange | None = None
         self._misconfig_logged_at = float("-inf")
+        # When this process last counted a failure, and in which thread (see _on_success).
+        self._failed_at = float("-inf")
+        self._failed_in = 0
         self._init_runtime()
         self._attach()
         _ALL.add(self)
@@ -736,6 +761,12 @@ class Breaker:
                         State.CLOSED, f"{self._trial_successes} trial calls succeeded", self._now()
                     )
             else:
+                if started < self._failed_at and self._failed_in == _get_ident():
+                    # A failure was counted in this thread while this call ran: a call
+                    # through this breaker inside it failed and this one caught the
+                    # error. The inner call spoke for Redis; this success does not
+                    # erase its failure.
+                    return
                 self._consecutive = 0
                 self._window.success(started)
 
@@ -743,21 +774,38 @@ class Breaker:
         """Record ``exc``; return True when it counts as a failure."""
         if not self.counts(exc):
             if ticket & 1:
-                with self._lock:
-                    if ticket >> 1 == self._generation:
-                        self._trials = max(0, self._trials - 1)
+                self._end_trial(ticket)
             return False
+        # Inline for a fresh error (the usual case): no mark, no cause.
+        if ((marks := getattr(exc, _COUNTED_BY, None)) is not None and self in marks) or (
+                exc.__cause__ is not None and _counted_by(exc.__cause__, self)):
+            # Counted already, by a call through this breaker inside this one.
+            if ticket & 1:
+                self._end_trial(ticket)
+            return True
         self._on_failure(ticket, exc)
         return True
+
+    def _end_trial(self, ticket: int) -> None:
+        """Give back a trial permit whose call ended with no outcome of its own."""
+        with self._lock:
+            if ticket >> 1 == self._generation:
+                self._trials = max(0, self._trials - 1)
 
     def _on_failure(self, ticket: int, exc: BaseException) -> None:
         error = _describe(exc)
         misconfigured = is_misconfiguration(exc)
+        try:  # noqa: SIM105 - contextlib.suppress costs a context manager per failure
+            setattr(exc, _COUNTED_BY, (*getattr(exc, _COUNTED_BY, ()), self))
+        except (AttributeError, TypeError):  # pragma: no cover - an exception without a __dict__
+            pass
         loud = False
         with self._lock:
             self._set_error(error)
             self._failures_total += 1
             now = self._now()
+            self._failed_at = now
+            self._failed_in = _get_ident()
             if misconfigured and now - self._misconfig_logged_at >= FALLBACK_WARN_EVERY:
                 self._misconfig_logged_at = now
                 loud = True

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import redis
 from django.core.cache import caches
 
-from redis_breaker import Breaker
+import redis_breaker
+from redis_breaker import Breaker, guard
 from redis_breaker.cache import BreakerCache
 from redis_breaker.testing import capture_events, forced_open
 from tests.harness import RedisServer
@@ -98,6 +100,38 @@ def test_fallback_get_set_delete_on_failure(breaker_cache: BreakerCache, breaker
     warnings = [e for e in events if e["event"] == "fallback_used"]
     assert len(warnings) == 1
     assert warnings[0]["integration"] == "cache"
+
+
+def test_a_guarded_function_that_reads_the_cache_trips_on_the_threshold(
+        breaker_cache: BreakerCache, breaker: Breaker, redis_server: RedisServer) -> None:
+    """``@guard`` on the cache's own breaker around code that reads the cache.
+
+    Redis stopped: the cache counts each failure and serves its fallback, and the
+    function returns normally. The breaker opens on its fifth call, as without the
+    decorator: the function's returns do not erase the cache's failures, and an
+    error that reaches the decorator is not counted a second time.
+    """
+
+    @guard("default")
+    def profile() -> Any:
+        return breaker_cache.get("profile", "fallback")
+
+    direct = redis_breaker.client(redis_server.url, breaker="default", socket_timeout=0.5,
+                                  socket_connect_timeout=0.5)
+
+    @guard("default")
+    def profile_or_error() -> Any:
+        return direct.get("profile")
+
+    redis_server.stop()
+    for expected in range(1, 4):
+        assert profile() == "fallback"
+        assert (breaker.state.value, breaker.stats().consecutive_failures) == ("closed", expected)
+    with pytest.raises(redis.ConnectionError):
+        profile_or_error()
+    assert (breaker.state.value, breaker.stats().consecutive_failures) == ("closed", 4)
+    assert profile() == "fallback"
+    assert breaker.state.value == "open"
 
 
 def test_every_method_served_while_open(breaker_cache: BreakerCache, breaker: Breaker,
