@@ -8,7 +8,7 @@ second apart: with the backend down, ``delay()`` would block and lose the task.
 from __future__ import annotations
 
 import pickle
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +197,42 @@ def test_async_result_while_redis_is_down(redis_server: RedisServer, settings: A
     finally:
         if redis_server.frozen:
             redis_server.thaw()
+        _close(app)
+
+
+def test_a_result_stored_after_celery_dropped_its_pubsub_is_heard(
+        redis_server: RedisServer) -> None:
+    """Redis stops while a ``get()`` waits: Celery's reconnect fails and leaves its result
+    consumer with no pubsub, the task still subscribed (the breaker, below its threshold,
+    stays closed). After recovery the next ``get()`` subscribes again before it waits: a
+    result stored while it waits is heard, not missed until the timeout (Celery's
+    ``drain_events`` with no pubsub only sleeps)."""
+    app = _app(redis_server.url, redis_server.url.replace("/0", "/1"))
+    protect(app)
+    try:
+        backend = app.backend
+        waited = app.AsyncResult("rb-waited")
+        consumer = backend.result_consumer
+        read = consumer.on_wait_for_pending
+
+        def read_then(act: Callable[[], object]) -> Callable[..., None]:
+            def hook(result: Any, **kwargs: Any) -> None:
+                read(result, **kwargs)  # get() has read the task's state: still pending
+                act()  # then, before it waits on the pubsub
+            return hook
+
+        consumer.on_wait_for_pending = read_then(redis_server.stop)
+        with pytest.raises((redis.ConnectionError, RuntimeError)):
+            waited.get(timeout=5)
+        assert get_breaker().state is State.CLOSED  # one failure: below the threshold
+        assert consumer._pubsub is None
+        assert consumer.subscribed_to
+        redis_server.start()
+        # As a worker does when the task ends: SET, then PUBLISH.
+        consumer.on_wait_for_pending = read_then(
+            lambda: backend.store_result(waited.id, 42, "SUCCESS"))
+        assert waited.get(timeout=5) == 42
+    finally:
         _close(app)
 
 

@@ -282,10 +282,19 @@ def _guarded_consumer_class(cls: type) -> type:
 
 
 def _resubscribed(backend: Any) -> None:
-    """Subscribe the tasks whose subscription was deferred (the breaker is not open)."""
+    """Subscribe the tasks whose subscription was deferred (the breaker is not open).
+
+    Also when Celery itself dropped the consumer's pubsub: an unsubscribe made during
+    an outage (``AsyncResult.__del__`` -> ``cancel_for``, or a lock's release) whose
+    reconnect failed leaves ``_pubsub`` None with tasks still in ``subscribed_to``,
+    and the error is swallowed by ``__del__``. Celery's ``drain_events`` then only
+    sleeps: a result stored after ``get()`` began would never be heard.
+    """
     consumer: Any = getattr(backend, "result_consumer", None)
-    if getattr(consumer, "_redis_breaker_deferred", False):
-        consumer.redis_breaker_resubscribe()
+    resubscribe = getattr(consumer, "redis_breaker_resubscribe", None)
+    if resubscribe is not None and (consumer._redis_breaker_deferred or (
+            consumer._pubsub is None and consumer.subscribed_to)):
+        resubscribe()
 
 
 _classes: dict[type, type] = {}
