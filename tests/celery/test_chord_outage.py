@@ -225,11 +225,9 @@ def test_a_header_of_another_shape_is_refused_whole(
 
     module, _ = idle
     app = module.app
-    # Results of this app: unbound, they would take the current app's backend, which
-    # may be another test's (its Redis gone).
-    inner = GroupResult("inner", [AsyncResult("a", app=app)], app=app)
-    odd = GroupResult("outer", [AsyncResult("b", app=app)], parent=inner, app=app)
-    header_args = ("the chord", [odd, AsyncResult("c", app=app)])
+    inner = GroupResult("inner", [AsyncResult("a")])
+    odd = GroupResult("outer", [AsyncResult("b")], parent=inner)
+    header_args = ("the chord", [odd, AsyncResult("c")])
     raw = broker.client()
     before = int(raw.info("stats")["total_commands_processed"])
     with forced_open(get_breaker("default")), pytest.raises(CanvasRefused) as refused:
