@@ -284,11 +284,10 @@ def _guarded_consumer_class(cls: type) -> type:
 def _resubscribed(backend: Any) -> None:
     """Subscribe the tasks whose subscription was deferred (the breaker is not open).
 
-    Also when Celery itself dropped the consumer's pubsub: an unsubscribe made during
-    an outage (``AsyncResult.__del__`` -> ``cancel_for``, or a lock's release) whose
-    reconnect failed leaves ``_pubsub`` None with tasks still in ``subscribed_to``,
-    and the error is swallowed by ``__del__``. Celery's ``drain_events`` then only
-    sleeps: a result stored after ``get()`` began would never be heard.
+    Also when Celery itself dropped the consumer's pubsub: a ``get()`` whose wait met
+    the outage (its reconnect failed) leaves ``_pubsub`` None with tasks still in
+    ``subscribed_to``, and no deferral recorded. Celery's ``drain_events`` then only
+    sleeps: a result stored after the next ``get()`` began would never be heard.
     """
     consumer: Any = getattr(backend, "result_consumer", None)
     resubscribe = getattr(consumer, "redis_breaker_resubscribe", None)
