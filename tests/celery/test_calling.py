@@ -46,15 +46,28 @@ def _forget_backend(app: Any) -> None:
 
 def _forget_pools(app: Any) -> None:
     """Celery's own connection and producer pools of the module's app, made for the broker
-    of whichever test used them first: a canvas dispatches with a producer from them."""
+    of whichever test used them first: a canvas dispatches with a producer from them.
+
+    Celery takes both from kombu's process-wide registries, keyed by host and port: a
+    closed pool left there would be handed to a later test whose server got the same port
+    ("Acquire on closed pool"), so it is taken out of them as well."""
+    from kombu import pools
+
+    closed = []
     pool = getattr(app, "_pool", None)
     if pool is not None:
         pool.force_close_all()
+        closed.append(pool)
         app._pool = None
     amqp = vars(app).get("amqp")
     if amqp is not None and getattr(amqp, "_producer_pool", None) is not None:
         amqp._producer_pool.force_close_all()
+        closed.append(amqp._producer_pool)
         amqp._producer_pool = None
+    for registry in (pools.connections, pools.producers):
+        for key, value in list(registry.items()):
+            if any(value is c for c in closed):
+                dict.__delitem__(registry, key)  # its keys are already eqhash()ed
 
 
 def _point_app(app: Any, broker_url: str, backend_url: str) -> None:
