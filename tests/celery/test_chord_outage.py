@@ -225,12 +225,16 @@ def test_a_header_of_another_shape_is_refused_whole(
 
     module, _ = idle
     app = module.app
-    inner = GroupResult("inner", [AsyncResult("a")])
-    odd = GroupResult("outer", [AsyncResult("b")], parent=inner)
-    header_args = ("the chord", [odd, AsyncResult("c")])
     raw = broker.client()
     before = int(raw.info("stats")["total_commands_processed"])
     with forced_open(get_breaker("default")), pytest.raises(CanvasRefused) as refused:
+        # Built here, bound to this app: a result set waits on its members, which
+        # subscribes them on their backend's pubsub; with the breaker open that is
+        # deferred, so nothing is sent and no connection is left open (unbound, they
+        # took the current app's backend, which under xdist is another test's).
+        inner = GroupResult("inner", [AsyncResult("a", app=app)], app=app)
+        odd = GroupResult("outer", [AsyncResult("b", app=app)], parent=inner, app=app)
+        header_args = ("the chord", [odd, AsyncResult("c", app=app)])
         app.backend.apply_chord(header_args, module.total.s())
     assert isinstance(refused.value, ResultBackendUnavailable)
     assert "nothing of it stored" in str(refused.value)
