@@ -11,6 +11,8 @@ import pytest
 from django.core.cache import CacheKeyWarning, caches
 from django.core.cache.backends.locmem import LocMemCache
 from freezegun import freeze_time
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from redis_breaker import Breaker
 from redis_breaker.cache import BreakerCache
@@ -78,6 +80,50 @@ def test_key_warnings_are_djangos(key: str) -> None:
         assert [(w.category, str(w.message)) for w in mine] == [
             (w.category, str(w.message)) for w in theirs]
         assert all(w.category is CacheKeyWarning for w in mine)
+
+
+def _called(store: Any, method: str, args: tuple[Any, ...]) -> tuple[Any, list[Any]]:
+    """What ``store.method(*args)`` returned, and the warnings it gave (category, text)."""
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        result = getattr(store, method)(*args)
+    return result, [(w.category, str(w.message)) for w in seen]
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.one_of(
+    st.text(max_size=300),
+    # Near the edges: ASCII controls, space, DEL, non-ASCII spaces and separators.
+    st.text(st.sampled_from("ab:\x00\x1f \x7f\x80\x85\xa0é\u2028\u3000\U0001f600"),
+            max_size=40),
+))
+def test_every_key_warns_as_with_django(key: str) -> None:
+    """Any text: the same warnings as Django's LocMemCache (none, or the same ones) on get,
+    has_key and set, and the same value back."""
+    django_store, ours = _pair()
+    for store in (django_store, ours):
+        store.set("prefill", 0)
+    for method, args in (("get", (key, "dflt")), ("has_key", (key,)), ("set", (key, 1)),
+                         ("get", (key, "dflt")), ("has_key", (key,))):
+        assert _called(ours, method, args) == _called(django_store, method, args), (method, key)
+
+
+def _reversed_key(key: str, key_prefix: str, version: int) -> str:
+    return f"{version}|{key}|{key_prefix}"
+
+
+def test_a_key_function_of_its_own_is_used() -> None:
+    params = {"TIMEOUT": 300, "KEY_PREFIX": "p", "VERSION": 3,
+              "KEY_FUNCTION": _reversed_key}
+    django_store = LocMemCache("test-store-django-kf", params)
+    ours = FallbackStore("test-store-ours-kf", params)
+    for store in (django_store, ours):
+        store.set("k", "v")
+        store.set("k", "w", version=4)
+    assert list(ours._cache) == list(django_store._cache) == ["4|k|p", "3|k|p"]  # type: ignore[attr-defined]
+    assert [ours.get("k"), ours.get("k", version=4), ours.has_key("k", version=5)] == [
+        "v", "w", False]
 
 
 def test_a_valid_key_warns_nothing() -> None:

@@ -6,40 +6,37 @@ culling and lock, values pickled on ``set`` and unpickled on ``get`` (a
 caller that changes what it got never changes what the next caller gets, as
 with Redis). Two things differ, both costs of an outage's reads:
 
-- ``validate_key``: Django's looks for the characters memcached refuses with
-  a lazily compiled regular expression (Django 4.2: a loop over the
-  characters), and every use of the lazy object goes through
-  ``LazyObject``'s attribute lookup, raising and catching an
-  ``AttributeError``: about two thirds of a ``LocMemCache.get``
-  (docs/cache.md, *Benchmark*). Here the same test runs on a compiled
-  expression, and Django's own ``validate_key`` runs, with its warnings,
-  only for a key that fails it.
-- ``get`` and ``has_key`` are Django's, with ``make_and_validate_key`` and
-  ``_has_expired`` written out (three Python calls fewer).
+- the key check: Django's ``validate_key`` looks for the characters
+  memcached refuses (control characters, space, DEL) with a lazily compiled
+  regular expression (Django 4.2: a loop over the characters), and every use
+  of the lazy object goes through ``LazyObject``'s attribute lookup, raising
+  and catching an ``AttributeError``: about two thirds of a
+  ``LocMemCache.get`` (docs/cache.md, *Benchmark*). Here a key passes on its
+  length, ``" " not in key`` and ``key.isprintable()`` (false for every other
+  refused character); only a key that fails them goes to Django's own check,
+  which decides, and warns, as it would have (a printable non-ASCII space,
+  for one, fails ``isprintable`` and is valid).
+- ``get`` and ``has_key`` are Django's, with ``make_and_validate_key`` (Django's
+  default key function inline) and ``_has_expired`` written out.
 """
 
 from __future__ import annotations
 
 import pickle
-import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from django.core.cache.backends.base import MEMCACHE_MAX_KEY_LENGTH
+from django.core.cache.backends.base import MEMCACHE_MAX_KEY_LENGTH, default_key_func
 from django.core.cache.backends.locmem import LocMemCache
 
 __all__ = ["FallbackStore"]
 
-#: The characters Django's ``memcache_key_warnings`` warns about (control characters,
-#: space, DEL), as in every supported Django.
-_refused = re.compile(r"[\x00-\x20\x7f]").search
-
 
 class FallbackStore(LocMemCache):
-    """``LocMemCache`` whose ``validate_key`` costs a length check and one regex search."""
+    """``LocMemCache`` whose key check costs a length test and two string methods."""
 
     # LocMemCache's own, which django-stubs does not declare (annotations only:
     # the attributes and the method stay LocMemCache's).
@@ -49,12 +46,33 @@ class FallbackStore(LocMemCache):
     _delete: Callable[[str], bool]
 
     def validate_key(self, key: Any) -> None:
-        if len(key) > MEMCACHE_MAX_KEY_LENGTH or _refused(key):
+        if len(key) > MEMCACHE_MAX_KEY_LENGTH or " " in key or not key.isprintable():
             super().validate_key(key)
 
+    def _made(self, key: Any, version: int | None) -> str:
+        """``make_and_validate_key``, written out: Django's default key function inline,
+        and the key check on a length test and two string methods (no regex call)."""
+        if version is None:
+            version = self.version
+        if self.key_func is default_key_func:
+            made = "%s:%s:%s" % (self.key_prefix, version, key)  # noqa: UP031 (Django's own form)
+        else:
+            made = self.key_func(key, self.key_prefix, version)
+        # A key that fails these may still be valid (a printable non-ASCII character):
+        # Django's check decides, and warns as it would.
+        if len(made) > MEMCACHE_MAX_KEY_LENGTH or " " in made or not made.isprintable():
+            super().validate_key(made)
+        return made
+
     def get(self, key: Any, default: Any = None, version: int | None = None) -> Any:
-        key = self.key_func(key, self.key_prefix, self.version if version is None else version)
-        if len(key) > MEMCACHE_MAX_KEY_LENGTH or _refused(key):
+        # ``_made``, inline: this is every read of a key written during an outage.
+        if version is None:
+            version = self.version
+        if self.key_func is default_key_func:
+            key = "%s:%s:%s" % (self.key_prefix, version, key)  # noqa: UP031
+        else:
+            key = self.key_func(key, self.key_prefix, version)
+        if len(key) > MEMCACHE_MAX_KEY_LENGTH or " " in key or not key.isprintable():
             super().validate_key(key)
         with self._lock:
             expiry = self._expire_info.get(key, -1)
@@ -66,9 +84,7 @@ class FallbackStore(LocMemCache):
         return pickle.loads(pickled)
 
     def has_key(self, key: Any, version: int | None = None) -> bool:
-        key = self.key_func(key, self.key_prefix, self.version if version is None else version)
-        if len(key) > MEMCACHE_MAX_KEY_LENGTH or _refused(key):
-            super().validate_key(key)
+        key = self._made(key, version)
         with self._lock:
             expiry = self._expire_info.get(key, -1)
             if expiry is not None and expiry <= time.time():
