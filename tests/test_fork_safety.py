@@ -174,6 +174,36 @@ def test_cache_writes_during_an_outage(settings: Any, redis_server: RedisServer)
     assert failures == [], "\n\n".join(failures)
 
 
+def test_a_child_replays_the_journal_it_inherited(settings: Any,
+                                                 redis_server: RedisServer) -> None:
+    """A child forked during an outage has the parent's journal but not its replay thread:
+    its own reads of a covered key see the breaker let calls through once Redis is back,
+    start the replay, and then come from Redis (a miss: the replay deleted the key)."""
+    settings.CACHES = caches_for(redis_server.url)
+    settings.REDIS_BREAKERS = {"default": {"FAILURE_THRESHOLD": 2, "RESET_TIMEOUT": 0.05}}
+    cache = caches["default"]
+    redis_server.stop()
+    wait_for(lambda: (cache.set("trip", 1), get_breaker().is_open)[1],
+             what="the breaker to open")
+    cache.set("inherited", "written during the outage")
+
+    def child(i: int) -> None:
+        cache = caches["default"]
+        journal = cache._bind().journal
+        assert journal.active
+        assert journal._job.thread is None  # the parent's replay thread is not here
+        deadline = time.monotonic() + CHILD_DEADLINE_S / 2
+        while journal.active:
+            assert cache.get("inherited") == "written during the outage"
+            assert time.monotonic() < deadline, "the child's journal was never replayed"
+            time.sleep(0.01)
+        assert cache.get("inherited") is None
+        assert redis.Redis.from_url(redis_server.url).exists(":1:inherited") == 0
+
+    failures = fork_children(child, children=3, forked=redis_server.start)
+    assert failures == [], "\n\n".join(failures)
+
+
 # ------------------------------------------------------------------ the probe
 def test_a_probe_running(redis_server: RedisServer, tmp_path: Path) -> None:
     """The parent's probe PINGs a hung Redis (its thread inside a PING, its breaker's locks in

@@ -119,7 +119,7 @@ def _join_relays() -> None:
     from redis_breaker.celery import outbox
 
     for relay in list(outbox._relays.values()):
-        thread = relay._thread
+        thread = relay.thread
         if thread is not None:
             thread.join(10)
 

@@ -32,27 +32,29 @@ class BackgroundJob:
         # Fresh after fork: the parent's thread does not exist in the child, and
         # its lock may have been held by a thread that is gone.
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        #: The running pass's thread; None between passes (set under ``_lock``; read
+        #: without it, a hint that a pass is under way or about to end).
+        self.thread: threading.Thread | None = None
         self._again = False
 
     def kick(self) -> None:
         """Start a pass now, or one more after the pass that is running."""
         with self._lock:
-            if self._thread is not None:
+            if self.thread is not None:
                 self._again = True
                 return
             self._again = False
-            thread = self._thread = threading.Thread(target=self._run, daemon=True,
+            thread = self.thread = threading.Thread(target=self._run, daemon=True,
                                                      name=self.name)
         thread.start()
 
     @property
     def running(self) -> bool:
-        thread = self._thread
+        thread = self.thread
         return thread is not None and thread.is_alive()
 
     def join(self, timeout: float | None = None) -> None:
-        thread = self._thread
+        thread = self.thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
 
@@ -67,10 +69,10 @@ class BackgroundJob:
                 with self._lock:
                     # Decided under the lock that kick() takes, so no kick is lost
                     # between the end of a pass and the end of the thread.
-                    again = self._again and not failed and self._thread is me
+                    again = self._again and not failed and self.thread is me
                     self._again = False
-                    if not again and self._thread is me:
-                        self._thread = None
+                    if not again and self.thread is me:
+                        self.thread = None
             if not again:
                 return
 

@@ -355,7 +355,7 @@ class Stack:
 
         wait_for(replayed, "the cache journal to be replayed")
         def stuck() -> str:
-            relays = [(r._thread, r._thread is not None and r._thread.is_alive())
+            relays = [(r.thread, r.thread is not None and r.thread.is_alive())
                       for r in outbox._relays.values()]
             return (f"the outbox relay to publish every row (pending rows, every 50th look: "
                     f"{history[::50]}; breaker {self.breaker.stats()}; relay threads {relays})")
@@ -364,7 +364,7 @@ class Stack:
         # so the wait fails only when it stops making progress.
         wait_for_progress(pending, stuck)
         for relay in list(outbox._relays.values()):
-            thread = relay._thread
+            thread = relay.thread
             if thread is not None:
                 thread.join(DEADLINE)
 
@@ -505,8 +505,8 @@ def build_stack(settings: Any, server: RedisServer, clock: Any, url: str | None 
         if relay is not None:
             # The registry's reset after the test must not start a relay without a database.
             breaker.remove_listener(relay)
-            if relay._thread is not None:
-                relay._thread.join(DEADLINE)
+            if relay.thread is not None:
+                relay.thread.join(DEADLINE)
         try:
             loop.run(layer.close())
         finally:

@@ -239,8 +239,8 @@ def sentinel_celery(settings: Any, sentinel_cluster: RedisSentinelCluster) -> It
         yield app
     finally:
         for relay in list(outbox._relays.values()):
-            if relay._thread is not None:
-                relay._thread.join(10)
+            if relay.thread is not None:
+                relay.thread.join(10)
         cached = getattr(app, "_redis_breaker_producers", None)
         if cached is not None:
             cached[1].connections.force_close_all()

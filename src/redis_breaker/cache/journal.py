@@ -158,9 +158,14 @@ class Journal:
         keys, which is every call of an outage once something was written.
         """
         breaker = self._breaker()
-        # ``state`` catches up with the host's record (another process's probe may
-        # have closed the breaker): a process whose every call is diverted learns here.
-        if breaker is not None and breaker.state not in _REJECTING:
+        # A replay job that runs watches the breaker itself (every _WATCH_S while it
+        # rejects) and replays as soon as it lets calls through. None runs after a
+        # fork, or after a replay that failed on something other than an outage:
+        # then this call looks, and ``state`` catches up with the host's record
+        # (another process's probe may have closed the breaker), so a process whose
+        # every call is diverted learns here.
+        if (self._job.thread is None and breaker is not None
+                and breaker.state not in _REJECTING):
             self.kick()
         k = (key, version)
         if (self._all or self._inflight_all or k in self._keys or k in self._inflight
