@@ -11,7 +11,10 @@ helper grants it again after each start.
 from __future__ import annotations
 
 import json
+import logging
+import math
 import subprocess
+import time
 from typing import Any
 
 import pytest
@@ -145,3 +148,57 @@ def test_health_and_status_report_a_user_that_may_do_nothing(
     report = get_redis_status()
     assert report["breakers"]["default"]["state"] == "closed"
     assert _view()[0] == 200
+
+
+def test_a_replay_refused_by_the_acl_waits_longer_each_time(
+        settings: Any, acl_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    """A user that may not DEL: the replay after an outage is refused (NOPERM, not an
+    outage). The keys stay covered and the replay is tried again after 1 s, then 2 s...:
+    reads every 20 ms do not start one each (they did, with an ERROR each). Once the user
+    may DEL, a later attempt deletes the key from Redis."""
+    subprocess.run(["redis-cli", "-h", acl_server.host, "-p", str(acl_server.port), "ACL",
+                    "SETUSER", "no-del", "on", ">no-del-pw", "~*", "&*", "+@all", "-del",
+                    "-unlink"], check=True, capture_output=True, timeout=10)
+    settings.CACHES = caches_for(
+        f"redis://no-del:no-del-pw@{acl_server.host}:{acl_server.port}/0")
+    settings.REDIS_BREAKERS = {"default": {"FAILURE_THRESHOLD": 2, "RESET_TIMEOUT": 0.2,
+                                           "MAX_RESET_TIMEOUT": 1.0}}
+    cache = caches["default"]
+    breaker = get_breaker("default")
+    cache.set("k", "before")
+    acl_server.freeze()
+    try:
+        wait_for(lambda: (cache.get("other"), breaker.is_open)[1], timeout=30,
+                 what="the breaker to open")
+        cache.set("k", "during")
+    finally:
+        acl_server.thaw()
+    wait_for(lambda: breaker.state is State.CLOSED, timeout=30, what="the breaker to close")
+    caplog.set_level(logging.ERROR, logger="redis_breaker")
+
+    def refusals() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if "cache_journal_replay_failed" in r.getMessage()]
+
+    wait_for(lambda: bool(refusals()), timeout=30, what="the replay to be refused")
+    started = time.monotonic()
+    reads = []
+    for _ in range(30):
+        reads.append(cache.get("k"))
+        time.sleep(0.02)
+    elapsed = time.monotonic() - started
+    assert reads == ["during"] * 30  # covered: the fallback's, never Redis's older copy
+    # Attempts at about 0, 1, 3, 7 s... after the first: however slow the machine was.
+    assert len(refusals()) <= 2 + math.floor(math.log2(elapsed + 1)), (elapsed, refusals())
+    first = refusals()[0].getMessage()
+    assert "NoPermissionError" in first
+    assert "retry_in_s=1.000" in first
+    assert "no-del-pw" not in first
+    assert redis.Redis(host=acl_server.host, port=acl_server.port).exists(":1:k") == 1
+
+    subprocess.run(["redis-cli", "-h", acl_server.host, "-p", str(acl_server.port), "ACL",
+                    "SETUSER", "no-del", "+del", "+unlink"], check=True, capture_output=True,
+                   timeout=10)
+    journal = cache._bind().journal
+    wait_for(lambda: not journal.active, timeout=30, what="the replay to succeed")
+    assert redis.Redis(host=acl_server.host, port=acl_server.port).exists(":1:k") == 0
+    assert cache.get("k") is None

@@ -73,6 +73,10 @@ _REJECTING = tuple(state for state in State if state.rejects)
 INTEGRATION = "cache"
 _RETRY_FAILED_S = 0.25  # replay failed while the breaker stayed closed
 _RETRY_FAILED_MAX_S = 5.0
+# Replay refused by something other than an outage (NOPERM, a script error): tried again
+# later and later, and at once after the breaker's next recovery.
+_RETRY_REFUSED_S = 1.0
+_RETRY_REFUSED_MAX_S = 60.0
 _WATCH_S = 0.02  # how often an idle process looks whether the host's breaker lets calls through
 _journals: weakref.WeakKeyDictionary[Breaker, dict[Hashable, Journal]] = (
     weakref.WeakKeyDictionary()
@@ -108,6 +112,8 @@ class Journal:
         #: The primary's ``make_key`` (the Redis key), set by the cache: patterns match it.
         self.make_key: Callable[[Any, int], Any] | None = None
         self._job = BackgroundJob(f"redis-breaker-cache-replay-{name}", self._run)
+        #: Set by a recovery (half-open, closed): ends the wait after a refused replay.
+        self._recovered = threading.Event()
         #: Fast-path flag, read without the lock: False means nothing is covered.
         self.active = False
         if fallback is not None:
@@ -159,11 +165,10 @@ class Journal:
         """
         breaker = self._breaker()
         # A replay job that runs watches the breaker itself (every _WATCH_S while it
-        # rejects) and replays as soon as it lets calls through. None runs after a
-        # fork, or after a replay that failed on something other than an outage:
-        # then this call looks, and ``state`` catches up with the host's record
-        # (another process's probe may have closed the breaker), so a process whose
-        # every call is diverted learns here.
+        # rejects) and replays as soon as it lets calls through. None runs in a child
+        # forked during an outage: then this call looks, and ``state`` catches up with
+        # the host's record (another process's probe may have closed the breaker), so
+        # a process whose every call is diverted learns here.
         if (self._job.thread is None and breaker is not None
                 and breaker.state not in _REJECTING):
             self.kick()
@@ -341,6 +346,7 @@ class Journal:
     def _on_change(self, change: StateChange) -> None:
         # Runs in the thread that caused the transition (often the probe): never block it.
         if change.to_state in (State.HALF_OPEN, State.CLOSED) and self.active:
+            self._recovered.set()
             self.kick()
 
     def kick(self) -> None:
@@ -353,7 +359,7 @@ class Journal:
         return self._job.running and self._in_replay
 
     def _run(self) -> None:
-        pause = _RETRY_FAILED_S
+        pause, refused = _RETRY_FAILED_S, _RETRY_REFUSED_S
         while self.active:
             breaker = self._breaker()
             if breaker is None:
@@ -366,8 +372,10 @@ class Journal:
                 time.sleep(_WATCH_S)
                 continue
             self._in_replay = True
+            self._recovered.clear()
             try:
                 self.replay()
+                pause, refused = _RETRY_FAILED_S, _RETRY_REFUSED_S
             except BreakerOpenError:
                 # No longer half-open: open again (the loop waits), or closed by
                 # other trial calls meanwhile (the loop replays again).
@@ -376,9 +384,17 @@ class Journal:
             except Exception as exc:
                 self._in_replay = False
                 if not breaker.counts(exc):
+                    # Redis answered, and refused (a user without DEL, a script error):
+                    # the keys stay covered, and this thread tries again, later and
+                    # later. (It used to end here, and then every diverted call started
+                    # the replay again, each with this ERROR.)
                     emit(logging.ERROR, "cache_journal_replay_failed", cache=self.name,
-                         breaker=breaker.name, error=describe_error(exc))
-                    return
+                         breaker=breaker.name, error=describe_error(exc),
+                         retry_in_s=refused)
+                    del breaker
+                    self._recovered.wait(refused)
+                    refused = min(refused * 2, _RETRY_REFUSED_MAX_S)
+                    continue
                 # A blip too short to open the breaker: nobody else will retry,
                 # and until the replay succeeds the covered keys stay off Redis.
                 del breaker
@@ -424,6 +440,7 @@ def _after_fork_in_child() -> None:
     for per_breaker in list(_journals.values()):
         for journal in list(per_breaker.values()):
             journal.lock = threading.RLock()
+            journal._recovered = threading.Event()
             lock = getattr(journal.fallback, "_lock", None)
             if lock is not None and getattr(lock, "locked", lambda: False)():
                 # Held by a thread that does not exist here; other instances share it.
