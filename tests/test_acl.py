@@ -15,6 +15,7 @@ import logging
 import math
 import subprocess
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -202,3 +203,49 @@ def test_a_replay_refused_by_the_acl_waits_longer_each_time(
     wait_for(lambda: not journal.active, timeout=30, what="the replay to succeed")
     assert redis.Redis(host=acl_server.host, port=acl_server.port).exists(":1:k") == 0
     assert cache.get("k") is None
+
+
+def test_a_recovery_ends_the_wait_after_a_refused_replay(
+        settings: Any, acl_server: RedisServer, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replay refused (NOPERM), its next attempt 30 s away; the user is given DEL, and
+    Redis goes away and comes back: the breaker's recovery starts the replay at once."""
+    from redis_breaker.cache import journal as journal_module
+
+    monkeypatch.setattr(journal_module, "_RETRY_REFUSED_S", 30.0)
+    subprocess.run(["redis-cli", "-h", acl_server.host, "-p", str(acl_server.port), "ACL",
+                    "SETUSER", "no-del", "on", ">no-del-pw", "~*", "&*", "+@all", "-del",
+                    "-unlink"], check=True, capture_output=True, timeout=10)
+    settings.CACHES = caches_for(
+        f"redis://no-del:no-del-pw@{acl_server.host}:{acl_server.port}/0")
+    settings.REDIS_BREAKERS = {"default": {"FAILURE_THRESHOLD": 2, "RESET_TIMEOUT": 0.2,
+                                           "MAX_RESET_TIMEOUT": 1.0}}
+    cache = caches["default"]
+    breaker = get_breaker("default")
+    caplog.set_level(logging.ERROR, logger="redis_breaker")
+
+    def outage(during: Callable[[], object] = lambda: None) -> None:
+        acl_server.freeze()
+        try:
+            wait_for(lambda: (cache.get("other"), breaker.is_open)[1], timeout=30,
+                     what="the breaker to open")
+            during()
+        finally:
+            acl_server.thaw()
+        wait_for(lambda: breaker.state is State.CLOSED, timeout=30,
+                 what="the breaker to close")
+
+    cache.set("k", "before")
+    outage(lambda: cache.set("k", "during"))
+    wait_for(lambda: any("retry_in_s=30.000" in r.getMessage() for r in caplog.records),
+             timeout=30, what="the replay to be refused")
+    subprocess.run(["redis-cli", "-h", acl_server.host, "-p", str(acl_server.port), "ACL",
+                    "SETUSER", "no-del", "+del", "+unlink"], check=True, capture_output=True,
+                   timeout=10)
+    journal = cache._bind().journal
+    assert journal.active
+    started = time.monotonic()
+    outage()
+    wait_for(lambda: not journal.active, timeout=20, what="the replay after the recovery")
+    assert time.monotonic() - started < 30  # not the refused replay's own retry
+    assert redis.Redis(host=acl_server.host, port=acl_server.port).exists(":1:k") == 0
