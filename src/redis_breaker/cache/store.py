@@ -14,8 +14,8 @@ with Redis). Two things differ, both costs of an outage's reads:
   ``LocMemCache.get`` (docs/cache.md, *Benchmark*). Here a key passes on its
   length, ``" " not in key`` and ``key.isprintable()`` (false for every other
   refused character); only a key that fails them goes to Django's own check,
-  which decides, and warns, as it would have (a printable non-ASCII space,
-  for one, fails ``isprintable`` and is valid).
+  which decides, and warns, as it would have (a non-ASCII space such as
+  U+00A0, for one, fails ``isprintable`` and is valid).
 - ``get`` and ``has_key`` are Django's, with ``make_and_validate_key`` (Django's
   default key function inline) and ``_has_expired`` written out.
 """
@@ -58,7 +58,7 @@ class FallbackStore(LocMemCache):
             made = "%s:%s:%s" % (self.key_prefix, version, key)  # noqa: UP031 (Django's own form)
         else:
             made = self.key_func(key, self.key_prefix, version)
-        # A key that fails these may still be valid (a printable non-ASCII character):
+        # A key that fails these may still be valid (a non-ASCII space or separator):
         # Django's check decides, and warns as it would.
         if len(made) > MEMCACHE_MAX_KEY_LENGTH or " " in made or not made.isprintable():
             super().validate_key(made)
