@@ -151,37 +151,52 @@ def test_health_and_status_report_a_user_that_may_do_nothing(
     assert _view()[0] == 200
 
 
-def test_a_replay_refused_by_the_acl_waits_longer_each_time(
-        settings: Any, acl_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
-    """A user that may not DEL: the replay after an outage is refused (NOPERM, not an
-    outage). The keys stay covered and the replay is tried again after 1 s, then 2 s...:
-    reads every 20 ms do not start one each (they did, with an ERROR each). Once the user
-    may DEL, a later attempt deletes the key from Redis."""
-    subprocess.run(["redis-cli", "-h", acl_server.host, "-p", str(acl_server.port), "ACL",
-                    "SETUSER", "no-del", "on", ">no-del-pw", "~*", "&*", "+@all", "-del",
-                    "-unlink"], check=True, capture_output=True, timeout=10)
+def _acl(server: RedisServer, *rules: str) -> None:
+    subprocess.run(["redis-cli", "-h", server.host, "-p", str(server.port), "ACL", "SETUSER",
+                    "no-del", *rules], check=True, capture_output=True, timeout=10)
+
+
+@pytest.fixture
+def no_del_cache(settings: Any, acl_server: RedisServer) -> Any:
+    """``caches["default"]`` logged in as a user that may do everything but DEL/UNLINK."""
+    _acl(acl_server, "on", ">no-del-pw", "~*", "&*", "+@all", "-del", "-unlink")
     settings.CACHES = caches_for(
         f"redis://no-del:no-del-pw@{acl_server.host}:{acl_server.port}/0")
     settings.REDIS_BREAKERS = {"default": {"FAILURE_THRESHOLD": 2, "RESET_TIMEOUT": 0.2,
                                            "MAX_RESET_TIMEOUT": 1.0}}
-    cache = caches["default"]
+    return caches["default"]
+
+
+def _outage(server: RedisServer, cache: Any,
+            during: Callable[[], object] = lambda: None) -> None:
+    """Redis frozen until the breaker opens (``during()`` then), thawed until it closes."""
     breaker = get_breaker("default")
-    cache.set("k", "before")
-    acl_server.freeze()
+    server.freeze()
     try:
         wait_for(lambda: (cache.get("other"), breaker.is_open)[1], timeout=30,
                  what="the breaker to open")
-        cache.set("k", "during")
+        during()
     finally:
-        acl_server.thaw()
+        server.thaw()
     wait_for(lambda: breaker.state is State.CLOSED, timeout=30, what="the breaker to close")
+
+
+def _refusals(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if "cache_journal_replay_failed" in r.getMessage()]
+
+
+def test_a_replay_refused_by_the_acl_waits_longer_each_time(
+        no_del_cache: Any, acl_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    """A user that may not DEL: the replay after an outage is refused (NOPERM, not an
+    outage). The keys stay covered and the replay is tried again after 1 s, then 2 s...:
+    reads every 20 ms do not start one each (they did, with an ERROR each). Once the user
+    may DEL, a later attempt deletes the key from Redis."""
+    cache = no_del_cache
+    cache.set("k", "before")
+    _outage(acl_server, cache, lambda: cache.set("k", "during"))
     caplog.set_level(logging.ERROR, logger="redis_breaker")
-
-    def refusals() -> list[logging.LogRecord]:
-        return [r for r in caplog.records if "cache_journal_replay_failed" in r.getMessage()]
-
-    wait_for(lambda: bool(refusals()), timeout=30, what="the replay to be refused")
-    before = len(refusals())
+    wait_for(lambda: bool(_refusals(caplog)), timeout=30, what="the replay to be refused")
+    before = len(_refusals(caplog))
     started = time.monotonic()
     reads = []
     for _ in range(30):
@@ -191,17 +206,15 @@ def test_a_replay_refused_by_the_acl_waits_longer_each_time(
     assert reads == ["during"] * 30  # covered: the fallback's, never Redis's older copy
     # Attempts at about 0, 1, 3, 7 s... after the first: at most 1 + log2(elapsed + 1) of
     # them in any stretch of that length, however slow the machine was.
-    assert len(refusals()) - before <= 2 + math.floor(math.log2(elapsed + 1)), (
-        elapsed, refusals())
-    first = refusals()[0].getMessage()
+    assert len(_refusals(caplog)) - before <= 2 + math.floor(math.log2(elapsed + 1)), (
+        elapsed, _refusals(caplog))
+    first = _refusals(caplog)[0].getMessage()
     assert "NoPermissionError" in first
     assert "retry_in_s=1.000" in first
     assert "no-del-pw" not in first
     assert redis.Redis(host=acl_server.host, port=acl_server.port).exists(":1:k") == 1
 
-    subprocess.run(["redis-cli", "-h", acl_server.host, "-p", str(acl_server.port), "ACL",
-                    "SETUSER", "no-del", "+del", "+unlink"], check=True, capture_output=True,
-                   timeout=10)
+    _acl(acl_server, "+del", "+unlink")
     journal = cache._bind().journal
     wait_for(lambda: not journal.active, timeout=30, what="the replay to succeed")
     assert redis.Redis(host=acl_server.host, port=acl_server.port).exists(":1:k") == 0
@@ -209,46 +222,24 @@ def test_a_replay_refused_by_the_acl_waits_longer_each_time(
 
 
 def test_a_recovery_ends_the_wait_after_a_refused_replay(
-        settings: Any, acl_server: RedisServer, caplog: pytest.LogCaptureFixture,
+        no_del_cache: Any, acl_server: RedisServer, caplog: pytest.LogCaptureFixture,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The replay refused (NOPERM), its next attempt 30 s away; the user is given DEL, and
     Redis goes away and comes back: the breaker's recovery starts the replay at once."""
     from redis_breaker.cache import journal as journal_module
 
     monkeypatch.setattr(journal_module, "_RETRY_REFUSED_S", 30.0)
-    subprocess.run(["redis-cli", "-h", acl_server.host, "-p", str(acl_server.port), "ACL",
-                    "SETUSER", "no-del", "on", ">no-del-pw", "~*", "&*", "+@all", "-del",
-                    "-unlink"], check=True, capture_output=True, timeout=10)
-    settings.CACHES = caches_for(
-        f"redis://no-del:no-del-pw@{acl_server.host}:{acl_server.port}/0")
-    settings.REDIS_BREAKERS = {"default": {"FAILURE_THRESHOLD": 2, "RESET_TIMEOUT": 0.2,
-                                           "MAX_RESET_TIMEOUT": 1.0}}
-    cache = caches["default"]
-    breaker = get_breaker("default")
+    cache = no_del_cache
     caplog.set_level(logging.ERROR, logger="redis_breaker")
-
-    def outage(during: Callable[[], object] = lambda: None) -> None:
-        acl_server.freeze()
-        try:
-            wait_for(lambda: (cache.get("other"), breaker.is_open)[1], timeout=30,
-                     what="the breaker to open")
-            during()
-        finally:
-            acl_server.thaw()
-        wait_for(lambda: breaker.state is State.CLOSED, timeout=30,
-                 what="the breaker to close")
-
     cache.set("k", "before")
-    outage(lambda: cache.set("k", "during"))
-    wait_for(lambda: any("retry_in_s=30.000" in r.getMessage() for r in caplog.records),
+    _outage(acl_server, cache, lambda: cache.set("k", "during"))
+    wait_for(lambda: any("retry_in_s=30.000" in r.getMessage() for r in _refusals(caplog)),
              timeout=30, what="the replay to be refused")
-    subprocess.run(["redis-cli", "-h", acl_server.host, "-p", str(acl_server.port), "ACL",
-                    "SETUSER", "no-del", "+del", "+unlink"], check=True, capture_output=True,
-                   timeout=10)
+    _acl(acl_server, "+del", "+unlink")
     journal = cache._bind().journal
     assert journal.active
     started = time.monotonic()
-    outage()
+    _outage(acl_server, cache)
     wait_for(lambda: not journal.active, timeout=20, what="the replay after the recovery")
     assert time.monotonic() - started < 30  # not the refused replay's own retry
     assert redis.Redis(host=acl_server.host, port=acl_server.port).exists(":1:k") == 0
