@@ -17,7 +17,7 @@ import redis
 from freezegun import freeze_time
 from freezegun.api import FrozenDateTimeFactory
 
-from redis_breaker import Breaker, BreakerConfig, BreakerOpenError, State, StateChange
+from redis_breaker import Breaker, BreakerConfig, BreakerOpenError, State, StateChange, _shared
 from redis_breaker._breaker import FOLLOW_EVERY_S, LEASE_S, REPLACED_CHECK_EVERY_S
 from redis_breaker.testing import capture_events
 from tests.harness import RedisServer
@@ -107,6 +107,66 @@ def test_a_success_anywhere_resets_the_consecutive_count(state_dir: str) -> None
         with pytest.raises(redis.ConnectionError):
             first.call(refused)
     assert first.state is State.CLOSED
+
+
+def test_a_failure_while_closed_writes_only_the_count(state_dir: str) -> None:
+    """A counted failure that trips nothing changes the consecutive count and the hot word;
+    every other byte of the record but the last error (the backoff step a flapping Redis
+    built up, the times of the last transitions, the last change) stays as the last
+    transition left it."""
+    first, second = pair(state_dir, failure_rate=None)
+    trip(first)
+    first.reset()  # a transition: the section writes the whole record
+    path = first.state_file
+    assert path is not None
+    before = Path(path).read_bytes()
+    with pytest.raises(redis.ConnectionError):
+        second.call(refused)
+    after = Path(path).read_bytes()
+    changed = {i // 8 for i in range(len(before)) if before[i] != after[i]}
+    start, size = _shared.ERROR_TEXT
+    error = {_shared.ERR_LEN, *range(start // 8, (start + size) // 8)}  # reset cleared it
+    assert changed - error == {_shared.HOT, _shared.CONSEC}, changed
+    assert first.last_change is not None
+    assert first.last_change.to_state is State.CLOSED
+    assert first.stats().consecutive_failures == 1
+
+
+def test_a_transition_elsewhere_between_two_failures_is_not_missed(state_dir: str) -> None:
+    """Another process's reset (closed to closed: only the generation tells) zeroes the
+    count this process goes on from, and its force_open is seen by the next failure."""
+    first, second = pair(state_dir, failure_rate=None)
+    for _ in range(4):
+        with pytest.raises(redis.ConnectionError):
+            first.call(refused)
+    second.reset()
+    for _ in range(4):
+        with pytest.raises(redis.ConnectionError):
+            first.call(refused)
+    assert first.state is State.CLOSED
+    assert second.stats().consecutive_failures == 4
+    second.force_open("maintenance")
+    with pytest.raises(BreakerOpenError):
+        first.call(refused)
+    assert first.state is State.FORCED_OPEN
+    second.reset()
+    with pytest.raises(redis.ConnectionError):
+        first.call(refused)
+    assert second.stats().consecutive_failures == 1
+
+
+def test_a_reset_elsewhere_clears_this_process_failure_window(state_dir: str) -> None:
+    """The failure-rate window is each process's own; another process's reset (closed to
+    closed: only the new generation tells) clears it, so old failures cannot trip it."""
+    first, second = pair(state_dir, failure_rate=0.5, minimum_calls=4, failure_threshold=100)
+    for _ in range(3):
+        with pytest.raises(redis.ConnectionError):
+            first.call(refused)
+    second.reset()
+    with pytest.raises(redis.ConnectionError):
+        first.call(refused)
+    assert first.state is State.CLOSED
+    assert first.stats().window_calls == 1
 
 
 def test_half_open_permits_are_host_wide(state_dir: str, clock: FrozenDateTimeFactory) -> None:

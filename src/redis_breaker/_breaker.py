@@ -284,6 +284,8 @@ class Breaker:
         self._detached_warned = False
         self._replaced = False
         self._replaced_check_at = 0.0
+        #: The generation a section of the lock loaded from the hot word alone (see _load).
+        self._quick_generation = -1
         self._record: Record = _shared.local_record(self._since)
         # Stepped without a lock on the hot paths; read under the lock.
         self._rejected = Counter()
@@ -431,8 +433,30 @@ class Breaker:
         A transition another process made shows up as a newer generation: this
         process's listeners hear of it (a ``remote`` change, logged by the process
         that made it), and its local bookkeeping follows.
+
+        Closed (or disabled) with no transition since this process last looked,
+        the hot word is all there is to read: in those states only the
+        consecutive failures change without a new generation (the trial and
+        backoff fields change in half-open and open, or with a transition), so
+        the hot word and the state's code are all there is to read (the code
+        read catches a stray writer's damage, as the full read does). The
+        section then writes back only that count and the hot word (``_store``),
+        unless it makes a transition itself.
         """
         record = self._record
+        word = record.hot[0]
+        state = self._state
+        if (word >> _CONSEC_BITS == self._generation and (state is _CLOSED or state is _DISABLED)
+                and word & _CONSEC_MAX != _CONSEC_MAX
+                and record.ints[_shared.STATE] == _CODE[id(state)]):
+            self._consecutive = word & _CONSEC_MAX
+            self._quick_generation = self._generation
+            now = time.monotonic()
+            if now >= self._replaced_check_at:
+                self._replaced_check_at = now + REPLACED_CHECK_EVERY_S
+                self._replaced = record.replaced()
+            return
+        self._quick_generation = -1
         buffer = record.buffer
         generation, code, consecutive, trials, trial_ok, step = _INTS.unpack_from(buffer, _INTS_AT)
         if not 0 <= code < len(_CODES) or trials < 0 or consecutive < 0:
@@ -482,6 +506,13 @@ class Breaker:
         """Write the attributes back to the shared record, the hot word last (lock held)."""
         record = self._record
         if record.shared:
+            if self._quick_generation == self._generation:
+                # Loaded from the hot word and no transition since (see _load).
+                self._quick_generation = -1
+                record.ints[_shared.CONSEC] = self._consecutive
+                self._sync_hot(publish=True)
+                return
+            self._quick_generation = -1
             buffer = record.buffer
             _INTS.pack_into(buffer, _INTS_AT, self._generation, _CODE[id(self._state)],
                             self._consecutive, self._trials, self._trial_successes,
