@@ -8,6 +8,7 @@ results. The clock runs (ticking freezegun) so that call durations are real.
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -60,10 +61,27 @@ class Sleeper:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        """Start sleeping; return once Redis has answered a PING late.
+
+        Starting ``redis-cli`` can take longer than the callers' whole discovery on
+        a busy machine: they would meet a quick Redis.
+        """
         self.process = subprocess.Popen(
             ["redis-cli", "-h", self.server.host, "-p", str(self.server.port), "-r", "-1",
              "DEBUG", "SLEEP", str(SLEEP)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = self.server.client(socket_timeout=SOCKET_TIMEOUT)
+        try:
+            for _ in range(500):
+                began = time.perf_counter()
+                client.ping()
+                if time.perf_counter() - began >= THRESHOLD:
+                    return
+                assert self.process.poll() is None, "redis-cli ended"
+                time.sleep(0.01)  # real time: the process starting, not the breaker's clock
+            raise AssertionError("Redis never answered late: DEBUG SLEEP did not start")
+        finally:
+            client.close()
 
     def stop(self) -> None:
         if self.process is None:
