@@ -352,7 +352,7 @@ class Breaker:
                             self._generation = record.ints[_shared.GEN] + 1
                             self._carry_over(record)
                         else:
-                            self._load()
+                            self._load(whole=True)
                         self._store()
                     finally:
                         record.unlock()
@@ -427,7 +427,7 @@ class Breaker:
         if publish or not record.shared:
             hot[0] = word
 
-    def _load(self) -> None:
+    def _load(self, whole: bool = False) -> None:
         """Read the shared record into the attributes (lock held).
 
         A transition another process made shows up as a newer generation: this
@@ -435,18 +435,18 @@ class Breaker:
         that made it), and its local bookkeeping follows.
 
         Closed (or disabled) with no transition since this process last looked,
-        the hot word is all there is to read: in those states only the
-        consecutive failures change without a new generation (the trial and
-        backoff fields change in half-open and open, or with a transition), so
-        the hot word and the state's code are all there is to read (the code
-        read catches a stray writer's damage, as the full read does). The
-        section then writes back only that count and the hot word (``_store``),
-        unless it makes a transition itself.
+        only the consecutive failures can have changed (the trial and backoff
+        fields change in half-open and open, or with a transition): the section
+        reads the hot word, and the state's code to catch a stray writer's damage
+        as the whole read does, and writes back only the count and the hot word
+        (``_store``), unless it makes a transition itself. ``whole``: read
+        everything (a record just attached).
         """
         record = self._record
         word = record.hot[0]
         state = self._state
-        if (word >> _CONSEC_BITS == self._generation and (state is _CLOSED or state is _DISABLED)
+        if (not whole and word >> _CONSEC_BITS == self._generation
+                and (state is _CLOSED or state is _DISABLED)
                 and word & _CONSEC_MAX != _CONSEC_MAX
                 and record.ints[_shared.STATE] == _CODE[id(state)]):
             self._consecutive = word & _CONSEC_MAX
