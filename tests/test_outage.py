@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
@@ -13,6 +15,7 @@ import redis
 from redis_breaker import Breaker, BreakerConfig, BreakerOpenError, State
 from redis_breaker.testing import capture_events
 from tests.harness import RedisServer
+from tests.harness.server import free_port
 
 SOCKET_TIMEOUT = 0.5
 
@@ -128,6 +131,57 @@ def test_probe_keeps_pinging_while_redis_stays_down(redis_server: RedisServer) -
     assert breaker._backoff_step == 0
     assert "Connection refused" in (breaker.stats().last_error or "") or "111" in (
         breaker.stats().last_error or "")
+
+
+@contextlib.contextmanager
+def collected_garbage() -> Iterator[list[object]]:
+    """What the cyclic collector finds of the objects made in the block (collection paused)."""
+    found: list[object] = []
+    gc.collect()
+    enabled, flags = gc.isenabled(), gc.get_debug()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        yield found
+        gc.collect()
+        found.extend(gc.garbage)
+    finally:
+        gc.garbage.clear()
+        gc.set_debug(flags)
+        if enabled:
+            gc.enable()
+
+
+def test_the_probe_connects_anew_for_every_ping_and_leaves_no_garbage(
+        redis_server: RedisServer) -> None:
+    """Every PING of the probe is a new connection (Redis's own count says so), closed
+    after; neither an answered PING nor a refused one leaves a client, pool or connection
+    for the cyclic collector, whose ``__del__`` would run in whatever thread collects
+    (a Celery worker's main thread, where a SIGTERM that lands in one is lost)."""
+    breaker = Breaker("pings", BreakerConfig(url=redis_server.url, probe=False,
+                                             failure_threshold=1, reset_timeout=600.0,
+                                             max_reset_timeout=600.0))
+    dead = redis.Redis(port=free_port(), socket_connect_timeout=SOCKET_TIMEOUT,
+                       retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0))
+    with pytest.raises(redis.ConnectionError):
+        breaker.call(dead.get, "k")
+    assert breaker.state is State.OPEN
+    assert breaker.probe_now()  # the first makes the probe's client
+    watcher = client(redis_server)
+    before = watcher.info("stats")["total_connections_received"]
+    with collected_garbage() as answered:
+        for _ in range(20):
+            assert breaker.probe_now()  # answered; the open interval has not elapsed
+    assert breaker.state is State.OPEN
+    assert watcher.info("stats")["total_connections_received"] - before == 20
+    assert len(watcher.client_list()) == 1  # the watcher's: every PING's was closed
+    redis_server.stop()
+    with collected_garbage() as refused:
+        for _ in range(20):
+            assert not breaker.probe_now()
+    kinds = {type(o).__name__ for o in answered + refused}
+    assert not kinds & {"Redis", "ConnectionPool", "Connection", "ConnectionError"}, kinds
+    assert "Connection refused" in (breaker.stats().last_error or "")
 
 
 def test_probe_password_never_logged(tmp_path: object) -> None:

@@ -33,7 +33,7 @@ from ._counter import Counter
 from ._errors import BreakerOpenError
 from ._events import emit
 from ._ledger import FALLBACK_WARN_EVERY, FallbackLedger
-from ._probe import Probe, ping_url
+from ._probe import PingClient, Probe
 from ._publish import Listener, Publisher, add_global_listener, remove_global_listener
 from ._redact import describe_error, redact
 from ._shared import Record
@@ -309,6 +309,8 @@ class Breaker:
         self._lock = _Guard(self)
         self._events.init_runtime()
         self._probe: Probe | None = None
+        #: The probe's PING client (a parent's, inherited across fork, is not used).
+        self._ping_client: PingClient | None = None
         #: True while a probe thread is running: rejections then need no lock.
         self._probe_running = False
         # A generator of its own, seeded afresh in every process (a forked child must
@@ -1033,7 +1035,12 @@ class Breaker:
         url = self.url
         if url is None:
             raise RuntimeError("no URL to probe")
-        ping_url(url, self._config.probe_timeout)
+        client = self._ping_client
+        if client is None or client.key != (url, self._config.probe_timeout):
+            if client is not None:
+                client.close()
+            client = self._ping_client = PingClient(url, self._config.probe_timeout)
+        client.ping()
 
     def _lease(self, now: float) -> bool:
         """Hold (take, renew) the host's probe lease; False when another process holds it."""

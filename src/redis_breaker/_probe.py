@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import threading
+import traceback
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,7 @@ from ._sentinel import is_sentinel_url, ping_sentinel
 if TYPE_CHECKING:
     from ._breaker import Breaker
 
-__all__ = ["Probe", "answered", "ping", "ping_url", "probe_client"]
+__all__ = ["PingClient", "Probe", "answered", "free_frames", "ping", "ping_url", "probe_client"]
 
 _RUNNING: weakref.WeakSet[Probe] = weakref.WeakSet()
 
@@ -41,8 +42,11 @@ def ping(client: Any) -> None:
         return
 
 
-def probe_client(url: str, timeout: float) -> redis.Redis:
+def probe_client(url: str, timeout: float, *, connect: bool = True) -> redis.Redis:
     """A client of ``url`` on one fresh connection, connected now, no retries.
+
+    ``connect=False``: a client of a pool of its own that connects on its
+    first command (no connection held between commands but the pool's).
 
     ``timeout`` is the connect and read timeout whatever the URL's own
     ``socket_timeout`` says. A URL redis-py cannot use raises ``ValueError``
@@ -65,12 +69,33 @@ def probe_client(url: str, timeout: float) -> redis.Redis:
     kwargs.update(socket_timeout=timeout, socket_connect_timeout=timeout, retry=retry)
     pool = ConnectionPool(connection_class=connection_class, **kwargs)
     try:
-        client = redis.Redis(connection_pool=pool, single_connection_client=True, retry=retry)
+        client = redis.Redis(connection_pool=pool, single_connection_client=connect, retry=retry)
     except BaseException:
         pool.disconnect()
         raise
     client.auto_close_connection_pool = True  # close() disconnects, as from_url's client does
     return client
+
+
+def free_frames(exc: BaseException) -> None:
+    """Clear the local variables of the finished frames ``exc`` and its causes went through.
+
+    redis-py re-raises an error from a local variable (``raise error``), which
+    ties the exception, its traceback and the frame into a reference cycle
+    that also holds the client, its pool and its connection, all with
+    ``__del__``. A refused PING left about 150 such objects for the cyclic
+    collector, which runs whenever any thread allocates: in the main thread of
+    a Celery worker or beat, a SIGTERM that lands while a collected client's
+    ``__del__`` runs has its ``SystemExit`` swallowed (printed as an ignored
+    exception), and the process does not stop. Cleared here, the client is
+    freed at once, in the probe's thread. The traceback keeps its lines.
+    """
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)  # skips the frames still running
+        error = error.__cause__ or error.__context__
 
 
 def ping_url(url: str, timeout: float) -> None:
@@ -79,7 +104,17 @@ def ping_url(url: str, timeout: float) -> None:
     A ``NOPERM`` reply counts as an answer (an ACL user that may not PING).
     A ``redis+sentinel://`` URL is resolved through its sentinels on every
     call, and the master they name must answer as a master (see ``_sentinel``).
+    The client made for it is freed before this returns or raises
+    (``free_frames``).
     """
+    try:
+        _ping_url(url, timeout)
+    except BaseException as exc:
+        free_frames(exc)
+        raise
+
+
+def _ping_url(url: str, timeout: float) -> None:
     if is_sentinel_url(url):
         ping_sentinel(url, timeout)
         return
@@ -92,6 +127,51 @@ def ping_url(url: str, timeout: float) -> None:
     finally:
         with contextlib.suppress(Exception):  # a connection that cannot close is gone
             client.close()
+
+
+class PingClient:
+    """One breaker's probe client: its objects made once, a new connection for every PING.
+
+    Each PING connects (AUTH and SELECT included), asks and disconnects, as
+    ``ping_url`` does, but through the same pool, connection and parser every
+    time: a client made per PING leaves its pool and connection, which refer
+    to each other, for the cyclic collector (redis-py 7+), and their
+    ``__del__`` then runs in whatever thread the collection happens in (see
+    ``free_frames``). A Sentinel URL, or a PING while another thread uses this
+    client, goes through ``ping_url``.
+    """
+
+    __slots__ = ("_client", "_lock", "key")
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self.key = (url, timeout)
+        self._lock = threading.Lock()
+        self._client: redis.Redis | None = None
+
+    def ping(self) -> None:
+        url, timeout = self.key
+        if is_sentinel_url(url) or not self._lock.acquire(blocking=False):
+            ping_url(url, timeout)
+            return
+        try:
+            client = self._client
+            if client is None:
+                client = self._client = probe_client(url, timeout, connect=False)
+            try:
+                ping(client)  # a NOPERM while connecting (SELECT denied) is an answer too
+            finally:
+                client.connection_pool.disconnect()
+        except BaseException as exc:
+            free_frames(exc)
+            raise
+        finally:
+            self._lock.release()
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.connection_pool.disconnect()
 
 
 class Probe(threading.Thread):
