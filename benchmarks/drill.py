@@ -63,6 +63,8 @@ class Run:
     #: each error a caller saw: (contestant, op, start, the exception and its text, cut short)
     error_texts: list[tuple[str, str, float, str]] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
+    #: each time the Celery worker ended while the drill ran: (time, exit code, its last CRITICAL)
+    worker_deaths: list[tuple[float, int, str]] = field(default_factory=list)
 
     def now(self) -> float:
         return time.perf_counter() - self.started
@@ -181,12 +183,55 @@ def restore(server: RedisServer, fault: str) -> None:
 
 
 def start_worker(env: dict[str, str], out: Path) -> subprocess.Popen[bytes]:
-    log_file = (out / "celery-worker.log").open("wb")
+    log_file = (out / "celery-worker.log").open("ab")  # a restarted worker's log goes after
     return subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "drill_app.celery_app", "worker", "--pool=solo",
          "-Q", "drill", "--loglevel=WARNING", "--without-heartbeat", "--without-gossip",
          "--without-mingle"],
         cwd=HERE, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+class Supervisor:
+    """Starts the Celery worker again when it ends while the drill runs, as systemd would.
+
+    A worker can die in an outage by no fault of the code under test (kombu 5.7.0 was
+    seen to stop with "Unrecoverable error" while its broker connection was torn
+    down); left dead, every contestant's later tasks would count as lost. Each death
+    is logged and reported with the last CRITICAL line of the worker's log.
+    """
+
+    def __init__(self, run: Run, env: dict[str, str], out: Path) -> None:
+        self.run, self.env, self.out = run, env, out
+        self.worker = start_worker(env, out)
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="drill-supervisor",
+                                        daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._done.wait(0.5):
+            with self._lock:
+                code = self.worker.poll()
+                if code is None or self._done.is_set():
+                    continue
+                critical = [line for line in (self.out / "celery-worker.log").read_text(
+                    errors="replace").splitlines() if "CRITICAL" in line]
+                last = critical[-1] if critical else ""
+                self.run.worker_deaths.append((self.run.now(), code, last))
+                log(f"the Celery worker ended (exit code {code}): {last or 'no CRITICAL line'}; "
+                    "started again")
+                self.worker = start_worker(self.env, self.out)
+
+    def stop(self) -> None:
+        self._done.set()
+        with self._lock:
+            worker = self.worker
+        worker.terminate()
+        try:
+            worker.wait(20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
 
 
 def where_in_broker(client: Any, task_id: str) -> str:
@@ -231,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ledger = RedisServer().start()
     server = RedisServer(netns=can_blackhole).start()
-    worker: subprocess.Popen[bytes] | None = None
+    worker: Supervisor | None = None
     loops: dict[str, LoopThread] = {}
     served: Any = None
     run = Run()
@@ -264,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
 
         log(f"redis-server {server.host}:{server.port} ({'network namespace' if can_blackhole else 'loopback'}), "
             f"ledger {ledger.host}:{ledger.port}, socket_timeout={SOCKET_TIMEOUT}s for every contestant")
-        worker = start_worker(env, out)
+        (out / "celery-worker.log").unlink(missing_ok=True)
+        worker = Supervisor(run, env, out)
         warmup = plain.delay(-1).id
         ledger_client = ledger.client()
         if not wait_until(lambda: ledger_client.hexists("executed:celery", warmup), 60, 0.2):
@@ -399,7 +445,10 @@ def main(argv: list[str] | None = None) -> int:
         report = summarize(run, tasks, faults, skipped, received, blocked,
                            {"duration": args.duration, "concurrency": args.concurrency,
                             "pace": args.pace, "socket_timeout": SOCKET_TIMEOUT,
-                            "processes": args.processes},
+                            "processes": args.processes,
+                            "worker_deaths": [{"at": round(at, 3), "exit_code": code,
+                                               "last_critical": last}
+                                              for at, code, last in run.worker_deaths]},
                            dispatches, processes)
         write_outputs(report, run, out)
         return 0
@@ -408,11 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         if served is not None:
             served.close()
         if worker is not None:
-            worker.terminate()
-            try:
-                worker.wait(20)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+            worker.stop()
         for loop in loops.values():
             loop.close()
         server.close()

@@ -338,6 +338,19 @@ def _process_cells(row: dict[str, Any]) -> list[object]:
             who(row["closed_here"]), row["first_call_through_redis_s"]]
 
 
+def worker_deaths(report: dict[str, Any]) -> list[str]:
+    """Lines on each time the drill's Celery worker ended while the drill ran (none: no lines)."""
+    deaths = report["params"].get("worker_deaths") or []
+    if not deaths:
+        return []
+    return [f"The Celery worker (shared by every contestant) ended while the drill ran "
+            f"{_count(len(deaths), 'time')} and was started again, as a process supervisor "
+            "would; tasks it held unacknowledged wait for the broker's visibility timeout, and "
+            "count as lost here:"] + [
+        f"at {d['at']:.1f} s, exit code {d['exit_code']}: "
+        f"{d['last_critical'] or '(no CRITICAL line in its log)'}" for d in deaths]
+
+
 def print_tables(report: dict[str, Any]) -> None:
     for summary in report["verdict"]:
         print_table(f"Verdict, {summary['fault']}: calls made while Redis was cut "
@@ -358,6 +371,8 @@ def print_tables(report: dict[str, Any]) -> None:
                                                             "lost", "duplicates"],
                 [[name, t["dispatched"], t["executed"], t["lost"], t["duplicates"]]
                  for name, t in report["tasks_by_contestant"].items()])
+    for line in worker_deaths(report):
+        print(("\n" if line.startswith("The") else "  ") + line)
     for fault, why in report["skipped_faults"].items():
         print(f"\n{fault}: skipped ({why})")
 
@@ -498,6 +513,10 @@ def write_html(report: dict[str, Any], images: list[str], path: Path) -> None:
     parts.append(_table(("contestant", "dispatched", "executed", "lost", "duplicates"),
                         [[name, t["dispatched"], t["executed"], t["lost"], t["duplicates"]]
                          for name, t in report["tasks_by_contestant"].items()], 0))
+    deaths = worker_deaths(report)
+    if deaths:
+        parts.append(f"<p>{html.escape(deaths[0])}</p><ul>" + "".join(
+            f"<li>{html.escape(line)}</li>" for line in deaths[1:]) + "</ul>")
     parts.append("<details><summary>Every fault, phase, contestant and operation</summary>")
     parts.append(_table(("fault", "phase", "contestant", "op", "calls", "errors seen",
                          "errors hidden", "p50 ms", "p99 ms", "max ms"),

@@ -17,7 +17,15 @@ from tests.harness import RedisServer
 sys.path.append(str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 from drill_app import hidden
-from drill_report import breaker_timing, fmt, per_process, sig, summarize, write_html
+from drill_report import (
+    breaker_timing,
+    fmt,
+    per_process,
+    print_tables,
+    sig,
+    summarize,
+    write_html,
+)
 
 
 @dataclass
@@ -135,6 +143,33 @@ def test_the_verdict_counts_every_call_of_the_fault_window_and_the_hidden_errors
     assert text.index("Verdict") < text.index("timeline-refused.png") < text.index("<details>")
     for name in ("django-redis", "pybreaker", "channels-redis", "celery", "django-redis-cache"):
         assert f"<b>{name}</b>:" in text
+
+
+def test_a_worker_that_died_is_reported_in_the_text_and_the_page(
+        tmp_path: Path, capsys: Any) -> None:
+    """The drill starts a Celery worker that ended again; the report says when, how and why, since
+    the tasks it held count as lost for every contestant."""
+    run = Timeline()
+    run.fault("refused", 0.0, cut=(10.0, 10.5), restore=(20.5, 20.6))
+    line = ("[2026-11-27 17:06:57,616: CRITICAL/MainProcess] Unrecoverable error: "
+            "AttributeError(\"'NoneType' object has no attribute 'hostname'\")")
+    params = {"duration": 10.0, "worker_deaths": [{"at": 10.7, "exit_code": 1,
+                                                   "last_critical": line}]}
+    report = summarize(run, {"celery": {"dispatched": 3, "executed": 1, "lost": 2,
+                                        "duplicates": 0}}, ["refused"], {}, {}, [], params, {})
+    print_tables(report)
+    out = capsys.readouterr().out
+    assert "ended while the drill ran 1 time and was started again" in out
+    assert "at 10.7 s, exit code 1: " + line in out
+    page = tmp_path / "index.html"
+    write_html(report, [], page)
+    text = page.read_text()
+    assert "ended while the drill ran 1 time" in text
+    assert "Unrecoverable error" in text
+    # No death, no line.
+    params["worker_deaths"] = []
+    print_tables(summarize(run, {}, ["refused"], {}, {}, [], params, {}))
+    assert "ended while the drill ran" not in capsys.readouterr().out
 
 
 def test_figures_have_three_significant_figures() -> None:
