@@ -313,8 +313,9 @@ class Stack:
             wait_for(lambda: b.state is not State.HALF_OPEN or self._trial_waits_for_clock(),
                      "half-open trial calls")
             if b.state is State.HALF_OPEN:
-                step = _micro(b._next_trial_at - b._now())
-                self._advance(step)
+                step = self._advance_between_trials()
+                if step is None:
+                    continue  # a trial call began meanwhile: wait for it
                 ticked += step
                 b._wake_probe()
             assert ticked <= budget, (
@@ -330,6 +331,23 @@ class Stack:
         b = self.breaker
         with b._lock:
             return b._trials == 0 and b._next_trial_at > b._now()
+
+    def _advance_between_trials(self) -> float | None:
+        """Move the clock to the probe's next trial while no trial call runs; the step, or
+        None when one runs.
+
+        Under the breaker's lock: a trial is admitted under it and reads its start time
+        after, so none can begin before the jump and end after it. A jump inside a call
+        would count in its duration: with ``SLOW_CALL_THRESHOLD`` a healthy trial call
+        was judged slow (0.27 s) and the breaker reopened.
+        """
+        b = self.breaker
+        with b._lock:
+            if b._trials or b._next_trial_at <= b._now():
+                return None
+            step = _micro(b._next_trial_at - b._now())
+            self._advance(step)
+        return step
 
     def settle(self) -> None:
         """Wait for the background recovery work: journal replayed, outbox relayed, groups back."""
