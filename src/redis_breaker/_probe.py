@@ -86,9 +86,11 @@ def free_frames(exc: BaseException) -> None:
     ``__del__``. A refused PING left about 150 such objects for the cyclic
     collector, which runs whenever any thread allocates: in the main thread of
     a Celery worker or beat, a SIGTERM that lands while a collected client's
-    ``__del__`` runs has its ``SystemExit`` swallowed (printed as an ignored
-    exception), and the process does not stop. Cleared here, the client is
-    freed at once, in the probe's thread. The traceback keeps its lines.
+    ``__del__`` runs has its ``SystemExit`` swallowed (an exception in
+    ``__del__`` is only printed). Cleared here, the client is freed at once,
+    in the calling thread (its pool and connection still refer to each other
+    in redis-py 7+: ``PingClient`` keeps them instead of dropping them). The
+    traceback keeps its lines.
     """
     seen: set[int] = set()
     error: BaseException | None = exc
