@@ -158,9 +158,10 @@ def test_the_probe_connects_anew_for_every_ping_and_leaves_no_garbage(
     after; neither an answered PING nor a refused one leaves a client, pool or connection
     for the cyclic collector, whose ``__del__`` would run in whatever thread collects
     (a Celery worker's main thread, where a SIGTERM that lands in one is lost)."""
+    # A long PROBE_TIMEOUT: an answered PING must not time out on a busy machine.
     breaker = Breaker("pings", BreakerConfig(url=redis_server.url, probe=False,
-                                             failure_threshold=1, reset_timeout=600.0,
-                                             max_reset_timeout=600.0))
+                                             probe_timeout=5.0, failure_threshold=1,
+                                             reset_timeout=600.0, max_reset_timeout=600.0))
     dead = redis.Redis(port=free_port(), socket_connect_timeout=SOCKET_TIMEOUT,
                        retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0))
     with pytest.raises(redis.ConnectionError):
