@@ -371,8 +371,11 @@ def print_tables(report: dict[str, Any]) -> None:
                                                             "lost", "duplicates"],
                 [[name, t["dispatched"], t["executed"], t["lost"], t["duplicates"]]
                  for name, t in report["tasks_by_contestant"].items()])
-    for line in worker_deaths(report):
-        print(("\n" if line.startswith("The") else "  ") + line)
+    deaths = worker_deaths(report)
+    if deaths:
+        print("\n" + deaths[0])
+        for line in deaths[1:]:
+            print("  " + line)
     for fault, why in report["skipped_faults"].items():
         print(f"\n{fault}: skipped ({why})")
 

@@ -453,10 +453,7 @@ class Breaker:
                 and record.ints[_shared.STATE] == _CODE[id(state)]):
             self._consecutive = word & _CONSEC_MAX
             self._quick_generation = self._generation
-            now = time.monotonic()
-            if now >= self._replaced_check_at:
-                self._replaced_check_at = now + REPLACED_CHECK_EVERY_S
-                self._replaced = record.replaced()
+            self._check_replaced(record)
             return
         self._quick_generation = -1
         buffer = record.buffer
@@ -473,11 +470,7 @@ class Breaker:
         self._backoff_step = step
         self._left_closed_at = None if left != left else left
         self._closed_at = None if closed != closed else closed
-        now = time.monotonic()
-        if now >= self._replaced_check_at:
-            # Rare (the window's buckets send a success here once a second at most).
-            self._replaced_check_at = now + REPLACED_CHECK_EVERY_S
-            self._replaced = record.replaced()
+        self._check_replaced(record)
         state = _CODES[code]
         previous = self._state
         self._state = state
@@ -504,17 +497,24 @@ class Breaker:
         )
         self._local_effects(previous, state, change)
 
+    def _check_replaced(self, record: Record) -> None:
+        """Whether the state file was removed or replaced, looked at once a second (lock held)."""
+        now = time.monotonic()
+        if now >= self._replaced_check_at:
+            # Rare (the window's buckets send a success here once a second at most).
+            self._replaced_check_at = now + REPLACED_CHECK_EVERY_S
+            self._replaced = record.replaced()
+
     def _store(self) -> None:
         """Write the attributes back to the shared record, the hot word last (lock held)."""
         record = self._record
         if record.shared:
-            if self._quick_generation == self._generation:
+            quick, self._quick_generation = self._quick_generation == self._generation, -1
+            if quick:
                 # Loaded from the hot word and no transition since (see _load).
-                self._quick_generation = -1
                 record.ints[_shared.CONSEC] = self._consecutive
                 self._sync_hot(publish=True)
                 return
-            self._quick_generation = -1
             buffer = record.buffer
             _INTS.pack_into(buffer, _INTS_AT, self._generation, _CODE[id(self._state)],
                             self._consecutive, self._trials, self._trial_successes,
