@@ -350,6 +350,62 @@ def test_force_open_disable_and_reset(clock: FrozenDateTimeFactory) -> None:
     assert breaker.stats().consecutive_failures == 0
 
 
+def test_each_entry_point_with_a_fallback_counts_a_refusal_once(
+        clock: FrozenDateTimeFactory) -> None:
+    """Open: every entry point that takes a fallback serves it without calling the function.
+
+    Each refused call counts once as rejected and once as served by its
+    integration's fallback; the first in each integration warns, once per
+    outage. A forced-open breaker refuses the same way; once the open
+    interval is over, a trial is admitted.
+    """
+    breaker = make()
+    fail(breaker, 5)
+    assert breaker.state is State.OPEN
+    called: list[str] = []
+
+    def fn(x: str) -> str:
+        called.append(x)
+        return "redis"
+
+    async def afn(x: str) -> str:
+        called.append(x)
+        return "redis"
+
+    guarded = guard(breaker, fallback=lambda x: "local")(fn)
+    aguarded = guard(breaker, fallback=lambda x: "local")(afn)
+
+    def refuse_all() -> list[str]:
+        return [
+            breaker.call_with_fallback(fn, lambda x: "local", ("a",), integration="cwf"),
+            asyncio.run(breaker.acall_with_fallback(afn, lambda x: "local", ("b",),
+                                                    integration="acwf")),
+            guarded("c"),
+            asyncio.run(aguarded("d")),
+        ]
+
+    names = {"cwf", "acwf", f"guard:{fn.__qualname__}", f"guard:{afn.__qualname__}"}
+    with capture_events() as events:
+        before = breaker.totals()
+        assert refuse_all() == ["local"] * 4
+        assert refuse_all() == ["local"] * 4
+        after = breaker.totals()
+    assert called == []
+    assert after.rejected - before.rejected == 8
+    assert {k: v - before.fallbacks.get(k, 0) for k, v in after.fallbacks.items()} == dict.fromkeys(
+        names, 2)
+    warned = [e["integration"] for e in events if e["event"] == "fallback_used"]
+    assert sorted(warned) == sorted(names)
+    breaker.force_open("maintenance")
+    assert refuse_all() == ["local"] * 4
+    assert breaker.totals().rejected - after.rejected == 4
+    breaker.reset()
+    fail(breaker, 5)
+    clock.tick(3600)  # past the open interval: the next call is a trial
+    assert guarded("e") == "redis"
+    assert called == ["e"]
+
+
 def test_stats_snapshot(clock: FrozenDateTimeFactory) -> None:
     """stats() reports state, counters and the last error with the password removed."""
     breaker = make()

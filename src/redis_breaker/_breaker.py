@@ -128,6 +128,8 @@ LEASE_S = 0.75
 TRIAL_GRACE_S = 5.0
 _NAN = float("nan")
 _NO_KWARGS: Mapping[str, Any] = {}
+#: ``acall_with_fallback``'s ticket for a call ``refuse`` refused (and counted).
+_REFUSED = -2
 _PID_NS = _shared.pid_namespace()
 _flock, _LOCK_EX, _LOCK_UN = fcntl.flock, fcntl.LOCK_EX, fcntl.LOCK_UN
 _CONSEC_BITS, _CONSEC_MAX = _shared.CONSEC_BITS, _shared.CONSEC_MAX
@@ -974,11 +976,38 @@ class Breaker:
         return is_failure(exc, self._config.counted, self._config.excluded)
 
     # -------------------------------------------------------------- fallbacks
+    def refuse(self, integration: str) -> bool:
+        """Refuse a call now if the breaker can without its lock (as ``_try_admit`` would).
+
+        True: the call was counted as refused and as served by ``integration``'s
+        fallback, which the caller now serves. False: nothing was counted, and
+        the call is admitted as usual (it may be a trial, or the breaker may
+        have changed). The entry points with a fallback ask this first: an open
+        breaker's refusal is then one call, not an admission and a count. The
+        cache's journal asks it too, for a read it would answer with a miss.
+        """
+        if self._hot[0] == self._seen_word:
+            state = self._state
+            if state is _FORCED_OPEN or (state is _OPEN and (
+                    self._probe_running or self._now() < self._open_until)):
+                self._rejected.step()
+                # ``note_fallback``'s path while not closed, inline.
+                counter = self._ledger._current.get(integration)
+                if counter is not None:
+                    counter.step()
+                else:
+                    self.note_fallback(integration)
+                return True
+        return False
+
     def note_fallback(self, integration: str, error: BaseException | None = None) -> None:
         """Count one call served by a fallback; warn once per outage per integration."""
         ledger = self._ledger
         if self._state is not _CLOSED:
-            if ledger.step(integration):
+            # ``ledger.step``, inline: this is every call an outage serves from a fallback.
+            counter = ledger._current.get(integration)
+            if counter is not None:
+                counter.step()
                 return
         elif ledger.step_quiet(integration, self._now()):
             # Closed (failures below the threshold): warned less than a minute ago.
@@ -1251,6 +1280,8 @@ class Breaker:
             clock = self._clock
             started = clock() if clock is not None else time.monotonic()
         else:
+            if self.refuse(integration):
+                return fallback(*args, **kwargs)
             ticket = self._try_admit()
             if ticket < 0:
                 self.note_fallback(integration)
@@ -1288,6 +1319,8 @@ class Breaker:
             ticket = self._pass_ticket
             clock = self._clock
             started = clock() if clock is not None else time.monotonic()
+        elif self.refuse(integration):
+            ticket = _REFUSED  # counted
         else:
             ticket = self._try_admit()
             started = self._now()
@@ -1306,7 +1339,7 @@ class Breaker:
                 else:
                     self._on_success(ticket, started)
                 return result
-        else:
+        elif ticket != _REFUSED:
             self.note_fallback(integration)
         fallen = fallback(*args, **kwargs)
         if inspect.isawaitable(fallen):
@@ -1469,6 +1502,8 @@ def guarded_function(fn: Callable[..., T], *, breaker: Breaker | None = None,
             started = clock() if clock is not None else monotonic()
         elif fallback is None:
             return b._run(b._admit(), slow_fn, args, kwargs)
+        elif b.refuse(integration):
+            return fallback(*args, **kwargs)
         else:
             ticket = b._try_admit()
             if ticket < 0:
@@ -1535,6 +1570,8 @@ def aguarded_function(fn: Callable[..., Awaitable[T]], *, breaker: Breaker | Non
             started = clock() if clock is not None else monotonic()
         elif fallback is None:
             return await b._arun(b._admit(), fn, args, kwargs)
+        elif b.refuse(integration):
+            ticket = _REFUSED  # counted
         else:
             ticket = b._try_admit()
             started = b._now()
@@ -1553,7 +1590,7 @@ def aguarded_function(fn: Callable[..., Awaitable[T]], *, breaker: Breaker | Non
                 else:
                     b._on_success(ticket, started)
                 return result
-        else:
+        elif ticket != _REFUSED:
             b.note_fallback(integration)
         assert fallback is not None
         fallen = fallback(*args, **kwargs)

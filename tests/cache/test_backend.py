@@ -7,9 +7,10 @@ from typing import Any
 import pytest
 import redis
 from django.core.cache import caches
+from freezegun import freeze_time
 
 import redis_breaker
-from redis_breaker import Breaker, guard
+from redis_breaker import Breaker, State, guard
 from redis_breaker.cache import BreakerCache
 from redis_breaker.testing import capture_events, forced_open
 from tests.harness import RedisServer
@@ -162,6 +163,45 @@ def test_every_method_served_while_open(breaker_cache: BreakerCache, breaker: Br
         assert cache.get("k") is None
         # The only command Redis processed is this INFO itself.
         assert _commands(client) - before == 1
+
+
+def test_an_open_breaker_answers_gets_without_redis_and_counts_them(
+        settings: Any, redis_server: RedisServer, primary_kind: str) -> None:
+    """Open, a key written meanwhile: its ``get`` is the fallback's value, another key's a miss.
+
+    Redis is up again but the breaker is still open: neither read reaches it,
+    both count as served by the fallback, and the miss as refused (the written
+    key's read was never the breaker's to refuse). Half-open, the other key's
+    read is a trial call on Redis and gets Redis's value.
+    """
+    settings.CACHES = caches_for(redis_server.url, primary_kind)
+    settings.REDIS_BREAKERS = {"default": {"PROBE": False, "FAILURE_THRESHOLD": 1,
+                                           "RESET_TIMEOUT": 1.0}}
+    cache = caches["default"]
+    b = cache.breaker
+    client = redis_server.client()
+    cache.set("other", "on redis")
+    with freeze_time("2026-01-01") as clock:
+        redis_server.freeze()
+        assert cache.get("trip") is None  # one timeout opens the breaker
+        redis_server.thaw()
+        assert b.state is State.OPEN
+        cache.set("w", "written")  # refused: the fallback, journaled
+        before, commands = b.totals(), _commands(client)
+        assert cache.get("w") == "written"
+        after = b.totals()
+        assert (after.rejected, after.fallbacks["cache"]) == (
+            before.rejected, before.fallbacks["cache"] + 1)
+        assert cache.get("other", "miss") == "miss"
+        assert cache.get("other") is None
+        last = b.totals()
+        assert (last.rejected, last.fallbacks["cache"]) == (
+            after.rejected + 2, after.fallbacks["cache"] + 2)
+        assert _commands(client) - commands == 1  # this INFO: no read reached Redis
+        clock.tick(5)  # the open interval is over: the next call is a trial
+        assert cache.get("other") == "on redis"
+        assert b.state in (State.HALF_OPEN, State.CLOSED)
+        assert cache.get("w") in ("written", None)  # never Redis's copy before the replay
 
 
 def test_fallback_alias_and_breaker_option(settings: Any, redis_server: RedisServer) -> None:

@@ -26,7 +26,7 @@ from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 
 from .clients import KeyNotReplayedError
 from .families import DjangoRedisMethods
-from .journal import INTEGRATION, Foreign
+from .journal import INTEGRATION, PASS, Foreign
 from .locations import first_location, sentinel_location, uses_sentinel
 from .routing import _REGISTERED, _Bound
 
@@ -119,9 +119,10 @@ class BreakerCache(DjangoRedisMethods):
                                 {"version": version, "client": client})
         journal = bound.journal
         if journal.active:
-            v = bound.primary.version if version is None else version
-            if journal.diverts(key, v):
-                return bound.fallback.get(key, default, version=v)
+            found = journal.read(key, bound.primary.version if version is None else version,
+                                 default)
+            if found is not PASS:
+                return found
         return bound.get_call(key, default, version)
 
     def has_key(self, key: Any, version: int | None = None, client: Any = None) -> bool:

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
     from redis_breaker._breaker import Breaker
 
-__all__ = ["INTEGRATION", "Foreign", "Journal", "journal_for"]
+__all__ = ["INTEGRATION", "PASS", "Foreign", "Journal", "journal_for"]
 
 T = TypeVar("T")
 Key = tuple[Any, int]
@@ -68,9 +68,12 @@ class Foreign:
 
 #: The states whose ``rejects`` is true, for a test without two property calls.
 _REJECTING = tuple(state for state in State if state.rejects)
+_CLOSED = State.CLOSED
 
 #: What the breaker's fallback counts and warnings call the cache.
 INTEGRATION = "cache"
+#: ``Journal.read``'s answer for a call that goes to Redis (through the breaker).
+PASS: Any = object()
 _RETRY_FAILED_S = 0.25  # replay failed while the breaker stayed closed
 _RETRY_FAILED_MAX_S = 5.0
 # Replay refused by something other than an outage (NOPERM, a script error): tried again
@@ -181,6 +184,41 @@ class Journal:
                 breaker.note_fallback(INTEGRATION)
             return True
         return False
+
+    def read(self, key: Any, version: int, default: Any) -> Any:
+        """A ``get`` of ``key`` answered without Redis, or ``PASS`` when it is Redis's to answer.
+
+        A covered key: the fallback's value, as ``diverts`` and the fallback's
+        ``get`` would give it. A key not covered while the breaker refuses
+        calls without looking further (open, its probe running or its open
+        interval not over; forced open): ``default``, counted as refused and
+        served by the fallback, which is what the breaker's refusal and
+        ``get_uncovered`` give, without going through the breaker. This is
+        every ``get`` of an outage once something was written, so the tests of
+        ``diverts`` are written out here again.
+        """
+        breaker = self._breaker()
+        if (self._job.thread is None and breaker is not None
+                and breaker.state not in _REJECTING):
+            self.kick()
+        k = (key, version)
+        if (self._all or self._inflight_all or k in self._keys or k in self._inflight
+                or ((self._patterns or self._inflight_patterns)
+                    and self._pattern_covers(key, version))):
+            if breaker is not None:
+                # ``breaker.note_fallback(INTEGRATION)``, its lock-free path while not
+                # closed written out (a third of this read's own cost as a call).
+                counter = (breaker._ledger._current.get(INTEGRATION)
+                           if breaker._state is not _CLOSED else None)
+                if counter is not None:
+                    counter.step()
+                else:
+                    breaker.note_fallback(INTEGRATION)
+            fallback = self._fallback
+            return default if fallback is None else fallback.get(key, default, version)
+        if breaker is not None and breaker.refuse(INTEGRATION):
+            return default
+        return PASS
 
     def divert_many(self, keys: Iterable[Any], version: int) -> tuple[list[Any], list[Any]]:
         """``(covered, uncovered)`` as ``split``; the covered ones counted as served by the fallback."""

@@ -55,7 +55,7 @@ class FallbackStore(LocMemCache):
         if version is None:
             version = self.version
         if self.key_func is default_key_func:
-            made = "%s:%s:%s" % (self.key_prefix, version, key)  # noqa: UP031 (Django's own form)
+            made = f"{self.key_prefix!s}:{version!s}:{key!s}"  # Django's "%s:%s:%s"
         else:
             made = self.key_func(key, self.key_prefix, version)
         # A key that fails these may still be valid (a non-ASCII space or separator):
@@ -69,25 +69,35 @@ class FallbackStore(LocMemCache):
         if version is None:
             version = self.version
         if self.key_func is default_key_func:
-            key = "%s:%s:%s" % (self.key_prefix, version, key)  # noqa: UP031
+            key = f"{self.key_prefix!s}:{version!s}:{key!s}"  # Django's "%s:%s:%s", cheaper
         else:
             key = self.key_func(key, self.key_prefix, version)
         if len(key) > MEMCACHE_MAX_KEY_LENGTH or " " in key or not key.isprintable():
             super().validate_key(key)
-        with self._lock:
+        # The lock's own methods, not ``with``: the statement's lookups of
+        # ``__enter__`` and ``__exit__`` cost as much as taking the lock.
+        lock = self._lock
+        lock.acquire()
+        try:
             expiry = self._expire_info.get(key, -1)
             if expiry is not None and expiry <= time.time():
                 self._delete(key)
                 return default
             pickled = self._cache[key]
             self._cache.move_to_end(key, last=False)
+        finally:
+            lock.release()
         return pickle.loads(pickled)
 
     def has_key(self, key: Any, version: int | None = None) -> bool:
         key = self._made(key, version)
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             expiry = self._expire_info.get(key, -1)
             if expiry is not None and expiry <= time.time():
                 self._delete(key)
                 return False
             return True
+        finally:
+            lock.release()
