@@ -150,8 +150,9 @@ class BreakerCache(DjangoRedisMethods):
             if client is not None:
                 return self._direct("set", (key,), (key, value, timeout),
                                     {"version": version, "client": client, **extra})
-            if nx:
-                return self._add_like("set", key, value, timeout, version, extra)
+            if nx:  # as ``add``
+                return bool(self._write("set", key, version, (value, timeout), extra,
+                                        _false if self._add_fail_closed else _add))
             return bool(self._write("set", key, version, (value, timeout), extra, _set_xx))
         journal = bound.journal
         if journal.active:
@@ -165,12 +166,8 @@ class BreakerCache(DjangoRedisMethods):
         if client is not None:
             return bool(self._direct("add", (key,), (key, value, timeout),
                                      {"version": version, "client": client}))
-        return self._add_like("add", key, value, timeout, version, None)
-
-    def _add_like(self, op: str, key: Any, value: Any, timeout: Any, version: int | None,
-                  kwargs: dict[str, Any] | None) -> bool:
         # ADD_FAIL_CLOSED: when Redis cannot say whether the key exists, say it does.
-        return bool(self._write(op, key, version, (value, timeout), kwargs,
+        return bool(self._write("add", key, version, (value, timeout), None,
                                 _false if self._add_fail_closed else _add))
 
     def touch(self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None,
