@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import redis
 
 from redis_breaker import Breaker, BreakerConfig, BreakerOpenError, State
 from redis_breaker.testing import capture_events
-from tests.harness import RedisServer
+from tests.harness import RedisServer, collected_garbage
 from tests.harness.server import free_port
 
 SOCKET_TIMEOUT = 0.5
@@ -131,25 +129,6 @@ def test_probe_keeps_pinging_while_redis_stays_down(redis_server: RedisServer) -
     assert breaker._backoff_step == 0
     assert "Connection refused" in (breaker.stats().last_error or "") or "111" in (
         breaker.stats().last_error or "")
-
-
-@contextlib.contextmanager
-def collected_garbage() -> Iterator[list[object]]:
-    """What the cyclic collector finds of the objects made in the block (collection paused)."""
-    found: list[object] = []
-    gc.collect()
-    enabled, flags = gc.isenabled(), gc.get_debug()
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
-        yield found
-        gc.collect()
-        found.extend(gc.garbage)
-    finally:
-        gc.garbage.clear()
-        gc.set_debug(flags)
-        if enabled:
-            gc.enable()
 
 
 def test_the_probe_connects_anew_for_every_ping_and_leaves_no_garbage(

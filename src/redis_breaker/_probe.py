@@ -14,7 +14,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoPermissionError
 from redis.retry import Retry
 
-from ._sentinel import is_sentinel_url, ping_sentinel
+from ._sentinel import SentinelPinger, is_sentinel_url, ping_sentinel
 
 if TYPE_CHECKING:
     from ._breaker import Breaker
@@ -139,23 +139,29 @@ class PingClient:
     time: a client made per PING leaves its pool and connection, which refer
     to each other, for the cyclic collector (redis-py 7+), and their
     ``__del__`` then runs in whatever thread the collection happens in (see
-    ``free_frames``). A Sentinel URL, or a PING while another thread uses this
-    client, goes through ``ping_url``.
+    ``free_frames``). A Sentinel URL keeps a ``SentinelPinger`` the same way.
+    A PING while another thread uses this client goes through ``ping_url``.
     """
 
-    __slots__ = ("_client", "_lock", "key")
+    __slots__ = ("_client", "_lock", "_sentinel", "key")
 
     def __init__(self, url: str, timeout: float) -> None:
         self.key = (url, timeout)
         self._lock = threading.Lock()
         self._client: redis.Redis | None = None
+        self._sentinel: SentinelPinger | None = None
 
     def ping(self) -> None:
         url, timeout = self.key
-        if is_sentinel_url(url) or not self._lock.acquire(blocking=False):
+        if not self._lock.acquire(blocking=False):
             ping_url(url, timeout)
             return
         try:
+            if is_sentinel_url(url):
+                if self._sentinel is None:
+                    self._sentinel = SentinelPinger(url, timeout)
+                self._sentinel.ping()
+                return
             client = self._client
             if client is None:
                 client = self._client = probe_client(url, timeout, connect=False)
@@ -174,6 +180,9 @@ class PingClient:
         if client is not None:
             with contextlib.suppress(Exception):
                 client.connection_pool.disconnect()
+        sentinel, self._sentinel = self._sentinel, None
+        if sentinel is not None:
+            sentinel.close()
 
 
 class Probe(threading.Thread):

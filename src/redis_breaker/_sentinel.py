@@ -28,6 +28,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 __all__ = [
     "DEFAULT_SENTINEL_PORT",
     "SENTINEL_SCHEME",
+    "SentinelPinger",
     "SentinelTarget",
     "aclose_sentinel",
     "is_sentinel_url",
@@ -184,9 +185,19 @@ def resolve_master(url: str, timeout: float) -> tuple[str, int]:
     answer; raises ``redis.sentinel.MasterNotFoundError`` (a redis
     ``ConnectionError``) when none names a master it considers up.
     """
+    target = parse_sentinel_url(url)
+    sentinel = _sentinel_of(target, timeout)
+    try:
+        host, port = sentinel.discover_master(target.master_name)
+    finally:
+        _close_sentinel(sentinel)
+    return str(host), int(port)
+
+
+def _sentinel_of(target: SentinelTarget, timeout: float) -> Any:
+    """A ``redis.sentinel.Sentinel`` of ``target``'s sentinels, ``timeout`` for each, no retries."""
     from redis.sentinel import Sentinel
 
-    target = parse_sentinel_url(url)
     sentinel_kwargs: dict[str, Any] = {
         "socket_timeout": timeout, "socket_connect_timeout": timeout, "retry": _no_retry(),
     }
@@ -194,13 +205,8 @@ def resolve_master(url: str, timeout: float) -> tuple[str, int]:
         sentinel_kwargs["password"] = target.sentinel_password
     if target.sentinel_username:
         sentinel_kwargs["username"] = target.sentinel_username
-    sentinel = Sentinel(list(target.sentinels),  # type: ignore[no-untyped-call]
-                        sentinel_kwargs=sentinel_kwargs)
-    try:
-        host, port = sentinel.discover_master(target.master_name)  # type: ignore[no-untyped-call]
-    finally:
-        _close_sentinel(sentinel)
-    return str(host), int(port)
+    return Sentinel(list(target.sentinels),  # type: ignore[no-untyped-call]
+                    sentinel_kwargs=sentinel_kwargs)
 
 
 def _close_sentinel(sentinel: Any) -> None:
@@ -236,32 +242,104 @@ def ping_sentinel(url: str, timeout: float) -> tuple[str, int]:
     none names an up master, the master does not answer, or it answers as a
     replica because a failover is under way).
     """
-    import redis
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import NoPermissionError, ResponseError
-
     target = parse_sentinel_url(url)
     host, port = resolve_master(url, timeout)
-    client = redis.Redis(host=host, port=port, db=target.db, username=target.username,
-                         password=target.password, socket_timeout=timeout,
-                         socket_connect_timeout=timeout, retry=_no_retry())
+    client = _master_client(target, host, port, timeout)
     try:
-        try:
-            reply = client.execute_command("ROLE")  # type: ignore[no-untyped-call]
-        except ResponseError:
-            # ROLE renamed away or not allowed to this user: a PING is all we can ask,
-            # and a NOPERM reply to it (an ACL user) still proves the server up.
-            with contextlib.suppress(NoPermissionError):
-                client.ping()
-            return host, port
-        role = reply[0] if isinstance(reply, (list, tuple)) and reply else reply
-        if isinstance(role, bytes):
-            role = role.decode("ascii", "replace")
-        if role != "master":
-            raise RedisConnectionError(
-                f"{host}:{port}, named master of {target.master_name!r} by the sentinels, "
-                f"answers as {role!r} (failover under way)"
-            )
+        _check_master(client, target, host, port)
     finally:
         client.close()
     return host, port
+
+
+def _master_client(target: SentinelTarget, host: str, port: int, timeout: float) -> Any:
+    import redis
+
+    return redis.Redis(host=host, port=port, db=target.db, username=target.username,
+                       password=target.password, socket_timeout=timeout,
+                       socket_connect_timeout=timeout, retry=_no_retry())
+
+
+def _check_master(client: Any, target: SentinelTarget, host: str, port: int) -> None:
+    """Raise unless ``client``'s server (at ``host:port``) answers as a master."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import NoPermissionError, ResponseError
+
+    try:
+        reply = client.execute_command("ROLE")
+    except ResponseError:
+        # ROLE renamed away or not allowed to this user: a PING is all we can ask,
+        # and a NOPERM reply to it (an ACL user) still proves the server up.
+        with contextlib.suppress(NoPermissionError):
+            client.ping()
+        return
+    role = reply[0] if isinstance(reply, (list, tuple)) and reply else reply
+    if isinstance(role, bytes):
+        role = role.decode("ascii", "replace")
+    if role != "master":
+        raise RedisConnectionError(
+            f"{host}:{port}, named master of {target.master_name!r} by the sentinels, "
+            f"answers as {role!r} (failover under way)"
+        )
+
+
+class SentinelPinger:
+    """``ping_sentinel`` for one probe, its clients made once, new connections every time.
+
+    ``ping_sentinel`` makes a ``Sentinel`` (a client and a pool per sentinel)
+    and a client of the master on every call; with redis-py 7+ each pool and
+    its connection refer to each other and are left, with their ``__del__``,
+    for the cyclic collector (about 240 objects a PING here). This keeps them:
+    the sentinels' clients, and the master's client while the sentinels name
+    the same master (a new one after a failover). Every connection is closed
+    after each PING, as ``ping_sentinel`` closes its clients: nothing is held
+    open between PINGs. Not thread-safe: its owner serializes calls.
+    """
+
+    __slots__ = ("_master", "_sentinel", "_target", "_timeout")
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self._target = parse_sentinel_url(url)
+        self._timeout = timeout
+        self._sentinel: Any = None
+        self._master: tuple[tuple[str, int], Any] | None = None
+
+    def ping(self) -> tuple[str, int]:
+        """As ``ping_sentinel``: the master's address, or an error."""
+        target = self._target
+        if self._sentinel is None:
+            self._sentinel = _sentinel_of(target, self._timeout)
+        sentinel = self._sentinel
+        try:
+            found = sentinel.discover_master(target.master_name)
+        finally:
+            _disconnect_sentinel(sentinel)
+        host, port = str(found[0]), int(found[1])
+        if self._master is None or self._master[0] != (host, port):
+            self._drop_master()
+            self._master = ((host, port), _master_client(target, host, port, self._timeout))
+        client = self._master[1]
+        try:
+            _check_master(client, target, host, port)
+        finally:
+            client.connection_pool.disconnect()
+        return host, port
+
+    def _drop_master(self) -> None:
+        master, self._master = self._master, None
+        if master is not None:
+            with contextlib.suppress(Exception):
+                master[1].connection_pool.disconnect()
+
+    def close(self) -> None:
+        """Close every connection; the clients are made again on the next ``ping``."""
+        sentinel, self._sentinel = self._sentinel, None
+        if sentinel is not None:
+            _disconnect_sentinel(sentinel)
+        self._drop_master()
+
+
+def _disconnect_sentinel(sentinel: Any) -> None:
+    for client in sentinel.sentinels:
+        with contextlib.suppress(Exception):
+            client.connection_pool.disconnect()

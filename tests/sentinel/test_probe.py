@@ -9,10 +9,10 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from redis_breaker import Breaker, BreakerConfig, State
-from redis_breaker._probe import ping_url
+from redis_breaker._probe import PingClient, ping_url
 from redis_breaker._sentinel import ping_sentinel
 from redis_breaker.testing import capture_events
-from tests.harness import RedisSentinelCluster, RedisServer, free_port
+from tests.harness import RedisSentinelCluster, RedisServer, collected_garbage, free_port
 
 from .conftest import wait_for
 
@@ -129,3 +129,47 @@ def test_the_probe_thread_alone_closes_the_breaker_on_the_new_master(
     assert breaker.state is State.OPEN
     cluster.wait_for_failover(old)
     wait_for(lambda: breaker.state is State.CLOSED, what="the probe to close the breaker")
+
+
+def test_the_probe_keeps_its_clients_and_leaves_no_garbage(
+        sentinel_cluster: RedisSentinelCluster) -> None:
+    """A breaker's probe client on a ``redis+sentinel://`` URL asks the sentinels and the
+    master on new connections every PING and closes them after, and neither an answered
+    PING nor a failed one leaves a client, pool or connection for the cyclic collector
+    (whose ``__del__`` would run in whatever thread collects). After a failover it PINGs
+    the new master."""
+    cluster = sentinel_cluster
+    pinger = PingClient(cluster.url, 5.0)  # long: an answered PING must not time out
+    pinger.ping()  # the first makes the clients
+    master = cluster.master
+    watcher = master.client()
+    before = watcher.info("stats")["total_connections_received"]
+    with collected_garbage() as answered:
+        for _ in range(10):
+            pinger.ping()
+    assert watcher.info("stats")["total_connections_received"] - before >= 10
+    assert not [c for c in watcher.client_list() if c["cmd"] == "role"]  # each closed
+    watcher.close()
+    old = cluster.kill_master()
+    with collected_garbage() as failed:
+        for _ in range(3):
+            with pytest.raises(redis.ConnectionError):
+                pinger.ping()  # the sentinels still name the dead master
+    kinds = {type(o).__name__ for o in answered + failed}
+    assert not kinds & {"Redis", "ConnectionPool", "Connection", "Sentinel",
+                        "SentinelConnectionPool", "ConnectionError"}, kinds
+    new = cluster.wait_for_failover(old)
+
+    def answers() -> bool:
+        try:
+            pinger.ping()
+        except redis.ConnectionError:
+            return False
+        return True
+
+    wait_for(answers, what="a PING of the new master")
+    watcher = new.client()
+    before = watcher.info("stats")["total_connections_received"]
+    pinger.ping()
+    assert watcher.info("stats")["total_connections_received"] - before >= 1
+    pinger.close()
