@@ -162,24 +162,13 @@ class Journal:
         A covered key is served by the fallback and counted as such. Either way the
         replay is started while the breaker lets calls through: covered keys never
         touch Redis, so the replay is what finds out whether Redis is back (or still
-        away: its failures count and open the breaker). ``covers`` and the two
-        breaker calls are inlined: this runs on every call while the journal holds
-        keys, which is every call of an outage once something was written.
+        away: its failures count and open the breaker). A ``get`` asks ``read``
+        instead, which has the tests written out.
         """
         breaker = self._breaker()
-        # A replay job that runs watches the breaker itself (every _WATCH_S while it
-        # rejects) and replays as soon as it lets calls through. None runs in a child
-        # forked during an outage: then this call looks, and ``state`` catches up with
-        # the host's record (another process's probe may have closed the breaker), so
-        # a process whose every call is diverted learns here.
-        if (self._job.thread is None and breaker is not None
-                and breaker.state not in _REJECTING):
-            self.kick()
-        k = (key, version)
-        if (self._all or self._inflight_all or k in self._keys or k in self._inflight
-                or ((self._patterns or self._inflight_patterns)
-                    and self._pattern_covers(key, version))
-                or (more and any(self.covers(key, v) for v in more))):
+        if self._job.thread is None:
+            self._look(breaker)
+        if self.covers(key, version) or (more and any(self.covers(key, v) for v in more)):
             if breaker is not None:
                 breaker.note_fallback(INTEGRATION)
             return True
@@ -194,13 +183,12 @@ class Journal:
         interval not over; forced open): ``default``, counted as refused and
         served by the fallback, which is what the breaker's refusal and
         ``get_uncovered`` give, without going through the breaker. This is
-        every ``get`` of an outage once something was written, so the tests of
-        ``diverts`` are written out here again.
+        every ``get`` of an outage once something was written, so ``covers``
+        and the fallback count are written out here.
         """
         breaker = self._breaker()
-        if (self._job.thread is None and breaker is not None
-                and breaker.state not in _REJECTING):
-            self.kick()
+        if self._job.thread is None:
+            self._look(breaker)
         k = (key, version)
         if (self._all or self._inflight_all or k in self._keys or k in self._inflight
                 or ((self._patterns or self._inflight_patterns)
@@ -219,6 +207,18 @@ class Journal:
         if breaker is not None and breaker.refuse(INTEGRATION):
             return default
         return PASS
+
+    def _look(self, breaker: Breaker | None) -> None:
+        """Start the replay if ``breaker`` lets calls through; for when no replay job runs.
+
+        A replay job that runs watches the breaker itself (every ``_WATCH_S`` while
+        it rejects) and replays as soon as it lets calls through. None runs in a
+        child forked during an outage: then a diverted call looks, and ``state``
+        catches up with the host's record (another process's probe may have closed
+        the breaker), so a process whose every call is diverted learns of it.
+        """
+        if breaker is not None and breaker.state not in _REJECTING:
+            self.kick()
 
     def divert_many(self, keys: Iterable[Any], version: int) -> tuple[list[Any], list[Any]]:
         """``(covered, uncovered)`` as ``split``; the covered ones counted as served by the fallback."""
