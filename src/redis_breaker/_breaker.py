@@ -128,8 +128,6 @@ LEASE_S = 0.75
 TRIAL_GRACE_S = 5.0
 _NAN = float("nan")
 _NO_KWARGS: Mapping[str, Any] = {}
-#: ``acall_with_fallback``'s ticket for a call ``refuse`` refused (and counted).
-_REFUSED = -2
 _PID_NS = _shared.pid_namespace()
 _flock, _LOCK_EX, _LOCK_UN = fcntl.flock, fcntl.LOCK_EX, fcntl.LOCK_UN
 _CONSEC_BITS, _CONSEC_MAX = _shared.CONSEC_BITS, _shared.CONSEC_MAX
@@ -1320,10 +1318,12 @@ class Breaker:
             clock = self._clock
             started = clock() if clock is not None else time.monotonic()
         elif self.refuse(integration):
-            ticket = _REFUSED  # counted
+            ticket = -1  # counted
         else:
             ticket = self._try_admit()
             started = self._now()
+            if ticket < 0:
+                self.note_fallback(integration)
         if ticket >= 0:
             try:
                 result = await fn(*args, **kwargs)
@@ -1339,8 +1339,6 @@ class Breaker:
                 else:
                     self._on_success(ticket, started)
                 return result
-        elif ticket != _REFUSED:
-            self.note_fallback(integration)
         fallen = fallback(*args, **kwargs)
         if inspect.isawaitable(fallen):
             fallen = await fallen
@@ -1571,10 +1569,12 @@ def aguarded_function(fn: Callable[..., Awaitable[T]], *, breaker: Breaker | Non
         elif fallback is None:
             return await b._arun(b._admit(), fn, args, kwargs)
         elif b.refuse(integration):
-            ticket = _REFUSED  # counted
+            ticket = -1  # counted
         else:
             ticket = b._try_admit()
             started = b._now()
+            if ticket < 0:
+                b.note_fallback(integration)
         if ticket >= 0:
             try:
                 result = await fn(*args, **kwargs)
@@ -1590,8 +1590,6 @@ def aguarded_function(fn: Callable[..., Awaitable[T]], *, breaker: Breaker | Non
                 else:
                     b._on_success(ticket, started)
                 return result
-        elif ticket != _REFUSED:
-            b.note_fallback(integration)
         assert fallback is not None
         fallen = fallback(*args, **kwargs)
         if inspect.isawaitable(fallen):

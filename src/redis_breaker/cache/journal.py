@@ -209,29 +209,25 @@ class Journal:
         return PASS
 
     def _look(self, breaker: Breaker | None) -> None:
-        """Start the replay if ``breaker`` lets calls through; for when no replay job runs.
+        """Start the replay if ``breaker`` lets calls through.
 
         A replay job that runs watches the breaker itself (every ``_WATCH_S`` while
-        it rejects) and replays as soon as it lets calls through. None runs in a
-        child forked during an outage: then a diverted call looks, and ``state``
-        catches up with the host's record (another process's probe may have closed
-        the breaker), so a process whose every call is diverted learns of it.
+        it rejects) and replays as soon as it lets calls through, so the single-key
+        paths look only when none runs. None runs in a child forked during an
+        outage: then a diverted call looks, and ``state`` catches up with the
+        host's record (another process's probe may have closed the breaker), so a
+        process whose every call is diverted learns of it.
         """
         if breaker is not None and breaker.state not in _REJECTING:
             self.kick()
 
     def divert_many(self, keys: Iterable[Any], version: int) -> tuple[list[Any], list[Any]]:
         """``(covered, uncovered)`` as ``split``; the covered ones counted as served by the fallback."""
-        self._kick_unless_rejected()
+        self._look(self._breaker())
         covered, uncovered = self.split(keys, version)
         if covered:
             self._note_fallback()
         return covered, uncovered
-
-    def _kick_unless_rejected(self) -> None:
-        breaker = self._breaker()
-        if breaker is not None and not breaker.state.rejects:
-            self.kick()
 
     def _note_fallback(self) -> None:
         breaker = self._breaker()
